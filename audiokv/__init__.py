@@ -1,0 +1,9 @@
+"""audiokv: AudioKV compression of the KV cache of audio-language models, with real memory savings."""
+
+from audiokv.attention import AudioKVAttention
+from audiokv.config import AudioKVConfig
+from audiokv.spectral import spectral_smooth
+
+__version__ = "0.1.0"
+
+__all__ = ["AudioKVAttention", "AudioKVConfig", "__version__", "spectral_smooth"]

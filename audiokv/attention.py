@@ -1,0 +1,198 @@
+"""`AudioKVAttention`: attention whose cache is compressed after prefill and read from pages.
+
+The module takes the projected (and position-encoded) queries, keys and
+values of one attention layer. Its first call is the prefill: dense causal
+attention, then scores -> smoothing -> budgets -> selection -> paged pool.
+Every later call appends the new keys and values to the pool and attends
+over it with compiled FlexAttention. Model integrations wrap it so that a
+model's own projections feed it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from audiokv.budget import head_budgets, head_weights, layer_budget, mark_mandatory
+from audiokv.config import AudioKVConfig
+from audiokv.kernel import paged_attention, reference_paged_attention
+from audiokv.mask import PagedBlockMask
+from audiokv.paged import PagedKVPool
+from audiokv.scoring import pool_scores, window_scores
+from audiokv.select import select_tokens
+from audiokv.spectral import Span, spectral_smooth
+
+
+class AudioKVAttention(nn.Module):
+    """Attention over an AudioKV-compressed, paged KV cache for one layer.
+
+    Args:
+        config: compression settings.
+        num_heads: query heads ``H_q``.
+        num_kv_heads: key/value heads ``H_kv`` (``H_q`` must be a multiple).
+        head_dim: ``D``.
+        scaling: softmax scale, ``1/sqrt(D)`` by default.
+        head_prior: optional ``[H_kv]`` calibrated audio-criticality of this layer's heads.
+        kernel: ``"flex"`` (compiled FlexAttention) or ``"reference"`` (dense
+            PyTorch over the same pool, for tests).
+    """
+
+    def __init__(
+        self,
+        config: AudioKVConfig,
+        *,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scaling: float | None = None,
+        head_prior: Tensor | None = None,
+        kernel: Literal["flex", "reference"] = "flex",
+    ) -> None:
+        super().__init__()
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
+            )
+        if head_prior is not None and head_prior.shape != (num_kv_heads,):
+            raise ValueError(f"head_prior must be [{num_kv_heads}], got {tuple(head_prior.shape)}")
+        if kernel not in ("flex", "reference"):
+            raise ValueError(f"kernel must be 'flex' or 'reference', got {kernel!r}")
+        self.config = config
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scaling = head_dim**-0.5 if scaling is None else scaling
+        self.kernel = kernel
+        self.register_buffer("head_prior", head_prior, persistent=False)
+        self.pool: PagedKVPool | None = None
+        self.block_mask: PagedBlockMask | None = None
+        self.budgets: Tensor | None = None  # [B, H_kv] tokens kept per head at compression
+
+    def reset(self) -> None:
+        """Forget the cached sequence (the next call is a prefill)."""
+        self.pool = self.block_mask = self.budgets = None
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of K/V storage held for the current sequence."""
+        return 0 if self.pool is None else self.pool.nbytes
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        audio_span: Span | Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Attend, compressing the cache on the first (prefill) call.
+
+        Args:
+            query: ``[B, H_q, q, D]`` new queries.
+            key, value: ``[B, H_kv, q, D]`` new keys and values.
+            audio_span: prefill only; the audio tokens ``(start, end)`` or
+                ``[B, 2]``, smoothed by SSS. None: no smoothing.
+            key_mask: prefill only; ``[B, T]`` bool, False on padding tokens,
+                which are never kept.
+
+        Returns:
+            ``[B, H_q, q, D]`` attention output.
+        """
+        self._check_shapes(query, key, value)
+        if self.pool is None:
+            return self._prefill(query, key, value, audio_span, key_mask)
+        self.pool.append(key, value)
+        if self.kernel == "reference":
+            return reference_paged_attention(query, self.pool, scale=self.scaling)
+        mask = self.block_mask.update(query.shape[2])
+        return paged_attention(query, self.pool, mask, scale=self.scaling)
+
+    def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        if query.dim() != 4 or key.shape != value.shape or key.dim() != 4:
+            raise ValueError(
+                f"expected query [B, H_q, q, D] and key/value [B, H_kv, q, D], got "
+                f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+            )
+        bsz, heads, q_len, dim = query.shape
+        if (heads, dim) != (self.num_heads, self.head_dim) or key.shape != (
+            bsz,
+            self.num_kv_heads,
+            q_len,
+            dim,
+        ):
+            raise ValueError(
+                f"this layer has {self.num_heads} query / {self.num_kv_heads} KV heads of dim "
+                f"{self.head_dim}; got query {tuple(query.shape)} and key {tuple(key.shape)}"
+            )
+
+    def _prefill(
+        self, query: Tensor, key: Tensor, value: Tensor, span: Span | Tensor | None, key_mask: Tensor | None
+    ) -> Tensor:
+        length = query.shape[2]
+        causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+        if key_mask is None:
+            mask = causal
+        else:  # padding keys hidden; a padding query sees itself so its row is not empty
+            mask = (causal & key_mask.bool()[:, None, None, :]) | torch.eye(
+                length, dtype=torch.bool, device=query.device
+            )
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, scale=self.scaling, enable_gqa=True
+        )
+        self.compress(query, key, value, audio_span=span, key_mask=key_mask)
+        return out
+
+    @torch.no_grad()
+    def compress(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        audio_span: Span | Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> None:
+        """Score, smooth, budget and select the prompt's tokens; fill the pool.
+
+        Args:
+            query: ``[B, H_q, T, D]`` prompt queries (only the last ``window`` are read).
+            key, value: ``[B, H_kv, T, D]`` prompt keys and values.
+            audio_span, key_mask: as in :meth:`forward`.
+        """
+        cfg = self.config
+        bsz, heads, length, _ = key.shape
+        valid = (
+            torch.ones(bsz, length, dtype=torch.bool, device=key.device)
+            if key_mask is None
+            else key_mask.bool()
+        )
+        if cfg.compression_ratio == 0:
+            scores = torch.zeros(bsz, heads, length, device=key.device)
+            scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+            budgets = valid.sum(-1)[:, None].expand(bsz, heads)
+        else:
+            if cfg.window > length:
+                raise ValueError(
+                    f"observation window ({cfg.window}) is longer than the prompt ({length} tokens); "
+                    f"lower AudioKVConfig.window or use compression_ratio=0 for short prompts"
+                )
+            scores = window_scores(query[:, :, -cfg.window :], key, scaling=self.scaling, key_mask=key_mask)
+            scores = pool_scores(scores, cfg.pooling_kernel, cfg.pooling)
+            if audio_span is not None:
+                scores = spectral_smooth(scores, cfg.sss_cutoff, audio_span)
+            scores = mark_mandatory(scores, sinks=cfg.sinks, window=cfg.window, key_mask=key_mask)
+            mandatory = torch.isposinf(scores[:, 0]).sum(-1)
+            budget = layer_budget(valid.sum(-1), heads, cfg.compression_ratio, mandatory)
+            weights = None
+            if self.head_prior is not None and cfg.head_prior_strength > 0:
+                weights = head_weights(self.head_prior, cfg.head_prior_strength)
+            budgets = head_budgets(scores, budget, safeguard=cfg.safeguard, weights=weights)
+        indices = select_tokens(scores, budgets)
+        self.budgets = budgets
+        self.pool = PagedKVPool.from_selection(
+            key, value, indices, budgets, page_size=cfg.page_size, reserve=cfg.decode_reserve
+        )
+        self.block_mask = PagedBlockMask(self.pool)
+        self.kept_indices = indices

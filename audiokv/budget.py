@@ -1,0 +1,128 @@
+"""Per-head budgets: one layer budget split across KV heads (AdaKV-style).
+
+Every head first gets a floor (the safeguard: a fraction of the average
+per-head budget, never less than the tokens it must keep). The rest of the
+layer budget goes to the highest scores across *all* heads of the layer, so a
+head whose attention is spread over many tokens gets more than a head that
+looks at a few. Scores can be weighted per head by a calibrated prior (the
+audio-critical heads), which moves budget towards those heads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def mark_mandatory(scores: Tensor, *, sinks: int, window: int, key_mask: Tensor | None = None) -> Tensor:
+    """Give tokens that must be kept +inf and padding -inf.
+
+    Args:
+        scores: ``[B, H, T]`` finite scores.
+        sinks: the first ``sinks`` valid tokens of each row are kept.
+        window: the last ``window`` tokens are kept.
+        key_mask: optional ``[B, T]`` bool, False for padding.
+
+    Returns:
+        ``[B, H, T]`` float32 scores with +inf on sinks and window, -inf on padding.
+    """
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    bsz, _, length = scores.shape
+    valid = torch.ones(bsz, length, dtype=torch.bool, device=scores.device)
+    if key_mask is not None:
+        valid = key_mask.bool()
+    keep = valid & (valid.cumsum(-1) <= sinks)
+    keep[:, max(length - window, 0) :] = True
+    keep &= valid
+    out = scores.float().masked_fill(keep[:, None, :], float("inf"))
+    return out.masked_fill(~valid[:, None, :], float("-inf"))
+
+
+def head_weights(prior: Tensor, strength: float) -> Tensor:
+    """Positive per-head weights from a calibrated prior.
+
+    Args:
+        prior: ``[H]`` audio-criticality scores of one layer's KV heads.
+        strength: 0 gives all-ones weights; larger values favour high-prior heads.
+
+    Returns:
+        ``[H]`` float32 weights ``exp(strength * z)``, ``z`` the standardized prior.
+    """
+    if not torch.isfinite(prior).all():
+        raise ValueError("head prior must be finite")
+    prior = prior.float()
+    std = prior.std(unbiased=False) if prior.numel() > 1 else prior.new_zeros(())
+    z = (prior - prior.mean()) / std if std > 0 else torch.zeros_like(prior)
+    return torch.exp(strength * z)
+
+
+def layer_budget(valid_tokens: Tensor, num_heads: int, ratio: float, mandatory: Tensor) -> Tensor:
+    """Total tokens kept by one layer for each batch row.
+
+    Args:
+        valid_tokens: ``[B]`` non-padding prompt tokens per row.
+        num_heads: KV heads of the layer.
+        ratio: fraction of KV entries removed, in [0, 1).
+        mandatory: ``[B]`` tokens every head must keep (sinks + window).
+
+    Returns:
+        ``[B]`` int64 budgets: ``num_heads * max(valid - floor(ratio * valid), mandatory)``.
+    """
+    keep = valid_tokens - torch.floor(valid_tokens.double() * ratio).long()
+    return num_heads * torch.maximum(keep, mandatory.long())
+
+
+def head_budgets(
+    scores: Tensor,
+    budget: Tensor | int,
+    *,
+    safeguard: float = 0.2,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Split each row's layer budget across its KV heads.
+
+    Args:
+        scores: ``[B, H, T]`` from :func:`mark_mandatory` (+inf must keep, -inf padding).
+        budget: ``[B]`` (or one int) total tokens kept over all heads of a row;
+            at most ``H`` times the row's valid tokens and at least ``H`` times
+            its mandatory tokens.
+        safeguard: each head gets at least ``ceil(safeguard * budget / H)``.
+        weights: optional ``[H]`` positive per-head weights on the scores.
+
+    Returns:
+        ``[B, H]`` int64 budgets; each row sums exactly to its layer budget and
+        every head gets at least its floor.
+    """
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    bsz, num_heads, length = scores.shape
+    budget = torch.as_tensor(budget, device=scores.device).long().expand(bsz).clone()
+    valid_count = (~torch.isneginf(scores[:, 0])).sum(-1)
+    mandatory = torch.isposinf(scores[:, 0]).sum(-1)
+    if (budget > num_heads * valid_count).any() or (budget < num_heads * mandatory).any():
+        raise ValueError(
+            f"layer budget {budget.tolist()} must lie between {num_heads}x the mandatory tokens "
+            f"{mandatory.tolist()} and {num_heads}x the valid tokens {valid_count.tolist()}"
+        )
+    if weights is not None:
+        if weights.shape != (num_heads,) or (weights <= 0).any():
+            raise ValueError(f"weights must be [{num_heads}] and positive, got {tuple(weights.shape)}")
+        scores = scores * weights.to(scores.device)[None, :, None]
+
+    avg = budget.double() / num_heads
+    floor = torch.ceil(safeguard * avg).long()
+    floor = torch.maximum(floor, mandatory)
+    floor = torch.minimum(floor, budget // num_heads)  # floors must fit the budget
+    ranked = scores.sort(dim=-1, descending=True).values  # [B, H, T]
+    rank = torch.arange(length, device=scores.device)
+    beyond_floor = rank[None, None, :] >= floor[:, None, None]
+    candidates = ranked.masked_fill(~beyond_floor, float("-inf")).reshape(bsz, -1)
+    extra = budget - num_heads * floor  # [B]
+    budgets = floor[:, None].expand(bsz, num_heads).clone()
+    k = int(extra.max())
+    if k > 0:
+        picked = candidates.topk(k, dim=-1).indices // length  # [B, k] head of each pick
+        take = torch.arange(k, device=scores.device)[None, :] < extra[:, None]
+        budgets.scatter_add_(1, picked, take.long())
+    return budgets

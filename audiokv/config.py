@@ -1,0 +1,85 @@
+"""`AudioKVConfig`: every knob of the method in one validated dataclass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+
+def _require_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _require_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class AudioKVConfig:
+    """Settings of AudioKV compression.
+
+    Attributes:
+        compression_ratio: fraction of the prompt's KV entries *removed* (the
+            kvpress convention): 0 keeps everything, 0.7 keeps 30%. In [0, 1).
+        window: number of last prompt queries whose attention scores the cache
+            (the observation window). These tokens are always kept.
+        pooling: ``"max"`` or ``"avg"`` pooling of scores along the token axis.
+        pooling_kernel: odd kernel size of that pooling; 1 disables it.
+        sss_cutoff: Spectral Score Smoothing cutoff, the fraction of the
+            frequency band (0..Nyquist) kept over the audio span, in (0, 1];
+            1 disables smoothing.
+        head_prior_strength: how strongly calibrated audio-critical heads are
+            favoured in the budget split; 0 ignores the calibration. >= 0.
+        safeguard: every KV head keeps at least this fraction of the average
+            per-head budget (AdaKV's safeguard), in [0, 1].
+        sinks: number of first tokens always kept (attention sinks).
+        page_size: tokens per page of the paged pool; also the FlexAttention
+            KV block size. A power of two in [16, 1024].
+        decode_reserve: tokens per KV head reserved in the pool for decoding
+            at compression time; the pool grows by this much when it is full.
+    """
+
+    compression_ratio: float = 0.5
+    window: int = 32
+    pooling: Literal["max", "avg"] = "max"
+    pooling_kernel: int = 7
+    sss_cutoff: float = 0.1
+    head_prior_strength: float = 1.0
+    safeguard: float = 0.2
+    sinks: int = 4
+    page_size: int = 128
+    decode_reserve: int = 128
+
+    def __post_init__(self) -> None:
+        ratio = _require_float("compression_ratio", self.compression_ratio)
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(
+                f"compression_ratio is the fraction of KV entries removed and must be in [0, 1), got {ratio}"
+            )
+        _require_int("window", self.window, 1)
+        if self.pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {self.pooling!r}")
+        _require_int("pooling_kernel", self.pooling_kernel, 1)
+        if self.pooling_kernel % 2 == 0:
+            raise ValueError(f"pooling_kernel must be odd, got {self.pooling_kernel}")
+        cutoff = _require_float("sss_cutoff", self.sss_cutoff)
+        if not 0.0 < cutoff <= 1.0:
+            raise ValueError(f"sss_cutoff must be in (0, 1], got {cutoff}")
+        if _require_float("head_prior_strength", self.head_prior_strength) < 0:
+            raise ValueError(f"head_prior_strength must be >= 0, got {self.head_prior_strength}")
+        safeguard = _require_float("safeguard", self.safeguard)
+        if not 0.0 <= safeguard <= 1.0:
+            raise ValueError(f"safeguard must be in [0, 1], got {safeguard}")
+        _require_int("sinks", self.sinks, 0)
+        _require_int("page_size", self.page_size, 16)
+        if self.page_size > 1024 or self.page_size & (self.page_size - 1):
+            raise ValueError(f"page_size must be a power of two in [16, 1024], got {self.page_size}")
+        _require_int("decode_reserve", self.decode_reserve, 0)

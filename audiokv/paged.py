@@ -1,0 +1,192 @@
+"""The paged pool: where the kept keys and values of one layer actually live.
+
+Each (batch row, KV head) pair, a *row* ``r = b * H_kv + h``, owns its own
+pages, so heads can keep different numbers of tokens and the memory held is
+``sum_r ceil(kept_r / page) * page`` tokens (plus the decode reserve), not the
+dense ``H_kv * T``. Token ``j`` of row ``r`` sits in page
+``page_table[r, j // page]`` at offset ``j % page``. All pages of a layer share
+one storage tensor per K and V so that one attention kernel reads every row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class PagedKVPool:
+    """Per-layer page pool.
+
+    Attributes:
+        key_pages, value_pages: ``[P, page, D]`` storage of all pages.
+        page_table: ``[R, P_row]`` int32 page ids of each row in logical order
+            (entries past a row's pages are 0 and never read).
+        lengths: ``[R]`` int32 tokens held by each row.
+        page_owner: ``[P]`` int32 row owning each page.
+        page_rank: ``[P]`` int32 position of each page in its owner's table.
+    """
+
+    def __init__(
+        self,
+        key_pages: Tensor,
+        value_pages: Tensor,
+        page_table: Tensor,
+        lengths: Tensor,
+        pages_per_row: list[int],
+        num_kv_heads: int,
+        reserve: int,
+    ) -> None:
+        self.key_pages = key_pages
+        self.value_pages = value_pages
+        self.page_table = page_table
+        self.lengths = lengths
+        self.num_kv_heads = num_kv_heads
+        self.reserve = reserve
+        self._pages_per_row = pages_per_row
+        self._lengths_host = lengths.tolist()
+        self.version = 0  # bumped whenever storage or tables are reallocated
+        self._index_pages()
+
+    @property
+    def page_size(self) -> int:
+        return self.key_pages.shape[1]
+
+    @property
+    def num_rows(self) -> int:
+        return self.page_table.shape[0]
+
+    @property
+    def num_pages(self) -> int:
+        return self.key_pages.shape[0]
+
+    @classmethod
+    def from_selection(
+        cls,
+        key: Tensor,
+        value: Tensor,
+        indices: Tensor,
+        counts: Tensor,
+        *,
+        page_size: int,
+        reserve: int = 0,
+    ) -> PagedKVPool:
+        """Gather the kept tokens of every head into freshly allocated pages.
+
+        Args:
+            key, value: ``[B, H_kv, T, D]`` the prompt's keys and values.
+            indices: ``[B, H_kv, K]`` kept positions (see :func:`select_tokens`);
+                only the first ``counts[b, h]`` of each head are read.
+            counts: ``[B, H_kv]`` tokens kept per head.
+            page_size: tokens per page.
+            reserve: extra tokens of room per row for decoding.
+
+        Returns:
+            A pool holding exactly those tokens, each row in ``ceil((count +
+            reserve) / page_size)`` pages (at least one).
+        """
+        bsz, heads, length, dim = key.shape
+        rows = bsz * heads
+        device = key.device
+        counts_host = counts.reshape(rows).tolist()
+        pages = [max(1, math.ceil((c + reserve) / page_size)) for c in counts_host]
+        total = sum(pages)
+        pages_t = torch.tensor(pages, device=device)
+        starts = torch.cumsum(pages_t, 0) - pages_t
+        width = max(pages)
+        col = torch.arange(width, device=device)
+        table = torch.where(col[None, :] < pages_t[:, None], starts[:, None] + col[None, :], 0)
+
+        k_pages = key.new_zeros(total, page_size, dim)
+        v_pages = value.new_zeros(total, page_size, dim)
+        kept = indices.reshape(rows, -1)
+        used = torch.arange(kept.shape[1], device=device)[None, :] < counts.reshape(rows, 1).to(device)
+        src = kept.clamp(max=length - 1) + (torch.arange(rows, device=device) * length)[:, None]
+        slots = starts[:, None] * page_size + torch.arange(kept.shape[1], device=device)[None, :]
+        src, slots = src[used], slots[used]
+        k_pages.view(-1, dim)[slots] = key.reshape(rows * length, dim)[src]
+        v_pages.view(-1, dim)[slots] = value.reshape(rows * length, dim)[src]
+        lengths = counts.reshape(rows).to(device=device, dtype=torch.int32)
+        return cls(k_pages, v_pages, table.int(), lengths, pages, heads, reserve)
+
+    def _index_pages(self) -> None:
+        rows = torch.arange(self.num_rows, device=self.page_table.device)
+        per_row = torch.tensor(self._pages_per_row, device=self.page_table.device)
+        col = torch.arange(self.page_table.shape[1], device=self.page_table.device)
+        used = col[None, :] < per_row[:, None]
+        owner = torch.zeros(self.num_pages, dtype=torch.int32, device=self.page_table.device)
+        rank = torch.zeros_like(owner)
+        ids = self.page_table.long()[used]
+        owner[ids] = rows[:, None].expand_as(used)[used].int()
+        rank[ids] = col[None, :].expand_as(used)[used].int()
+        self.page_owner, self.page_rank = owner, rank
+
+    def free_slots(self) -> int:
+        """Tokens every row can still take before the pool must grow."""
+        pairs = zip(self._pages_per_row, self._lengths_host, strict=True)
+        return min(p * self.page_size - n for p, n in pairs)
+
+    def grow(self, tokens: int) -> None:
+        """Give every row room for at least ``tokens`` more tokens (reallocates)."""
+        extra = max(1, math.ceil(tokens / self.page_size))
+        rows, old = self.num_rows, self.num_pages
+        dev = self.page_table.device
+        new_ids = old + torch.arange(rows * extra, device=dev, dtype=torch.int32).view(rows, extra)
+        shape = (rows * extra, *self.key_pages.shape[1:])
+        self.key_pages = torch.cat([self.key_pages, self.key_pages.new_zeros(shape)])
+        self.value_pages = torch.cat([self.value_pages, self.value_pages.new_zeros(shape)])
+        per_row = torch.tensor(self._pages_per_row, device=dev)
+        width = max(self._pages_per_row) + extra
+        table = torch.nn.functional.pad(self.page_table, (0, width - self.page_table.shape[1]))
+        cols = per_row[:, None] + torch.arange(extra, device=dev)[None, :]
+        self.page_table = table.scatter(1, cols, new_ids)
+        self._pages_per_row = [p + extra for p in self._pages_per_row]
+        self.version += 1
+        self._index_pages()
+
+    def append(self, key: Tensor, value: Tensor) -> None:
+        """Write new tokens at the end of every row, in place.
+
+        Args:
+            key, value: ``[B, H_kv, q, D]`` the new tokens' keys and values.
+        """
+        bsz, heads, q_len, dim = key.shape
+        if bsz * heads != self.num_rows or dim != self.key_pages.shape[-1]:
+            raise ValueError(
+                f"new keys {tuple(key.shape)} do not match the pool's {self.num_rows} rows "
+                f"of head_dim {self.key_pages.shape[-1]}"
+            )
+        if self.free_slots() < q_len:
+            self.grow(max(q_len, self.reserve))
+        pos = self.lengths.long()[:, None] + torch.arange(q_len, device=self.lengths.device)
+        page = self.page_table.long().gather(1, pos // self.page_size)
+        slots = (page * self.page_size + pos % self.page_size).reshape(-1)
+        self.key_pages.view(-1, dim).index_copy_(0, slots, key.reshape(-1, dim).to(self.key_pages.dtype))
+        self.value_pages.view(-1, dim).index_copy_(
+            0, slots, value.reshape(-1, dim).to(self.value_pages.dtype)
+        )
+        self.lengths += q_len
+        self._lengths_host = [n + q_len for n in self._lengths_host]
+
+    def row_tokens(self, row: int) -> tuple[Tensor, Tensor]:
+        """Keys and values held by one row, in logical order: two ``[len, D]`` tensors."""
+        n = self._lengths_host[row]
+        pages = self.page_table[row, : math.ceil(n / self.page_size)].long()
+        dim = self.key_pages.shape[-1]
+        return self.key_pages[pages].reshape(-1, dim)[:n], self.value_pages[pages].reshape(-1, dim)[:n]
+
+    @property
+    def row_lengths(self) -> list[int]:
+        """Tokens held per row (host copy, no device sync)."""
+        return list(self._lengths_host)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of K and V storage this pool holds (allocated, reserve included)."""
+        return self.key_pages.nbytes + self.value_pages.nbytes
+
+    @property
+    def tokens_allocated(self) -> int:
+        """Token slots allocated over all rows: ``num_pages * page_size``."""
+        return self.num_pages * self.page_size

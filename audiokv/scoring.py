@@ -1,0 +1,87 @@
+"""Observation-window scores: how much the last queries of the prompt attend to each cached token.
+
+SnapKV-style: softmax attention of the last ``window`` queries over every key,
+causal inside the window, averaged over the window and over the query heads of
+each GQA group. The reduction happens per KV head on grouped queries; keys are
+never repeated (`repeat_kv`) to the query head count.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def window_scores(
+    query_window: Tensor,
+    key: Tensor,
+    *,
+    scaling: float | None = None,
+    key_mask: Tensor | None = None,
+) -> Tensor:
+    """Score every cached token per KV head.
+
+    Args:
+        query_window: ``[B, H_q, W, D]`` the last ``W`` queries of the prompt,
+            after positional encoding (they sit at positions ``T-W .. T-1``).
+        key: ``[B, H_kv, T, D]`` all prompt keys, after positional encoding.
+        scaling: softmax scale; ``1/sqrt(D)`` by default.
+        key_mask: optional ``[B, T]`` bool, False for padding keys.
+
+    Returns:
+        ``[B, H_kv, T]`` float32 scores in [0, 1]; each (row, head) sums to 1.
+        Padding keys score 0.
+    """
+    if query_window.dim() != 4 or key.dim() != 4:
+        raise ValueError(
+            f"expected query [B, H_q, W, D] and key [B, H_kv, T, D], got "
+            f"{tuple(query_window.shape)} and {tuple(key.shape)}"
+        )
+    bsz, num_heads, window, dim = query_window.shape
+    kbsz, num_kv_heads, length, kdim = key.shape
+    if (kbsz, kdim) != (bsz, dim):
+        raise ValueError(
+            f"query {tuple(query_window.shape)} and key {tuple(key.shape)} disagree on batch or head_dim"
+        )
+    if num_heads % num_kv_heads:
+        raise ValueError(f"query heads ({num_heads}) must be a multiple of KV heads ({num_kv_heads})")
+    if window > length:
+        raise ValueError(f"observation window ({window}) is longer than the prompt ({length} tokens)")
+    group = num_heads // num_kv_heads
+    scale = dim**-0.5 if scaling is None else scaling
+
+    # [B, H_kv, G*W, D]: the G query heads of each KV head, stacked along the query axis.
+    q = query_window.float().reshape(bsz, num_kv_heads, group * window, dim)
+    logits = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # [B, H_kv, G*W, T]
+    qpos = torch.arange(length - window, length, device=key.device).repeat(group)
+    allowed = torch.arange(length, device=key.device)[None, :] <= qpos[:, None]  # [G*W, T]
+    if key_mask is not None:
+        allowed = allowed[None, None] & key_mask[:, None, None, :].bool()
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(logits, dim=-1).mean(dim=-2)
+
+
+def pool_scores(scores: Tensor, kernel: int, mode: str = "max") -> Tensor:
+    """Pool scores along the token axis (stride 1, same length).
+
+    Args:
+        scores: ``[B, H, T]``.
+        kernel: odd window size; 1 returns ``scores`` unchanged.
+        mode: ``"max"`` or ``"avg"`` (average over in-range neighbours only).
+
+    Returns:
+        ``[B, H, T]`` pooled scores.
+    """
+    if kernel == 1:
+        return scores
+    if kernel % 2 == 0:
+        raise ValueError(f"pooling kernel must be odd, got {kernel}")
+    flat = scores.reshape(-1, 1, scores.shape[-1])
+    if mode == "max":
+        out = F.max_pool1d(flat, kernel, stride=1, padding=kernel // 2)
+    elif mode == "avg":
+        out = F.avg_pool1d(flat, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    else:
+        raise ValueError(f"pooling must be 'max' or 'avg', got {mode!r}")
+    return out.reshape(scores.shape)

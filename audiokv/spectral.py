@@ -1,0 +1,80 @@
+"""Spectral Score Smoothing (SSS): an FFT low-pass over the audio part of the scores.
+
+Audio tokens come from a continuous signal, so which of them matter changes
+slowly along time; per-token scores are noisy on top of that trend. SSS keeps
+the low-frequency part of the scores over the audio span so selection follows
+the trend instead of the noise. The span is mirrored on both sides before the
+FFT (the transform assumes a periodic signal: without padding, the end of the
+span would bleed into its start), computed in float32, cropped back, and
+shifted so its mean is exactly the original mean.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+Span = tuple[int, int]
+
+
+def lowpass(x: Tensor, cutoff: float) -> Tensor:
+    """Low-pass filter along the last axis.
+
+    Args:
+        x: ``[..., L]`` finite values.
+        cutoff: fraction of the band 0..Nyquist kept, in (0, 1]; 1 is the identity.
+
+    Returns:
+        ``[..., L]`` float32, same mean as ``x`` along the last axis. Sequences
+        shorter than 3 are returned unchanged.
+    """
+    if not 0.0 < cutoff <= 1.0:
+        raise ValueError(f"cutoff must be in (0, 1], got {cutoff}")
+    length = x.shape[-1]
+    x32 = x.float()
+    if cutoff >= 1.0 or length < 3:
+        return x32
+    pad = length - 1  # the longest mirror 'reflect' allows
+    lead = x32.shape[:-1]
+    padded = torch.nn.functional.pad(x32.reshape(-1, 1, length), (pad, pad), mode="reflect")
+    n = padded.shape[-1]
+    spectrum = torch.fft.rfft(padded, n=n)
+    keep = int(cutoff * (n // 2)) + 1  # bins 0..cutoff*Nyquist; DC always kept
+    spectrum[..., keep:] = 0
+    smooth = torch.fft.irfft(spectrum, n=n)[..., pad : pad + length].reshape(*lead, length)
+    return smooth + (x32.mean(-1, keepdim=True) - smooth.mean(-1, keepdim=True))
+
+
+def spectral_smooth(scores: Tensor, cutoff: float, span: Span | Tensor | None = None) -> Tensor:
+    """Smooth scores over a span of the token axis; everything outside it is untouched.
+
+    Args:
+        scores: ``[B, H, T]`` (or any ``[B, ..., T]``) token scores.
+        cutoff: fraction of the frequency band kept, in (0, 1]; 1 is the identity.
+        span: the audio tokens: ``None`` for the whole axis, ``(start, end)``
+            (end exclusive) for every row, or a ``[B, 2]`` integer tensor with
+            one span per batch row.
+
+    Returns:
+        Scores of the same shape and dtype; inside each span the values are
+        low-pass filtered and keep the span's mean. Spans shorter than 3 tokens
+        are left as they are.
+    """
+    length = scores.shape[-1]
+    if span is None:
+        spans = [(0, length)] * scores.shape[0]
+    elif isinstance(span, Tensor):
+        if span.shape != (scores.shape[0], 2):
+            raise ValueError(f"span tensor must be [B, 2] = [{scores.shape[0]}, 2], got {tuple(span.shape)}")
+        spans = [tuple(s) for s in span.tolist()]
+    else:
+        spans = [tuple(span)] * scores.shape[0]
+    out = scores.clone()
+    for row, (start, end) in enumerate(spans):
+        if not 0 <= start < end <= length:
+            raise ValueError(f"audio span ({start}, {end}) is empty or outside the {length} tokens")
+        segment = scores[row, ..., start:end]
+        if not torch.isfinite(segment).all():
+            raise ValueError(f"scores inside the audio span ({start}, {end}) must be finite")
+        out[row, ..., start:end] = lowpass(segment, cutoff).to(scores.dtype)
+    return out

@@ -1,0 +1,181 @@
+"""AudioKVAttention end to end: compiled FlexAttention vs attention over exactly the kept tokens."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audiokv import AudioKVAttention, AudioKVConfig
+
+
+class KeptReference:
+    """Dense fp64 attention over the tokens a module kept plus everything appended since.
+
+    Built from the original prompt K/V and the module's selection, never from its pool.
+    """
+
+    def __init__(self, module, key, value):
+        bsz, heads = key.shape[:2]
+        self.group = module.num_heads // heads
+        self.scale = module.scaling
+        self.rows = []
+        for b in range(bsz):
+            for h in range(heads):
+                idx = module.kept_indices[b, h, : module.budgets[b, h]]
+                self.rows.append([key[b, h, idx].double(), value[b, h, idx].double()])
+
+    def step(self, query, key, value):
+        bsz, hq, q_len, dim = query.shape
+        heads = key.shape[1]
+        out = torch.empty(bsz, hq, q_len, dim, dtype=torch.float64)
+        for r, row in enumerate(self.rows):
+            b, h = divmod(r, heads)
+            row[0] = torch.cat([row[0], key[b, h].double()])
+            row[1] = torch.cat([row[1], value[b, h].double()])
+            n = row[0].shape[0]
+            q = query[b, h * self.group : (h + 1) * self.group].double()
+            logits = q @ row[0].T * self.scale
+            visible = torch.arange(n)[None, :] <= (n - q_len + torch.arange(q_len))[:, None]
+            out[b, h * self.group : (h + 1) * self.group] = (
+                torch.softmax(logits.masked_fill(~visible, -torch.inf), -1) @ row[1]
+            )
+        return out
+
+
+def qkv(bsz, hq, hkv, length, dim, dtype, gen):
+    return (
+        torch.randn(bsz, hq, length, dim, generator=gen).to(dtype),
+        torch.randn(bsz, hkv, length, dim, generator=gen).to(dtype),
+        torch.randn(bsz, hkv, length, dim, generator=gen).to(dtype),
+    )
+
+
+def tolerance(dtype):
+    return {"atol": 1e-4, "rtol": 0} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+
+
+@settings(max_examples=16)
+@given(
+    bsz=st.integers(1, 2),
+    hkv=st.sampled_from([1, 2]),
+    group=st.sampled_from([1, 3, 7, 8]),
+    length=st.integers(40, 260),
+    ratio=st.sampled_from([0.0, 0.3, 0.6, 0.9]),
+    page=st.sampled_from([16, 64, 128]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    steps=st.lists(st.sampled_from([1, 1, 1, 3]), min_size=1, max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_flex_equals_attention_over_exactly_the_kept_tokens(
+    bsz, hkv, group, length, ratio, page, dtype, steps, seed
+):
+    gen = torch.Generator().manual_seed(seed)
+    cfg = AudioKVConfig(compression_ratio=ratio, window=8, page_size=page, decode_reserve=4, sinks=2)
+    prior = torch.rand(hkv, generator=gen)
+    module = AudioKVAttention(cfg, num_heads=hkv * group, num_kv_heads=hkv, head_dim=16, head_prior=prior)
+    q, k, v = qkv(bsz, hkv * group, hkv, length, 16, dtype, gen)
+    module(q, k, v, audio_span=(2, length // 2))
+    ref = KeptReference(module, k, v)
+    assert module.budgets.sum(-1).tolist() == [hkv * max(length - int(length * ratio), 10)] * bsz
+    for q_len in steps:
+        q, k, v = qkv(bsz, hkv * group, hkv, q_len, 16, dtype, gen)
+        got = module(q, k, v)
+        torch.testing.assert_close(got.double(), ref.step(q, k, v), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("group", [7, 3])
+def test_ratio_zero_equals_plain_causal_attention(group):
+    gen = torch.Generator().manual_seed(0)
+    cfg = AudioKVConfig(compression_ratio=0.0, page_size=64)
+    module = AudioKVAttention(cfg, num_heads=2 * group, num_kv_heads=2, head_dim=16)
+    q, k, v = qkv(2, 2 * group, 2, 150, 16, torch.float32, gen)
+    outs = [module(q, k, v)]
+    keys, values, queries = [k], [v], [q]
+    for q_len in (1, 1, 4, 1):
+        q, k, v = qkv(2, 2 * group, 2, q_len, 16, torch.float32, gen)
+        outs.append(module(q, k, v))
+        keys.append(k), values.append(v), queries.append(q)
+    full = F.scaled_dot_product_attention(
+        torch.cat(queries, 2), torch.cat(keys, 2), torch.cat(values, 2), is_causal=True, enable_gqa=True
+    )
+    torch.testing.assert_close(torch.cat(outs, 2), full, atol=1e-4, rtol=0)
+    assert module.kept_indices.shape[-1] == 150
+
+
+def test_300_decode_steps_cross_pages_match_the_reference_without_recompiling():
+    gen = torch.Generator().manual_seed(3)
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=320)
+    module = AudioKVAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=16)
+    q, k, v = qkv(2, 8, 2, 200, 16, torch.float32, gen)
+    module(q, k, v, audio_span=(10, 180))
+    ref = KeptReference(module, k, v)
+    start_pages = [module.pool.row_lengths[r] // 16 for r in range(4)]
+    worst = 0.0
+    for step in range(300):
+        q, k, v = qkv(2, 8, 2, 1, 16, torch.float32, gen)
+        if step == 1:  # warm-up done: any further compilation is a bug
+            guard = torch._dynamo.config.patch(error_on_recompile=True)
+            guard.__enter__()
+        worst = max(worst, (module(q, k, v).double() - ref.step(q, k, v)).abs().max().item())
+    guard.__exit__(None, None, None)
+    assert worst < 1e-4
+    assert module.pool.version == 0  # the reserve covered all 300 steps: no reallocation
+    crossed = [n // 16 - s for n, s in zip(module.pool.row_lengths, start_pages, strict=True)]
+    assert min(crossed) >= 18  # every row walked through 18+ new pages
+
+
+def test_pool_growth_keeps_results_right():
+    gen = torch.Generator().manual_seed(4)
+    cfg = AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, decode_reserve=0)
+    module = AudioKVAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=16)
+    q, k, v = qkv(1, 8, 2, 120, 16, torch.float32, gen)
+    module(q, k, v)
+    ref = KeptReference(module, k, v)
+    for _ in range(40):
+        q, k, v = qkv(1, 8, 2, 1, 16, torch.float32, gen)
+        torch.testing.assert_close(module(q, k, v).double(), ref.step(q, k, v), atol=1e-4, rtol=0)
+    assert module.pool.version >= 2
+
+
+def test_left_padding_keeps_the_same_tokens_as_the_unpadded_row():
+    gen = torch.Generator().manual_seed(5)
+    # no pooling: max pooling creates plateaus of tied scores whose order is arbitrary
+    cfg = AudioKVConfig(compression_ratio=0.6, window=8, page_size=16, pooling_kernel=1)
+    q, k, v = qkv(1, 4, 2, 100, 16, torch.float32, gen)
+    alone = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16)
+    alone(q, k, v)
+    pad = 30
+    qp, kp, vp = (torch.cat([torch.randn(1, x.shape[1], pad, 16, generator=gen), x], 2) for x in (q, k, v))
+    mask = torch.ones(1, 100 + pad, dtype=torch.bool)
+    mask[0, :pad] = False
+    batched = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16)
+    batched(qp, kp, vp, key_mask=mask)
+    assert torch.equal(batched.budgets, alone.budgets)
+    for h in range(2):
+        n = int(alone.budgets[0, h])
+        assert torch.equal(batched.kept_indices[0, h, :n] - pad, alone.kept_indices[0, h, :n])
+    step = qkv(1, 4, 2, 1, 16, torch.float32, gen)
+    torch.testing.assert_close(batched(*step), alone(*step), atol=1e-5, rtol=0)
+
+
+def test_bad_input_gets_clear_errors():
+    cfg = AudioKVConfig(compression_ratio=0.5, window=32)
+    module = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16)
+    with pytest.raises(ValueError, match="longer than the prompt"):
+        module(torch.randn(1, 4, 20, 16), torch.randn(1, 2, 20, 16), torch.randn(1, 2, 20, 16))
+    with pytest.raises(ValueError, match="KV heads"):
+        module(torch.randn(1, 4, 40, 16), torch.randn(1, 3, 40, 16), torch.randn(1, 3, 40, 16))
+    with pytest.raises(ValueError, match="multiple"):
+        AudioKVAttention(cfg, num_heads=5, num_kv_heads=2, head_dim=16)
+    with pytest.raises(ValueError, match="head_prior"):
+        AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, head_prior=torch.ones(3))
+    q = torch.randn(1, 4, 40, 16)
+    q[0, 0, -1, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        module(q, torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16))
+    with pytest.raises(ValueError, match="empty"):
+        module.reset()
+        module(
+            torch.randn(1, 4, 40, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16), audio_span=(5, 5)
+        )

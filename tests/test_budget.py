@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from audiokv.budget import head_budgets, head_weights, layer_budget, mark_mandatory
+from audiokv.select import select_tokens
+
+
+def brute_force_budgets(scores, budget, safeguard, weights):
+    """Independent AdaKV split: floors first, then one global ranking of (score, head) pairs."""
+    heads, _ = scores.shape
+    if weights is not None:
+        scores = scores * weights[:, None]
+    mandatory = int(torch.isposinf(scores[0]).sum())
+    floor = min(max(math.ceil(safeguard * budget / heads), mandatory), budget // heads)
+    rest = []
+    for h in range(heads):
+        ranked = sorted(scores[h].tolist(), reverse=True)
+        rest += [(s, h) for s in ranked[floor:]]
+    rest.sort(key=lambda p: p[0], reverse=True)
+    out = [floor] * heads
+    for _, h in rest[: budget - heads * floor]:
+        out[h] += 1
+    return out
+
+
+@st.composite
+def problems(draw):
+    heads = draw(st.integers(1, 8))
+    length = draw(st.integers(2, 120))
+    sinks = draw(st.integers(0, 4))
+    window = draw(st.integers(1, max(1, length // 3)))
+    pad = draw(st.integers(0, max(0, length - sinks - window - 1)))
+    seed = draw(st.integers(0, 2**16))
+    # distinct scores so the ranking is unique
+    scores = torch.randperm(heads * length, generator=torch.Generator().manual_seed(seed)).float()
+    scores = scores.view(1, heads, length) / (heads * length)
+    mask = torch.ones(1, length, dtype=torch.bool)
+    mask[0, :pad] = False
+    marked = mark_mandatory(scores, sinks=sinks, window=window, key_mask=mask)
+    mandatory = torch.isposinf(marked[:, 0]).sum(-1)
+    ratio = draw(st.floats(0, 0.99))
+    budget = layer_budget(mask.sum(-1), heads, ratio, mandatory)
+    return marked, budget, draw(st.floats(0, 1)), mandatory
+
+
+@given(problems(), st.booleans())
+def test_budgets_sum_respect_floors_and_match_brute_force(problem, weighted):
+    scores, budget, safeguard, mandatory = problem
+    heads = scores.shape[1]
+    weights = torch.linspace(0.5, 2.0, heads) if weighted else None
+    got = head_budgets(scores, budget, safeguard=safeguard, weights=weights)
+    assert got.sum().item() == budget.item()
+    assert (got >= mandatory[:, None]).all()
+    assert (got <= (~torch.isneginf(scores[0, 0])).sum()).all()
+    assert got[0].tolist() == brute_force_budgets(scores[0], budget.item(), safeguard, weights)
+
+
+@given(problems())
+def test_selection_keeps_exactly_the_budget_and_every_mandatory_token(problem):
+    scores, budget, safeguard, _ = problem
+    budgets = head_budgets(scores, budget, safeguard=safeguard)
+    idx = select_tokens(scores, budgets)
+    length = scores.shape[-1]
+    for h in range(scores.shape[1]):
+        kept = idx[0, h, : budgets[0, h]]
+        assert (idx[0, h, budgets[0, h] :] == length).all()
+        assert torch.equal(kept, kept.sort().values) and kept.unique().numel() == kept.numel()
+        must = torch.isposinf(scores[0, h]).nonzero().flatten()
+        assert set(must.tolist()) <= set(kept.tolist())
+        assert not torch.isneginf(scores[0, h, kept]).any()
+        # the kept tokens are the head's top ones
+        rest = torch.ones(length, dtype=torch.bool)
+        rest[kept] = False
+        if rest.any() and kept.numel():
+            assert scores[0, h, kept].min() >= scores[0, h, rest].max()
+
+
+def test_prior_moves_budget_to_audio_heads():
+    scores = torch.rand(1, 4, 200, generator=torch.Generator().manual_seed(1))
+    scores = mark_mandatory(scores, sinks=2, window=4)
+    plain = head_budgets(scores, 400, safeguard=0.1)
+    weighted = head_budgets(
+        scores, 400, safeguard=0.1, weights=head_weights(torch.tensor([0, 0, 0, 5.0]), 1.0)
+    )
+    assert weighted[0, 3] > plain[0, 3] and weighted.sum() == plain.sum() == 400
+    assert torch.equal(head_weights(torch.tensor([1.0, 2.0, 3.0]), 0.0), torch.ones(3))
+
+
+def test_mark_mandatory_uses_first_valid_tokens_as_sinks():
+    mask = torch.tensor([[False, False, True, True, True, True, True, True]])
+    marked = mark_mandatory(torch.rand(1, 1, 8), sinks=2, window=2, key_mask=mask)
+    assert torch.isneginf(marked[0, 0, :2]).all()
+    assert torch.isposinf(marked[0, 0, [2, 3, 6, 7]]).all()
+    assert torch.isfinite(marked[0, 0, [4, 5]]).all()
+
+
+def test_bad_inputs():
+    scores = torch.rand(1, 2, 10)
+    scores[0, 1, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        mark_mandatory(scores, sinks=1, window=1)
+    with pytest.raises(ValueError, match="NaN"):
+        head_budgets(scores, 4)
+    with pytest.raises(ValueError, match="between"):
+        head_budgets(torch.rand(1, 2, 10), 30)
+    with pytest.raises(ValueError, match="positive"):
+        head_budgets(torch.rand(1, 2, 10), 4, weights=torch.tensor([1.0, 0.0]))

@@ -1,0 +1,43 @@
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from audiokv import AudioKVConfig
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("compression_ratio", -0.1, r"\[0, 1\)"),
+        ("compression_ratio", 1.0, r"\[0, 1\)"),
+        ("compression_ratio", math.nan, "finite"),
+        ("compression_ratio", True, "number"),
+        ("window", 0, "window"),
+        ("window", 2.5, "int"),
+        ("pooling", "median", "pooling"),
+        ("pooling_kernel", 4, "odd"),
+        ("sss_cutoff", 0.0, r"\(0, 1\]"),
+        ("sss_cutoff", 1.5, r"\(0, 1\]"),
+        ("head_prior_strength", -1.0, ">= 0"),
+        ("safeguard", 1.2, r"\[0, 1\]"),
+        ("sinks", -1, "sinks"),
+        ("page_size", 100, "power of two"),
+        ("page_size", 8, ">= 16"),
+        ("decode_reserve", -5, "decode_reserve"),
+    ],
+)
+def test_bad_fields_raise_clear_errors(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        AudioKVConfig(**{field: value})
+
+
+@given(
+    ratio=st.floats(0, 1, exclude_max=True),
+    window=st.integers(1, 512),
+    page=st.sampled_from([16, 32, 64, 128, 256]),
+)
+def test_valid_configs_are_kept_as_given(ratio, window, page):
+    cfg = AudioKVConfig(compression_ratio=ratio, window=window, page_size=page)
+    assert (cfg.compression_ratio, cfg.window, cfg.page_size) == (ratio, window, page)

@@ -1,0 +1,71 @@
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from audiokv.paged import PagedKVPool
+
+
+@st.composite
+def selections(draw):
+    bsz, heads = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    length, dim = draw(st.integers(1, 90)), draw(st.sampled_from([4, 8]))
+    counts = torch.tensor(
+        [[draw(st.integers(0, length)) for _ in range(heads)] for _ in range(bsz)], dtype=torch.long
+    )
+    g = torch.Generator().manual_seed(draw(st.integers(0, 999)))
+    indices = torch.full((bsz, heads, length), length)
+    for b in range(bsz):
+        for h in range(heads):
+            indices[b, h, : counts[b, h]] = torch.randperm(length, generator=g)[: counts[b, h]].sort().values
+    key, value = (
+        torch.randn(bsz, heads, length, dim, generator=g),
+        torch.randn(bsz, heads, length, dim, generator=g),
+    )
+    return key, value, indices, counts, draw(st.sampled_from([16, 32, 64])), draw(st.integers(0, 40))
+
+
+@given(selections())
+def test_pool_holds_exactly_the_kept_tokens_in_the_promised_memory(sel):
+    key, value, indices, counts, page, reserve = sel
+    pool = PagedKVPool.from_selection(key, value, indices, counts, page_size=page, reserve=reserve)
+    heads = key.shape[1]
+    for r, n in enumerate(counts.flatten().tolist()):
+        b, h = divmod(r, heads)
+        k, v = pool.row_tokens(r)
+        assert torch.equal(k, key[b, h, indices[b, h, :n]]) and torch.equal(v, value[b, h, indices[b, h, :n]])
+    pages = [max(1, math.ceil((n + reserve) / page)) for n in counts.flatten().tolist()]
+    assert pool.tokens_allocated == sum(pages) * page
+    if (
+        reserve == 0
+    ):  # the bound of the method: sum_h ceil(kept_h / page) * page (an empty head keeps one page)
+        assert pool.tokens_allocated == sum(
+            max(1, math.ceil(n / page)) * page for n in counts.flatten().tolist()
+        )
+    assert pool.nbytes == 2 * pool.tokens_allocated * key.shape[-1] * key.element_size()
+
+
+@given(selections(), st.lists(st.integers(1, 40), min_size=1, max_size=6))
+def test_append_and_grow_keep_every_row_in_order(sel, chunks):
+    key, value, indices, counts, page, reserve = sel
+    pool = PagedKVPool.from_selection(key, value, indices, counts, page_size=page, reserve=reserve)
+    bsz, heads, _, dim = key.shape
+    rows = [list(pool.row_tokens(r)) for r in range(bsz * heads)]
+    for q in chunks:
+        k_new, v_new = torch.randn(bsz, heads, q, dim), torch.randn(bsz, heads, q, dim)
+        pool.append(k_new, v_new)
+        for r in range(bsz * heads):
+            b, h = divmod(r, heads)
+            rows[r] = [torch.cat([rows[r][0], k_new[b, h]]), torch.cat([rows[r][1], v_new[b, h]])]
+    for r in range(bsz * heads):
+        k, v = pool.row_tokens(r)
+        assert torch.equal(k, rows[r][0]) and torch.equal(v, rows[r][1])
+    assert pool.lengths.tolist() == [len(x[0]) for x in rows]
+    # every page has exactly one owner, and owners/ranks agree with the tables
+    for r in range(bsz * heads):
+        n_pages = math.ceil(len(rows[r][0]) / page)
+        ids = pool.page_table[r, :n_pages].long()
+        assert (pool.page_owner[ids] == r).all() and torch.equal(
+            pool.page_rank[ids].long(), torch.arange(n_pages)
+        )
