@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/audiokv demo
+	$(BIN)/audiokv example
 
 lint: $(STAMP)
 	$(BIN)/ruff check audiokv tests benchmarks
