@@ -95,9 +95,7 @@ def print_example(rows: list[dict]) -> None:
         kept = "/".join(str(n) for n in r["kept_per_head"])
         share = r["kv_bytes"] / r["kv_bytes_dense"]
         kib = r["kv_bytes"] / 2**10
-        print(
-            f"{r['compression_ratio']:>6.1f} {kept:>26} {kib:>7.0f}KiB {share:>8.1%} {r['relative_error']:>11.2e}"
-        )
-    print(
-        "ratio = fraction of KV entries removed; 'KV held' is what the page pool allocated (decode reserve included)."
-    )
+        ratio, error = r["compression_ratio"], r["relative_error"]
+        print(f"{ratio:>6.1f} {kept:>26} {kib:>7.0f}KiB {share:>8.1%} {error:>11.2e}")
+    print("ratio = fraction of KV entries removed.")
+    print("KV held = what the page pool allocated, decode reserve included.")
