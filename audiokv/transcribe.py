@@ -1,0 +1,49 @@
+"""Greedy speech-to-text with a Whisper-style encoder-decoder, in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from audiokv.models.whisper import SpeechModel
+
+
+def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> torch.Tensor:
+    """``[B, mels, 3000]`` Whisper input features (every clip padded to 30 s)."""
+    feats = speech.feature_extractor(audios, sampling_rate=16_000, return_tensors="pt")
+    return feats.input_features.to(next(speech.model.parameters()).dtype)
+
+
+@torch.no_grad()
+def greedy_transcribe(
+    speech: SpeechModel, audios: list[np.ndarray], *, max_new_tokens: int = 200
+) -> list[str]:
+    """Transcribe a batch of 16 kHz clips greedily (no timestamps).
+
+    Returns one normalized-whitespace string per clip.
+    """
+    model = speech.model
+    features = log_mel(speech, audios)
+    encoder_out = model.model.encoder(features)
+    bsz = features.shape[0]
+    tokens = torch.tensor([speech.prompt_ids] * bsz)
+    done = torch.zeros(bsz, dtype=torch.bool)
+    generated: list[list[int]] = [[] for _ in range(bsz)]
+    past = None
+    step_input = tokens
+    for _ in range(max_new_tokens):
+        out = model(
+            encoder_outputs=encoder_out, decoder_input_ids=step_input, past_key_values=past, use_cache=True
+        )
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1)
+        for i in range(bsz):
+            if not done[i]:
+                if nxt[i].item() == speech.eos_id:
+                    done[i] = True
+                else:
+                    generated[i].append(nxt[i].item())
+        if done.all():
+            break
+        step_input = nxt[:, None]
+    return [speech.tokenizer.decode(g, skip_special_tokens=True).strip() for g in generated]
