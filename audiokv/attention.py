@@ -53,9 +53,7 @@ class AudioKVAttention(nn.Module):
     ) -> None:
         super().__init__()
         if num_kv_heads < 1 or num_heads % num_kv_heads:
-            raise ValueError(
-                f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})"
-            )
+            raise ValueError(f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
         if head_prior is not None and head_prior.shape != (num_kv_heads,):
             raise ValueError(f"head_prior must be [{num_kv_heads}], got {tuple(head_prior.shape)}")
         if kernel not in ("flex", "reference"):
@@ -138,9 +136,7 @@ class AudioKVAttention(nn.Module):
             mask = (causal & key_mask.bool()[:, None, None, :]) | torch.eye(
                 length, dtype=torch.bool, device=query.device
             )
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, scale=self.scaling, enable_gqa=True
-        )
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scaling, enable_gqa=True)
         self.compress(query, key, value, audio_span=span, key_mask=key_mask)
         return out
 
@@ -163,11 +159,7 @@ class AudioKVAttention(nn.Module):
         """
         cfg = self.config
         bsz, heads, length, _ = key.shape
-        valid = (
-            torch.ones(bsz, length, dtype=torch.bool, device=key.device)
-            if key_mask is None
-            else key_mask.bool()
-        )
+        valid = torch.ones(bsz, length, dtype=torch.bool, device=key.device) if key_mask is None else key_mask.bool()
         if cfg.compression_ratio == 0:
             scores = torch.zeros(bsz, heads, length, device=key.device)
             scores = scores.masked_fill(~valid[:, None, :], float("-inf"))

@@ -21,9 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `audiokv` command."""
     parser = argparse.ArgumentParser(prog="audiokv", description="AudioKV KV-cache compression")
     sub = parser.add_subparsers(dest="command", required=True)
-    example = sub.add_parser(
-        "example", help="compress one synthetic attention layer and report memory and error"
-    )
+    example = sub.add_parser("example", help="compress one synthetic attention layer and report memory and error")
     example.add_argument("--length", type=int, default=4096, help="prompt tokens (default 4096)")
     example.add_argument("--ratios", type=_ratios, default=(0.0, 0.4, 0.7, 0.9), help="e.g. 0.4,0.7")
     args = parser.parse_args(argv)

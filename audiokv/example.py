@@ -45,9 +45,7 @@ def synthetic_layer(length: int, *, heads: int, kv_heads: int, dim: int, window:
     return q, k, v, queries, gen
 
 
-def run_example(
-    length: int = 4096, ratios: tuple[float, ...] = (0.0, 0.4, 0.7, 0.9), steps: int = 16
-) -> list[dict]:
+def run_example(length: int = 4096, ratios: tuple[float, ...] = (0.0, 0.4, 0.7, 0.9), steps: int = 16) -> list[dict]:
     """Compress, decode ``steps`` tokens and compare with the full cache for each ratio.
 
     Returns one dict per ratio: kept tokens per head, KV bytes held vs dense,
@@ -56,9 +54,7 @@ def run_example(
     heads, kv_heads, dim, window = 28, 4, 64, 32
     q, k, v, queries, gen = synthetic_layer(length, heads=heads, kv_heads=kv_heads, dim=dim, window=window)
     span = (length // 16, length - length // 16)
-    new = [
-        (queries(1), *(torch.randn(1, kv_heads, 1, dim, generator=gen) for _ in "kv")) for _ in range(steps)
-    ]
+    new = [(queries(1), *(torch.randn(1, kv_heads, 1, dim, generator=gen) for _ in "kv")) for _ in range(steps)]
     dense_bytes = 2 * kv_heads * (length + steps) * dim * 4
     rows = []
     for ratio in ratios:

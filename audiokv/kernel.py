@@ -62,8 +62,7 @@ def reference_paged_attention(query: Tensor, pool: PagedKVPool, *, scale: float)
         k, v = pool.row_tokens(r)
         logits = rows[r] @ k.float().T * scale  # [G, q, n]
         visible = (
-            torch.arange(n, device=k.device)[None, :]
-            <= (n - q_len + torch.arange(q_len, device=k.device))[:, None]
+            torch.arange(n, device=k.device)[None, :] <= (n - q_len + torch.arange(q_len, device=k.device))[:, None]
         )
         out[r] = torch.softmax(logits.masked_fill(~visible, float("-inf")), -1) @ v.float()
     return out.reshape(bsz, heads, q_len, dim).to(query.dtype)

@@ -163,9 +163,7 @@ class PagedKVPool:
         page = self.page_table.long().gather(1, pos // self.page_size)
         slots = (page * self.page_size + pos % self.page_size).reshape(-1)
         self.key_pages.view(-1, dim).index_copy_(0, slots, key.reshape(-1, dim).to(self.key_pages.dtype))
-        self.value_pages.view(-1, dim).index_copy_(
-            0, slots, value.reshape(-1, dim).to(self.value_pages.dtype)
-        )
+        self.value_pages.view(-1, dim).index_copy_(0, slots, value.reshape(-1, dim).to(self.value_pages.dtype))
         self.lengths += q_len
         self._lengths_host = [n + q_len for n in self._lengths_host]
 

@@ -41,9 +41,7 @@ def window_scores(
     bsz, num_heads, window, dim = query_window.shape
     kbsz, num_kv_heads, length, kdim = key.shape
     if (kbsz, kdim) != (bsz, dim):
-        raise ValueError(
-            f"query {tuple(query_window.shape)} and key {tuple(key.shape)} disagree on batch or head_dim"
-        )
+        raise ValueError(f"query {tuple(query_window.shape)} and key {tuple(key.shape)} disagree on batch or head_dim")
     if num_heads % num_kv_heads:
         raise ValueError(f"query heads ({num_heads}) must be a multiple of KV heads ({num_kv_heads})")
     if window > length:

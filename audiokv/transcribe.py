@@ -15,9 +15,7 @@ def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_transcribe(
-    speech: SpeechModel, audios: list[np.ndarray], *, max_new_tokens: int = 200
-) -> list[str]:
+def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_tokens: int = 200) -> list[str]:
     """Transcribe a batch of 16 kHz clips greedily (no timestamps).
 
     Returns one normalized-whitespace string per clip.
@@ -32,9 +30,7 @@ def greedy_transcribe(
     past = None
     step_input = tokens
     for _ in range(max_new_tokens):
-        out = model(
-            encoder_outputs=encoder_out, decoder_input_ids=step_input, past_key_values=past, use_cache=True
-        )
+        out = model(encoder_outputs=encoder_out, decoder_input_ids=step_input, past_key_values=past, use_cache=True)
         past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
         for i in range(bsz):

@@ -67,9 +67,7 @@ def tolerance(dtype):
     steps=st.lists(st.sampled_from([1, 1, 1, 3]), min_size=1, max_size=5),
     seed=st.integers(0, 2**16),
 )
-def test_flex_equals_attention_over_exactly_the_kept_tokens(
-    bsz, hkv, group, length, ratio, page, dtype, steps, seed
-):
+def test_flex_equals_attention_over_exactly_the_kept_tokens(bsz, hkv, group, length, ratio, page, dtype, steps, seed):
     gen = torch.Generator().manual_seed(seed)
     cfg = AudioKVConfig(compression_ratio=ratio, window=8, page_size=page, decode_reserve=4, sinks=2)
     prior = torch.rand(hkv, generator=gen)
@@ -176,6 +174,4 @@ def test_bad_input_gets_clear_errors():
         module(q, torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16))
     with pytest.raises(ValueError, match="empty"):
         module.reset()
-        module(
-            torch.randn(1, 4, 40, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16), audio_span=(5, 5)
-        )
+        module(torch.randn(1, 4, 40, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16), audio_span=(5, 5))

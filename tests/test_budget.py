@@ -83,9 +83,7 @@ def test_prior_moves_budget_to_audio_heads():
     scores = torch.rand(1, 4, 200, generator=torch.Generator().manual_seed(1))
     scores = mark_mandatory(scores, sinks=2, window=4)
     plain = head_budgets(scores, 400, safeguard=0.1)
-    weighted = head_budgets(
-        scores, 400, safeguard=0.1, weights=head_weights(torch.tensor([0, 0, 0, 5.0]), 1.0)
-    )
+    weighted = head_budgets(scores, 400, safeguard=0.1, weights=head_weights(torch.tensor([0, 0, 0, 5.0]), 1.0))
     assert weighted[0, 3] > plain[0, 3] and weighted.sum() == plain.sum() == 400
     assert torch.equal(head_weights(torch.tensor([1.0, 2.0, 3.0]), 0.0), torch.ones(3))
 

@@ -11,9 +11,7 @@ from audiokv.paged import PagedKVPool
 def selections(draw):
     bsz, heads = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     length, dim = draw(st.integers(1, 90)), draw(st.sampled_from([4, 8]))
-    counts = torch.tensor(
-        [[draw(st.integers(0, length)) for _ in range(heads)] for _ in range(bsz)], dtype=torch.long
-    )
+    counts = torch.tensor([[draw(st.integers(0, length)) for _ in range(heads)] for _ in range(bsz)], dtype=torch.long)
     g = torch.Generator().manual_seed(draw(st.integers(0, 999)))
     indices = torch.full((bsz, heads, length), length)
     for b in range(bsz):
@@ -37,12 +35,8 @@ def test_pool_holds_exactly_the_kept_tokens_in_the_promised_memory(sel):
         assert torch.equal(k, key[b, h, indices[b, h, :n]]) and torch.equal(v, value[b, h, indices[b, h, :n]])
     pages = [max(1, math.ceil((n + reserve) / page)) for n in counts.flatten().tolist()]
     assert pool.tokens_allocated == sum(pages) * page
-    if (
-        reserve == 0
-    ):  # the bound of the method: sum_h ceil(kept_h / page) * page (an empty head keeps one page)
-        assert pool.tokens_allocated == sum(
-            max(1, math.ceil(n / page)) * page for n in counts.flatten().tolist()
-        )
+    if reserve == 0:  # the bound of the method: sum_h ceil(kept_h / page) * page (an empty head keeps one page)
+        assert pool.tokens_allocated == sum(max(1, math.ceil(n / page)) * page for n in counts.flatten().tolist())
     assert pool.nbytes == 2 * pool.tokens_allocated * key.shape[-1] * key.element_size()
 
 
@@ -66,6 +60,4 @@ def test_append_and_grow_keep_every_row_in_order(sel, chunks):
     for r in range(bsz * heads):
         n_pages = math.ceil(len(rows[r][0]) / page)
         ids = pool.page_table[r, :n_pages].long()
-        assert (pool.page_owner[ids] == r).all() and torch.equal(
-            pool.page_rank[ids].long(), torch.arange(n_pages)
-        )
+        assert (pool.page_owner[ids] == r).all() and torch.equal(pool.page_rank[ids].long(), torch.arange(n_pages))
