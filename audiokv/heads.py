@@ -1,0 +1,168 @@
+"""Audio-critical heads: the semantic-acoustic alignment score and its safetensors file.
+
+A head is *audio-critical* when, while the model emits a transcript, the head
+looks at the audio the way an aligner would: each emitted token attends to a
+narrow stretch of audio (sharp), and that stretch moves forward as the
+transcript moves forward (monotonic). For one utterance and one head, with
+``a_i`` the attention of the query emitting transcript token ``i`` over the
+``F`` audio positions:
+
+- ``mass_i = sum_f a_i(f)``: the share of attention on the audio at all;
+- ``sharp_i = 1 - H(a_i / mass_i) / log F``: 1 for a single frame, 0 for uniform;
+- ``focus = mean_i(mass_i * sharp_i)``;
+- ``mono = max(0, spearman(i, centroid_i))``, ``centroid_i`` the attention-weighted
+  mean audio position of token ``i``;
+- ``score = mono * focus``, in [0, 1].
+
+A head that spreads its attention, stares at one fixed frame, or mostly looks
+at text scores near 0. Scores are averaged over the calibration utterances and
+stored per (layer, KV head): for grouped-query attention the group's query
+heads are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+METHOD = "semantic-acoustic-alignment/v1"
+
+
+def _ranks(x: Tensor) -> Tensor:
+    return x.argsort(-1).argsort(-1).double()
+
+
+def alignment_score(attn: Tensor) -> Tensor:
+    """Semantic-acoustic alignment of each head for one utterance.
+
+    Args:
+        attn: ``[H, N, F]`` attention of the ``N`` queries that emit transcript
+            tokens over the ``F`` audio positions (rows may sum to less than 1:
+            attention outside the audio counts against the head). ``N >= 3``.
+
+    Returns:
+        ``[H]`` float32 scores in [0, 1] (see the module docstring).
+    """
+    if attn.dim() != 3:
+        raise ValueError(f"attention must be [H, N, F], got {tuple(attn.shape)}")
+    _, n_tok, frames = attn.shape
+    if n_tok < 3 or frames < 2:
+        raise ValueError(f"need at least 3 transcript tokens and 2 audio positions, got {n_tok} and {frames}")
+    attn = attn.double().clamp_min(0)
+    mass = attn.sum(-1)  # [H, N]
+    p = attn / mass.clamp_min(1e-12)[..., None]
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
+    focus = (mass * (1 - entropy / math.log(frames))).mean(-1)  # [H]
+    centroid = (p * torch.arange(frames, dtype=torch.float64)).sum(-1)  # [H, N]
+    rc = _ranks(centroid)
+    rc = rc - rc.mean(-1, keepdim=True)
+    ri = _ranks(torch.arange(n_tok, dtype=torch.float64))
+    ri = ri - ri.mean()
+    denom = (rc.norm(dim=-1) * ri.norm()).clamp_min(1e-12)
+    mono = ((rc * ri).sum(-1) / denom).clamp_min(0)
+    return (mono * focus).float()
+
+
+def group_heads(scores: Tensor, num_kv_heads: int) -> Tensor:
+    """``[..., H_q]`` per-query-head scores -> ``[..., H_kv]`` (mean over each GQA group)."""
+    heads = scores.shape[-1]
+    if heads % num_kv_heads:
+        raise ValueError(f"{heads} query heads do not split into {num_kv_heads} KV heads")
+    return scores.reshape(*scores.shape[:-1], num_kv_heads, heads // num_kv_heads).mean(-1)
+
+
+@dataclass
+class HeadScores:
+    """Calibrated audio-criticality of every (layer, KV head) of one model.
+
+    Attributes:
+        scores: ``[num_layers, num_kv_heads]`` float32, higher = more audio-critical.
+        model: the model's name (files for another model are refused).
+        data: what the calibration ran on.
+        version: audiokv version that made the file.
+    """
+
+    scores: Tensor
+    model: str
+    data: str
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.scores.dim() != 2:
+            raise ValueError(f"head scores must be [num_layers, num_kv_heads], got {tuple(self.scores.shape)}")
+        if not torch.isfinite(self.scores).all():
+            raise ValueError("head scores must be finite")
+        if not self.version:
+            from audiokv import __version__
+
+            self.version = __version__
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.scores.shape)
+
+    def top(self, k: int = 5) -> list[tuple[int, int, float]]:
+        """The ``k`` highest-scoring heads as ``(layer, kv_head, score)``."""
+        flat = self.scores.flatten()
+        idx = flat.argsort(descending=True)[:k].tolist()
+        heads = self.scores.shape[1]
+        return [(i // heads, i % heads, flat[i].item()) for i in idx]
+
+    def save(self, path: str | Path) -> None:
+        """Write ``head_scores`` and the metadata to a safetensors file."""
+        layers, heads = self.shape
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {"head_scores": self.scores.float().contiguous()},
+            str(path),
+            metadata={
+                "model": self.model,
+                "num_layers": str(layers),
+                "num_kv_heads": str(heads),
+                "data": self.data,
+                "method": METHOD,
+                "audiokv_version": self.version,
+            },
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        num_layers: int | None = None,
+        num_kv_heads: int | None = None,
+    ) -> HeadScores:
+        """Read a calibration file and check it belongs to the model at hand.
+
+        Raises ``ValueError`` when the file is not a calibration file, was made
+        for another model, or its shape does not match the given layer/head counts.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"calibration file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if "head_scores" not in f.keys():  # noqa: SIM118 - safe_open has no __contains__
+                    raise ValueError(f"{path} holds no 'head_scores' tensor: not an audiokv calibration file")
+                scores = f.get_tensor("head_scores").float()
+        except (OSError, RuntimeError, SafetensorError) as err:
+            raise ValueError(f"cannot read calibration file {path}: {err}") from None
+        stored = cls(scores, meta.get("model", ""), meta.get("data", ""), meta.get("audiokv_version", "?"))
+        if model is not None and stored.model != model:
+            raise ValueError(f"calibration file {path} was made for model {stored.model!r}, not {model!r}")
+        expected = (num_layers or stored.shape[0], num_kv_heads or stored.shape[1])
+        if stored.shape != expected:
+            raise ValueError(
+                f"calibration file {path} has {stored.shape[0]} layers x {stored.shape[1]} KV heads, "
+                f"but the model has {expected[0]} x {expected[1]}"
+            )
+        return stored

