@@ -2,8 +2,9 @@
 
 from audiokv.attention import AudioKVAttention
 from audiokv.config import AudioKVConfig
+from audiokv.integrations import apply_audiokv
 from audiokv.spectral import spectral_smooth
 
 __version__ = "0.1.0"
 
-__all__ = ["AudioKVAttention", "AudioKVConfig", "__version__", "spectral_smooth"]
+__all__ = ["AudioKVAttention", "AudioKVConfig", "__version__", "apply_audiokv", "spectral_smooth"]

@@ -101,11 +101,12 @@ class AudioKVAttention(nn.Module):
         self._check_shapes(query, key, value)
         if self.pool is None:
             return self._prefill(query, key, value, audio_span, key_mask)
-        self.pool.append(key, value)
-        if self.kernel == "reference":
-            return reference_paged_attention(query, self.pool, scale=self.scaling)
-        mask = self.block_mask.update(query.shape[2])
-        return paged_attention(query, self.pool, mask, scale=self.scaling)
+        with torch.no_grad():  # inference only: the pool is not differentiable
+            self.pool.append(key, value)
+            if self.kernel == "reference":
+                return reference_paged_attention(query, self.pool, scale=self.scaling)
+            mask = self.block_mask.update(query.shape[2])
+            return paged_attention(query, self.pool, mask, scale=self.scaling)
 
     def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         if query.dim() != 4 or key.shape != value.shape or key.dim() != 4:

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from audiokv import AudioKVConfig
 from audiokv.calibrate import calibrate_whisper
 from audiokv.cli import main
 from audiokv.data import CALIB_DIR, EVAL_DIR
 from audiokv.dataset import load_speech_set
 from audiokv.heads import HeadScores
+from audiokv.integrations import apply_audiokv
 from audiokv.metrics import word_error_rate
 from audiokv.models import load_causal_lm, load_speech_model
 from audiokv.transcribe import greedy_transcribe, log_mel
@@ -21,6 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny():
     return load_speech_model("whisper-tiny.en")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_causal_lm("smollm2-135m")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +67,8 @@ def test_whisper_base_transcribes_a_clip(eval_clip):
     assert word_error_rate([eval_clip.text], [hyp]) < 0.1
 
 
-def test_smollm2_is_a_real_gqa_decoder():
-    model, tokenizer = load_causal_lm("smollm2-135m")
+def test_smollm2_is_a_real_gqa_decoder(smollm2):
+    model, tokenizer = smollm2
     assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (9, 3)
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt"
@@ -96,3 +103,20 @@ def test_calibrate_cli(tmp_path, capsys):
         main(["calibrate", "--model", "whisper-tiny.en", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     )
     assert "neither a directory nor a manifest" in capsys.readouterr().err
+
+
+def test_smollm2_retrieves_a_passkey_from_2k_tokens_at_half_compression(smollm2):
+    model, tokenizer = smollm2
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+    parts = [filler] * 80
+    parts.insert(30, "The pass key is 71432. Remember it. 71432 is the pass key. ")
+    text = "There is important information hidden in this text. Find it and remember it. " + "".join(parts)
+    ids = tokenizer(text + "What is the pass key? The pass key is", return_tensors="pt").input_ids
+    assert 1800 < ids.shape[1] < 2300
+    cfg = AudioKVConfig(compression_ratio=0.5, window=16, page_size=64, decode_reserve=16)
+    with apply_audiokv(model, cfg) as handle:
+        out = model.generate(ids, max_new_tokens=6, do_sample=False)
+        held = handle.kv_bytes
+    assert "71432" in tokenizer.decode(out[0, ids.shape[1] :])
+    dense = 30 * 2 * 3 * (ids.shape[1] + 5) * 64 * 4  # layers, K/V, KV heads, tokens, head_dim, fp32
+    assert held <= 0.55 * dense

@@ -1,0 +1,94 @@
+"""A transformers cache whose compressed layers hold no K/V themselves and report the *logical* length.
+
+The kept keys and values of a compressed layer live in its `AudioKVAttention`
+page pool. The cache layer only counts tokens: `get_seq_length()` is the
+number of tokens the model has seen (not the number kept), so the next
+tokens get their true RoPE / M-RoPE positions after eviction. Layers that are
+not compressed stay ordinary `DynamicCache` layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer
+
+from audiokv.attention import AudioKVAttention
+
+
+class AudioKVLayer(CacheLayerMixin):
+    """Cache layer of a compressed attention layer: passes new K/V through and counts tokens."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, engine: AudioKVAttention) -> None:
+        super().__init__()
+        self.engine = engine
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """New K/V go straight to the attention engine; a first call starts a new sequence."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.length == 0:
+            self.engine.reset()
+        self.length += key_states.shape[-2]
+        return key_states, value_states
+
+    def get_seq_length(self, *args) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query, *args) -> tuple[int, int]:
+        """``(kv_length, kv_offset)``; ``query`` is a length (transformers >= 5.2x) or cache positions."""
+        q_len = query if isinstance(query, int) else query.shape[0]
+        return self.length + q_len, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.length = 0
+        self.engine.reset()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("audiokv does not support beam search yet (pages cannot be reordered)")
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("audiokv cannot crop a compressed cache (assisted decoding is not supported)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("audiokv does not support expanding a compressed cache (num_return_sequences > 1)")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("audiokv does not support selecting batch rows of a compressed cache")
+
+
+class AudioKVCache(DynamicCache):
+    """`DynamicCache` whose compressed layers are :class:`AudioKVLayer`.
+
+    Args:
+        config: the model's config (decides the uncompressed layers' types).
+        engines: ``{layer_idx: AudioKVAttention}`` of the compressed layers.
+    """
+
+    def __init__(self, config, engines: dict[int, AudioKVAttention]) -> None:
+        super().__init__(config=config)
+        num_layers = config.get_text_config(decoder=True).num_hidden_layers
+        while len(self.layers) < num_layers:  # older transformers create layers lazily
+            self.layers.append(DynamicLayer())
+        for idx, engine in engines.items():
+            self.layers[idx] = AudioKVLayer(engine)
+        self.engines = engines
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of K/V held: the compressed layers' pools plus any ordinary layers' tensors."""
+        held = sum(engine.kv_bytes for engine in self.engines.values())
+        for layer in self.layers:
+            if not isinstance(layer, AudioKVLayer) and getattr(layer, "keys", None) is not None:
+                held += layer.keys.nbytes + layer.values.nbytes
+        return held

@@ -1,0 +1,181 @@
+"""The generic decoder path.
+
+`apply_audiokv` gives each self-attention module of the language model an
+`AudioKVAttention` engine (as the submodule ``audiokv``; the module's own
+projections, norms and RoPE keep running, no weights are copied) and routes
+the model's attention through the ``"audiokv"`` attention implementation:
+compressed layers attend through their engine, other layers through SDPA. A
+forward pre-hook swaps a fresh cache for an :class:`AudioKVCache` at prefill
+and records each row's audio span (from the audio placeholder token ids) and
+padding mask, which the engines use when they compress.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+from audiokv.attention import AudioKVAttention
+from audiokv.cache import AudioKVCache
+from audiokv.config import AudioKVConfig
+from audiokv.heads import HeadScores
+from audiokv.integrations.families import audio_token_id, family_of
+
+IMPLEMENTATION = "audiokv"
+
+
+@dataclass
+class _Prompt:
+    """Per-prompt facts the engines read at compression time."""
+
+    audio_span: Tensor | None = None  # [B, 2]; rows without audio are (0, 0)
+    key_mask: Tensor | None = None  # [B, T] bool
+
+
+def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
+    """``[B, 2]`` first and one-past-last position of the audio placeholder in each row ((0, 0): none)."""
+    if token_id is None:
+        return None
+    is_audio = input_ids == token_id
+    if not is_audio.any():
+        return None
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+    start = torch.where(is_audio, pos, input_ids.shape[1]).amin(-1)
+    end = torch.where(is_audio, pos + 1, 0).amax(-1)
+    start = torch.where(end > 0, start, 0)
+    return torch.stack([start, end], -1).cpu()
+
+
+def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    engine: AudioKVAttention | None = getattr(module, "audiokv", None)
+    if engine is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    prompt: _Prompt = engine.prompt
+    if engine.pool is None:
+        out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=prompt.key_mask)
+    else:
+        out = engine(query, key, value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(IMPLEMENTATION, _audiokv_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+@dataclass
+class AudioKVHandle:
+    """What `apply_audiokv` changed; `remove()` (or leaving a ``with`` block) undoes it."""
+
+    model: nn.Module
+    engines: dict[int, AudioKVAttention]
+    _modules: list[nn.Module] = field(default_factory=list)
+    _configs: list[tuple[object, str | None]] = field(default_factory=list)
+    _hook: object = None
+
+    def remove(self) -> None:
+        """Restore the original attention implementation and modules."""
+        for module in self._modules:
+            del module.audiokv
+        for config, impl in self._configs:
+            config._attn_implementation = impl
+        if self._hook is not None:
+            self._hook.remove()
+        self._modules, self._configs, self._hook = [], [], None
+
+    def __enter__(self) -> AudioKVHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes the compressed layers' pools hold now."""
+        return sum(e.kv_bytes for e in self.engines.values())
+
+
+def _self_attention_modules(model: nn.Module) -> dict[int, nn.Module]:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    found = {}
+    for name, module in decoder.named_modules():
+        if name.endswith("self_attn") and hasattr(module, "layer_idx") and hasattr(module, "k_proj"):
+            found[module.layer_idx] = module
+    if not found:
+        raise ValueError(f"found no self-attention modules in {type(model).__name__}")
+    return found
+
+
+def apply_audiokv(model: nn.Module, config: AudioKVConfig, calibration: HeadScores | None = None) -> AudioKVHandle:
+    """Compress ``model``'s KV cache with AudioKV from the next prefill on.
+
+    Args:
+        model: a transformers model of a supported family (see ``SUPPORTED_FAMILIES``).
+        config: compression settings.
+        calibration: calibrated head scores of this model (its shape is checked).
+
+    Returns:
+        A handle; ``handle.remove()`` restores the model. ``model.generate`` works
+        unchanged (greedy or sampling, batches with left padding).
+    """
+    family = family_of(model)
+    text_config = model.config.get_text_config(decoder=True)
+    modules = _self_attention_modules(model)
+    num_layers, heads = text_config.num_hidden_layers, text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    if calibration is not None and calibration.shape != (num_layers, kv_heads):
+        raise ValueError(
+            f"calibration {calibration.model!r} has {calibration.shape[0]} layers x {calibration.shape[1]} KV heads, "
+            f"but this model has {num_layers} x {kv_heads}"
+        )
+    prompt = _Prompt()
+    token_id = audio_token_id(model, family)
+    handle = AudioKVHandle(model, {})
+    for idx, module in sorted(modules.items()):
+        engine = AudioKVAttention(
+            config,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=module.head_dim,
+            scaling=module.scaling,
+            head_prior=None if calibration is None else calibration.scores[idx].clone(),
+        ).to(next(module.parameters()).device)
+        engine.prompt = prompt
+        module.audiokv = engine
+        handle.engines[idx] = engine
+        handle._modules.append(module)
+    configs = {id(c): c for c in (model.config, text_config, *(m.config for m in modules.values()))}
+    for cfg in configs.values():
+        handle._configs.append((cfg, getattr(cfg, "_attn_implementation", None)))
+        cfg._attn_implementation = IMPLEMENTATION
+
+    params = inspect.signature(model.forward).parameters
+    default_key = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+
+    def pre_hook(_module, args, kwargs):
+        key = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), default_key)
+        cache = kwargs.get(key)
+        if isinstance(cache, AudioKVCache):
+            if cache.get_seq_length() > 0:
+                return args, kwargs  # decoding: nothing to set up
+        elif cache is not None and cache.get_seq_length() > 0:
+            raise ValueError("audiokv needs the cache from the start of the sequence; got a partly filled cache")
+        elif kwargs.get("use_cache") is False:
+            return args, kwargs
+        else:
+            kwargs[key] = AudioKVCache(model.config, handle.engines)
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        prompt.audio_span = audio_spans(input_ids, token_id) if input_ids is not None else None
+        mask = kwargs.get("attention_mask")
+        prompt.key_mask = mask.bool() if mask is not None and mask.dim() == 2 and not mask.all() else None
+        return args, kwargs
+
+    handle._hook = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    return handle

@@ -1,0 +1,54 @@
+"""What differs between model families: where the language model is, which token is audio,
+which layers may be compressed. Everything else goes through the generic path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    """A thin adapter.
+
+    Attributes:
+        name: human-readable family name.
+        model_types: transformers ``model_type`` values of the top-level config.
+        audio_token_attrs: config attributes that may hold the audio placeholder token id.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    audio_token_attrs: tuple[str, ...] = ("audio_token_id", "audio_token_index")
+
+
+FAMILIES = (
+    Family("Llama / Qwen2 / Qwen3 / Mistral style LLMs (e.g. SmolLM2)", ("llama", "qwen2", "qwen3", "mistral")),
+    Family("Qwen2-Audio", ("qwen2_audio",)),
+    Family("Qwen2.5-Omni thinker", ("qwen2_5_omni_thinker",)),
+    Family("Qwen3-Omni-MoE thinker", ("qwen3_omni_moe_thinker",)),
+    Family("Voxtral", ("voxtral",)),
+)
+SUPPORTED_FAMILIES = tuple(f.name for f in FAMILIES)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The adapter for ``model``; a clear error for an unsupported family."""
+    model_type = getattr(model.config, "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    names = "; ".join(SUPPORTED_FAMILIES)
+    raise ValueError(f"audiokv does not support model_type {model_type!r} yet. Supported families: {names}")
+
+
+def audio_token_id(model: nn.Module, family: Family) -> int | None:
+    """The audio placeholder id from the model's config (or its thinker/text sub-configs), if any."""
+    configs = [model.config] + [getattr(model.config, n, None) for n in ("thinker_config", "text_config")]
+    for config in configs:
+        for attr in family.audio_token_attrs:
+            value = getattr(config, attr, None) if config is not None else None
+            if isinstance(value, int):
+                return value
+    return None

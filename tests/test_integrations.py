@@ -1,0 +1,146 @@
+"""apply_audiokv on tiny random transformers models (built offline from their configs)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AttentionInterface,
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+from audiokv import AudioKVConfig
+from audiokv.cache import AudioKVCache
+from audiokv.heads import HeadScores
+from audiokv.integrations import SUPPORTED_FAMILIES, apply_audiokv
+
+COMMON = dict(
+    vocab_size=97,
+    hidden_size=96,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=2048,
+)
+FAMILIES = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**COMMON)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**COMMON)),
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**COMMON)),  # qk-norm
+}
+
+
+def tiny(family):
+    torch.manual_seed(0)
+    return FAMILIES[family]().eval()
+
+
+def left_padded(bsz, length, gen):
+    ids = torch.randint(3, 97, (bsz, length), generator=gen)
+    mask = torch.ones(bsz, length, dtype=torch.long)
+    for row in range(1, bsz):
+        mask[row, : 7 * row] = 0
+        ids[row, : 7 * row] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("bsz", [1, 3])
+def test_ratio_zero_is_identical_to_the_unpatched_model(family, bsz):
+    model = tiny(family)
+    ids, mask = left_padded(bsz, 60, torch.Generator().manual_seed(bsz))
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    ref_logits = model(ids, attention_mask=mask).logits
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, page_size=16)):
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        logits = model(ids, attention_mask=mask).logits
+    assert torch.equal(out, ref)
+    valid = mask.bool()
+    torch.testing.assert_close(logits[valid], ref_logits[valid], atol=1e-5, rtol=0)
+    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False), ref)
+
+
+def _masked_reference(kept):
+    """Unpatched SDPA attention over the full cache, hiding exactly the prompt tokens audiokv evicted."""
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        bsz, heads, q_len, _ = query.shape
+        total, kv_heads = key.shape[2], key.shape[1]
+        allow = torch.ones(bsz, kv_heads, q_len, total, dtype=torch.bool).tril(total - q_len)
+        if q_len == 1:  # decode: prompt positions limited to what the compressed layer kept
+            idx, budgets, prompt_len = kept[module.layer_idx]
+            allow[..., :prompt_len] = False
+            for b in range(bsz):
+                for h in range(kv_heads):
+                    allow[b, h, :, idx[b, h, : budgets[b, h]]] = True
+        allow = allow.repeat_interleave(heads // kv_heads, dim=1)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=allow, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_half_compression_holds_half_the_memory_and_matches_masked_attention(family):
+    model = tiny(family)
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.randint(3, 97, (1, 800), generator=gen)
+    dense = DynamicCache(config=model.config)
+    model(ids, past_key_values=dense, use_cache=True)
+    dense_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in dense.layers)
+
+    cfg = AudioKVConfig(compression_ratio=0.5, window=16, page_size=16, decode_reserve=0)
+    handle = apply_audiokv(model, cfg, HeadScores(torch.rand(2, 2, generator=gen), model=family, data="test"))
+    cache = AudioKVCache(model.config, handle.engines)
+    model(ids, past_key_values=cache, use_cache=True)
+    assert cache.get_seq_length() == 800  # logical length: positions continue at 800
+    assert cache.kv_bytes <= 0.52 * dense_bytes
+    nxt = torch.randint(3, 97, (1, 1), generator=gen)
+    got = model(nxt, past_key_values=cache, use_cache=True).logits[:, -1]
+    kept = {i: (e.kept_indices, e.budgets, 800) for i, e in handle.engines.items()}
+    assert all(not torch.equal(e.budgets, e.budgets[:, :1].expand_as(e.budgets)) for e in handle.engines.values())
+    handle.remove()
+
+    AttentionInterface.register("masked_reference", _masked_reference(kept))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("masked_reference", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    model.config._attn_implementation = "masked_reference"
+    try:
+        ref_cache = DynamicCache(config=model.config)
+        model(ids, past_key_values=ref_cache, use_cache=True)
+        want = model(nxt, past_key_values=ref_cache, use_cache=True).logits[:, -1]
+    finally:
+        model.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_generate_after_compression_keeps_positions_and_memory():
+    model = tiny("qwen2")
+    ids = torch.randint(3, 97, (2, 400), generator=torch.Generator().manual_seed(1))
+    cfg = AudioKVConfig(compression_ratio=0.5, window=16, page_size=16, decode_reserve=16)
+    with apply_audiokv(model, cfg) as handle:
+        out = model.generate(ids, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)
+        cache = out.past_key_values
+        assert isinstance(cache, AudioKVCache) and cache.get_seq_length() == 419
+        dense = 2 * 2 * 2 * 2 * 419 * 16 * 4  # layers * K,V * batch * kv heads * tokens * dim * fp32
+        slack = 2 * 2 * 2 * 2 * (16 + 16) * 16 * 4  # per row: one partly filled page + the decode reserve
+        assert handle.kv_bytes <= 0.5 * dense + slack
+        sampled = model.generate(ids, max_new_tokens=5, do_sample=True, top_k=5)
+        assert sampled.shape == (2, 405)
+
+
+def test_unsupported_model_and_wrong_calibration_are_clear_errors():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match=r"does not support model_type 'gpt2'.*Qwen2-Audio"):
+        apply_audiokv(gpt2, AudioKVConfig())
+    assert len(SUPPORTED_FAMILIES) >= 4
+    with pytest.raises(ValueError, match="2 x 2"):
+        apply_audiokv(tiny("llama"), AudioKVConfig(), HeadScores(torch.rand(4, 6), model="m", data="d"))
