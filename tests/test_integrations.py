@@ -144,3 +144,105 @@ def test_unsupported_model_and_wrong_calibration_are_clear_errors():
     assert len(SUPPORTED_FAMILIES) >= 4
     with pytest.raises(ValueError, match="2 x 2"):
         apply_audiokv(tiny("llama"), AudioKVConfig(), HeadScores(torch.rand(4, 6), model="m", data="d"))
+
+
+def qwen2_audio():
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    cfg = Qwen2AudioConfig(
+        audio_config=dict(
+            num_mel_bins=16,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            d_model=32,
+            max_source_positions=60,
+        ),
+        text_config={k: v for k, v in COMMON.items() if k != "vocab_size"} | {"vocab_size": 200},
+        audio_token_index=150,
+    )
+    return Qwen2AudioForConditionalGeneration(cfg), [], []
+
+
+def qwen2_5_omni_thinker():
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    text = {k: v for k, v in COMMON.items() if k != "vocab_size"} | {
+        "vocab_size": 200,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+    }
+    cfg = Qwen2_5OmniThinkerConfig(
+        audio_config=dict(
+            num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=32,
+            max_source_positions=60, n_window=10, output_dim=96,
+        ),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=96),
+        text_config=text,
+        audio_token_index=150, image_token_index=151, video_token_index=152, vision_start_token_id=153,
+        audio_start_token_id=154, audio_end_token_id=155, position_id_per_seconds=25,
+    )  # fmt: skip
+    return Qwen2_5OmniThinkerForConditionalGeneration(cfg), [154], [155]
+
+
+LALMS = {"qwen2_audio": qwen2_audio, "qwen2_5_omni_thinker": qwen2_5_omni_thinker}
+
+
+def lalm_inputs(name, gen, text_after=300):
+    torch.manual_seed(0)
+    model, before, after = LALMS[name]()
+    ids = torch.cat(
+        [
+            torch.randint(0, 100, (1, 5), generator=gen),
+            torch.tensor([before], dtype=torch.long).view(1, -1),
+            torch.full((1, 30), 150),  # 120 feature frames -> 30 audio tokens
+            torch.tensor([after], dtype=torch.long).view(1, -1),
+            torch.randint(0, 100, (1, text_after), generator=gen),
+        ],
+        1,
+    )
+    inputs = dict(
+        input_ids=ids,
+        input_features=torch.randn(1, 16, 120, generator=gen),
+        feature_attention_mask=torch.ones(1, 120, dtype=torch.long),
+    )
+    return model.eval(), inputs, 5 + len(before)
+
+
+def set_implementation(model, impl):
+    text = model.config.get_text_config(decoder=True)
+    for cfg in {
+        id(c): c for c in (text, *(m.config for m in model.get_decoder().modules() if hasattr(m, "k_proj")))
+    }.values():
+        cfg._attn_implementation = impl
+
+
+@pytest.mark.parametrize("name", list(LALMS))
+def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
+    gen = torch.Generator().manual_seed(11)
+    model, inputs, audio_start = lalm_inputs(name, gen)
+    ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, page_size=16)):
+        assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), ref)
+
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0, sss_cutoff=0.2)
+    handle = apply_audiokv(model, cfg)
+    out = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    engine = handle.engines[0]
+    assert engine.prompt.audio_span.tolist() == [[audio_start, audio_start + 30]]
+    length = inputs["input_ids"].shape[1]
+    assert out.past_key_values.get_seq_length() == length + 1
+    kept = {i: (e.kept_indices, e.budgets, length) for i, e in handle.engines.items()}
+    handle.remove()
+
+    AttentionInterface.register("masked_reference", _masked_reference(kept))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("masked_reference", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    set_implementation(model, "masked_reference")
+    try:
+        want = model.generate(
+            **inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_logits=True
+        )
+    finally:
+        set_implementation(model, "sdpa")
+    assert torch.equal(out.sequences, want.sequences)
+    # the second token was produced by the compressed cache (position length + 1 after eviction)
+    torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
