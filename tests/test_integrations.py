@@ -146,66 +146,78 @@ def test_unsupported_model_and_wrong_calibration_are_clear_errors():
         apply_audiokv(tiny("llama"), AudioKVConfig(), HeadScores(torch.rand(4, 6), model="m", data="d"))
 
 
+TEXT = {k: v for k, v in COMMON.items() if k != "vocab_size"} | {"vocab_size": 200}
+MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+AUDIO = dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=32)
+
+
 def qwen2_audio():
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    cfg = Qwen2AudioConfig(
-        audio_config=dict(
-            num_mel_bins=16,
-            encoder_layers=1,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=32,
-            d_model=32,
-            max_source_positions=60,
-        ),
-        text_config={k: v for k, v in COMMON.items() if k != "vocab_size"} | {"vocab_size": 200},
-        audio_token_index=150,
-    )
-    return Qwen2AudioForConditionalGeneration(cfg), [], []
+    cfg = Qwen2AudioConfig(audio_config=AUDIO | {"max_source_positions": 60}, text_config=TEXT, audio_token_index=150)
+    return Qwen2AudioForConditionalGeneration(cfg), dict(before=[], after=[], n_audio=30, frames=120, mask=True)
 
 
 def qwen2_5_omni_thinker():
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
-    text = {k: v for k, v in COMMON.items() if k != "vocab_size"} | {
-        "vocab_size": 200,
-        "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-    }
     cfg = Qwen2_5OmniThinkerConfig(
-        audio_config=dict(
-            num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=32,
-            max_source_positions=60, n_window=10, output_dim=96,
-        ),
+        audio_config=AUDIO | dict(max_source_positions=60, n_window=10, output_dim=96),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=96),
-        text_config=text,
+        text_config=TEXT | {"rope_parameters": MROPE},
         audio_token_index=150, image_token_index=151, video_token_index=152, vision_start_token_id=153,
         audio_start_token_id=154, audio_end_token_id=155, position_id_per_seconds=25,
     )  # fmt: skip
-    return Qwen2_5OmniThinkerForConditionalGeneration(cfg), [154], [155]
+    model = Qwen2_5OmniThinkerForConditionalGeneration(cfg)
+    return model, dict(before=[154], after=[155], n_audio=30, frames=120, mask=True)
 
 
-LALMS = {"qwen2_audio": qwen2_audio, "qwen2_5_omni_thinker": qwen2_5_omni_thinker}
+def qwen3_omni_moe_thinker():
+    from transformers import Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration
+
+    text = TEXT | dict(moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)
+    cfg = Qwen3OmniMoeThinkerConfig(
+        audio_config=AUDIO | dict(max_source_positions=1500, n_window=50, n_window_infer=100, output_dim=96,
+                                  downsample_hidden_size=8),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=96,
+                           deepstack_visual_indexes=[0]),
+        text_config=text | {"rope_parameters": MROPE | {"mrope_interleaved": True}},
+        audio_token_id=150, image_token_id=151, video_token_id=152, vision_start_token_id=153,
+        audio_start_token_id=154, position_id_per_seconds=25,
+    )  # fmt: skip
+    model = Qwen3OmniMoeThinkerForConditionalGeneration(cfg)
+    return model, dict(before=[154], after=[], n_audio=26, frames=200, mask=True)
+
+
+def voxtral():
+    from transformers import VoxtralConfig, VoxtralForConditionalGeneration
+
+    audio = dict(num_mel_bins=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, hidden_size=32)
+    cfg = VoxtralConfig(audio_config=audio | {"max_source_positions": 60}, text_config=TEXT, audio_token_id=150)
+    return VoxtralForConditionalGeneration(cfg), dict(before=[], after=[], n_audio=60, frames=120, mask=False)
+
+
+LALMS = {f.__name__: f for f in (qwen2_audio, qwen2_5_omni_thinker, qwen3_omni_moe_thinker, voxtral)}
 
 
 def lalm_inputs(name, gen, text_after=300):
     torch.manual_seed(0)
-    model, before, after = LALMS[name]()
+    model, spec = LALMS[name]()
     ids = torch.cat(
         [
             torch.randint(0, 100, (1, 5), generator=gen),
-            torch.tensor([before], dtype=torch.long).view(1, -1),
-            torch.full((1, 30), 150),  # 120 feature frames -> 30 audio tokens
-            torch.tensor([after], dtype=torch.long).view(1, -1),
+            torch.tensor([spec["before"]], dtype=torch.long).view(1, -1),
+            torch.full((1, spec["n_audio"]), 150),
+            torch.tensor([spec["after"]], dtype=torch.long).view(1, -1),
             torch.randint(0, 100, (1, text_after), generator=gen),
         ],
         1,
     )
-    inputs = dict(
-        input_ids=ids,
-        input_features=torch.randn(1, 16, 120, generator=gen),
-        feature_attention_mask=torch.ones(1, 120, dtype=torch.long),
-    )
-    return model.eval(), inputs, 5 + len(before)
+    inputs = dict(input_ids=ids, input_features=torch.randn(1, 16, spec["frames"], generator=gen))
+    if spec["mask"]:
+        inputs["feature_attention_mask"] = torch.ones(1, spec["frames"], dtype=torch.long)
+    start = 5 + len(spec["before"])
+    return model.eval(), inputs, (start, start + spec["n_audio"])
 
 
 def set_implementation(model, impl):
@@ -219,7 +231,7 @@ def set_implementation(model, impl):
 @pytest.mark.parametrize("name", list(LALMS))
 def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
     gen = torch.Generator().manual_seed(11)
-    model, inputs, audio_start = lalm_inputs(name, gen)
+    model, inputs, span = lalm_inputs(name, gen)
     ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, page_size=16)):
         assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), ref)
@@ -228,7 +240,7 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
     handle = apply_audiokv(model, cfg)
     out = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_logits=True)
     engine = handle.engines[0]
-    assert engine.prompt.audio_span.tolist() == [[audio_start, audio_start + 30]]
+    assert engine.prompt.audio_span.tolist() == [list(span)]
     length = inputs["input_ids"].shape[1]
     assert out.past_key_values.get_seq_length() == length + 1
     kept = {i: (e.kept_indices, e.budgets, length) for i, e in handle.engines.items()}
