@@ -38,6 +38,10 @@ class AudioKVAttention(nn.Module):
         head_prior: optional ``[H_kv]`` calibrated audio-criticality of this layer's heads.
         kernel: ``"flex"`` (compiled FlexAttention) or ``"reference"`` (dense
             PyTorch over the same pool, for tests).
+        cross_attention: the keys are another sequence (Whisper's encoder
+            frames): the first call's queries see every key, all keys count as
+            audio for SSS, only sinks are mandatory, and later calls attend
+            over the pool without appending (their key/value are ignored).
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class AudioKVAttention(nn.Module):
         scaling: float | None = None,
         head_prior: Tensor | None = None,
         kernel: Literal["flex", "reference"] = "flex",
+        cross_attention: bool = False,
     ) -> None:
         super().__init__()
         if num_kv_heads < 1 or num_heads % num_kv_heads:
@@ -62,6 +67,7 @@ class AudioKVAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scaling = head_dim**-0.5 if scaling is None else scaling
         self.kernel = kernel
+        self.cross_attention = cross_attention
         self.register_buffer("head_prior", head_prior, persistent=False)
         self.pool: PagedKVPool | None = None
         self.block_mask: PagedBlockMask | None = None
@@ -98,13 +104,17 @@ class AudioKVAttention(nn.Module):
         Returns:
             ``[B, H_q, q, D]`` attention output.
         """
-        self._check_shapes(query, key, value)
         if self.pool is None:
+            self._check_shapes(query, key, value)
             return self._prefill(query, key, value, audio_span, key_mask)
-        with torch.no_grad():  # inference only: the pool is not differentiable
-            self.pool.append(key, value)
+        causal = not self.cross_attention
+        query, key, value = query.detach(), key.detach(), value.detach()  # inference only: no gradients
+        with torch.no_grad():
+            if causal:
+                self._check_shapes(query, key, value)
+                self.pool.append(key, value)
             if self.kernel == "reference":
-                return reference_paged_attention(query, self.pool, scale=self.scaling)
+                return reference_paged_attention(query, self.pool, scale=self.scaling, causal=causal)
             mask = self.block_mask.update(query.shape[2])
             return paged_attention(query, self.pool, mask, scale=self.scaling)
 
@@ -115,12 +125,8 @@ class AudioKVAttention(nn.Module):
                 f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
             )
         bsz, heads, q_len, dim = query.shape
-        if (heads, dim) != (self.num_heads, self.head_dim) or key.shape != (
-            bsz,
-            self.num_kv_heads,
-            q_len,
-            dim,
-        ):
+        kv_len = key.shape[2] if self.cross_attention else q_len
+        if (heads, dim) != (self.num_heads, self.head_dim) or key.shape != (bsz, self.num_kv_heads, kv_len, dim):
             raise ValueError(
                 f"this layer has {self.num_heads} query / {self.num_kv_heads} KV heads of dim "
                 f"{self.head_dim}; got query {tuple(query.shape)} and key {tuple(key.shape)}"
@@ -131,7 +137,9 @@ class AudioKVAttention(nn.Module):
     ) -> Tensor:
         length = query.shape[2]
         causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
-        if key_mask is None:
+        if self.cross_attention:
+            mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
+        elif key_mask is None:
             mask = causal
         else:  # padding keys hidden; a padding query sees itself so its row is not empty
             mask = (causal & key_mask.bool()[:, None, None, :]) | torch.eye(
@@ -166,16 +174,21 @@ class AudioKVAttention(nn.Module):
             scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
             budgets = valid.sum(-1)[:, None].expand(bsz, heads)
         else:
-            if cfg.window > length:
+            cross = self.cross_attention
+            if cfg.window > length and not cross:
                 raise ValueError(
                     f"observation window ({cfg.window}) is longer than the prompt ({length} tokens); "
                     f"lower AudioKVConfig.window or use compression_ratio=0 for short prompts"
                 )
-            scores = window_scores(query[:, :, -cfg.window :], key, scaling=self.scaling, key_mask=key_mask)
+            queries = query if cross else query[:, :, -cfg.window :]
+            scores = window_scores(queries, key, scaling=self.scaling, key_mask=key_mask, causal=not cross)
             scores = pool_scores(scores, cfg.pooling_kernel, cfg.pooling)
+            if cross:
+                audio_span = (0, length)  # every encoder frame is audio
             if audio_span is not None:
                 scores = spectral_smooth(scores, cfg.sss_cutoff, audio_span)
-            scores = mark_mandatory(scores, sinks=cfg.sinks, window=cfg.window, key_mask=key_mask)
+            window = 0 if cross else cfg.window
+            scores = mark_mandatory(scores, sinks=cfg.sinks, window=window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             budget = layer_budget(valid.sum(-1), heads, cfg.compression_ratio, mandatory)
             weights = None
@@ -185,7 +198,12 @@ class AudioKVAttention(nn.Module):
         indices = select_tokens(scores, budgets)
         self.budgets = budgets
         self.pool = PagedKVPool.from_selection(
-            key, value, indices, budgets, page_size=cfg.page_size, reserve=cfg.decode_reserve
+            key,
+            value,
+            indices,
+            budgets,
+            page_size=cfg.page_size,
+            reserve=0 if self.cross_attention else cfg.decode_reserve,
         )
-        self.block_mask = PagedBlockMask(self.pool)
+        self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices

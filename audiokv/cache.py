@@ -10,7 +10,7 @@ not compressed stay ordinary `DynamicCache` layers.
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from audiokv.attention import AudioKVAttention
 
@@ -92,3 +92,38 @@ class AudioKVCache(DynamicCache):
             if not isinstance(layer, AudioKVLayer) and getattr(layer, "keys", None) is not None:
                 held += layer.keys.nbytes + layer.values.nbytes
         return held
+
+
+class AudioKVCrossLayer(AudioKVLayer):
+    """Cross-attention cache layer: the encoder K/V pass through once, then live in the engine's pool.
+
+    Later decoder steps read ``keys`` / ``values`` (empty tensors that keep no
+    encoder memory alive) and the engine attends over its pool instead.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.engine.reset()
+        self.length = key_states.shape[-2]
+        self.keys = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
+        self.values = self.keys
+        return key_states, value_states
+
+
+class AudioKVEncoderDecoderCache(EncoderDecoderCache):
+    """Encoder-decoder cache: ordinary decoder self-attention, compressed cross-attention.
+
+    Args:
+        engines: ``{decoder_layer_idx: AudioKVAttention}`` of the cross-attention layers.
+    """
+
+    def __init__(self, engines: dict[int, AudioKVAttention]) -> None:
+        layers = [AudioKVCrossLayer(engines[i]) for i in range(len(engines))]
+        super().__init__(DynamicCache(), Cache(layers=layers))
+        self.engines = engines
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the compressed cross-attention K/V (the pools)."""
+        return sum(engine.kv_bytes for engine in self.engines.values())

@@ -14,7 +14,7 @@ from audiokv.paged import PagedKVPool
 @functools.cache
 def compiled_flex():
     """`flex_attention` compiled once per process (fused kernel; never the dense fallback)."""
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # automatic dynamic: pool sizes vary without recompiling
 
 
 def _group_rows(query: Tensor, num_kv_heads: int) -> tuple[Tensor, int]:
@@ -48,11 +48,11 @@ def paged_attention(query: Tensor, pool: PagedKVPool, block_mask: BlockMask, *, 
     return out[:, :group].reshape(bsz, heads, q_len, dim)
 
 
-def reference_paged_attention(query: Tensor, pool: PagedKVPool, *, scale: float) -> Tensor:
+def reference_paged_attention(query: Tensor, pool: PagedKVPool, *, scale: float, causal: bool = True) -> Tensor:
     """Dense softmax attention over each row's tokens, one row at a time (pure PyTorch, fp32).
 
     Same contract as :func:`paged_attention`; query ``i`` of a row sees its
-    tokens ``0 .. len - q + i``.
+    tokens ``0 .. len - q + i`` (causal) or all of them.
     """
     bsz, heads, q_len, dim = query.shape
     group = heads // pool.num_kv_heads
@@ -61,8 +61,7 @@ def reference_paged_attention(query: Tensor, pool: PagedKVPool, *, scale: float)
     for r, n in enumerate(pool.row_lengths):
         k, v = pool.row_tokens(r)
         logits = rows[r] @ k.float().T * scale  # [G, q, n]
-        visible = (
-            torch.arange(n, device=k.device)[None, :] <= (n - q_len + torch.arange(q_len, device=k.device))[:, None]
-        )
+        last = n - q_len + torch.arange(q_len, device=k.device) if causal else torch.full((q_len,), n - 1)
+        visible = torch.arange(n, device=k.device)[None, :] <= last[:, None].to(k.device)
         out[r] = torch.softmax(logits.masked_fill(~visible, float("-inf")), -1) @ v.float()
     return out.reshape(bsz, heads, q_len, dim).to(query.dtype)

@@ -27,8 +27,9 @@ Q_BLOCK = 128  # FlexAttention's query block; a decode step is one partial query
 class PagedBlockMask:
     """In-place-updated BlockMasks for the queries of one layer."""
 
-    def __init__(self, pool: PagedKVPool) -> None:
+    def __init__(self, pool: PagedKVPool, causal: bool = True) -> None:
         self.pool = pool
+        self.causal = causal
         self._bind()
 
     def _bind(self) -> None:
@@ -45,18 +46,19 @@ class PagedBlockMask:
         self.partial_idx = torch.zeros(rows, 1, 1, width, dtype=torch.int32, device=dev)
         self.q_offset = torch.zeros(rows, dtype=torch.int32, device=dev)
         self._masks: dict[int, BlockMask] = {}
-        self.mask_mod = _paged_mask_mod(pool.page_owner, pool.page_rank, self.q_offset, pool.page_size)
+        self.mask_mod = _paged_mask_mod(pool.page_owner, pool.page_rank, self.q_offset, pool.page_size, self.causal)
 
     def update(self, q_len: int) -> BlockMask:
         """The mask for ``q_len`` new queries whose keys were just appended to the pool.
 
-        Query ``i`` of row ``r`` sees the row's logical tokens ``0 .. lengths[r] - q_len + i``.
+        Query ``i`` of row ``r`` sees the row's logical tokens ``0 .. lengths[r] - q_len + i``
+        (causal), or all ``lengths[r]`` tokens (not causal: cross-attention).
         """
         pool = self.pool
         if pool.version != self._version:
             self._bind()
         ps = pool.page_size
-        offset = pool.lengths - q_len  # tokens before the chunk
+        offset = pool.lengths - (q_len if self.causal else 1)  # last token the first query sees
         full = (offset + 1) // ps  # pages entirely visible to the first query
         touched = (pool.lengths + ps - 1) // ps
         self.q_offset.copy_(offset)
@@ -88,12 +90,16 @@ class PagedBlockMask:
         )
 
 
-def _paged_mask_mod(owner: Tensor, rank: Tensor, q_offset: Tensor, page_size: int):
+def _paged_mask_mod(owner: Tensor, rank: Tensor, q_offset: Tensor, page_size: int, causal: bool):
     """mask_mod: key slot ``kv`` is visible to query ``q`` of row ``b``."""
 
-    def mask_mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+    def causal_mask(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         page = kv // page_size
         logical = rank[page] * page_size + kv % page_size
         return (owner[page] == b) & (logical <= q_offset[b] + q)
 
-    return mask_mod
+    def full_mask(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        page = kv // page_size
+        return (owner[page] == b) & (rank[page] * page_size + kv % page_size <= q_offset[b])
+
+    return causal_mask if causal else full_mask

@@ -19,6 +19,7 @@ def window_scores(
     *,
     scaling: float | None = None,
     key_mask: Tensor | None = None,
+    causal: bool = True,
 ) -> Tensor:
     """Score every cached token per KV head.
 
@@ -28,6 +29,8 @@ def window_scores(
         key: ``[B, H_kv, T, D]`` all prompt keys, after positional encoding.
         scaling: softmax scale; ``1/sqrt(D)`` by default.
         key_mask: optional ``[B, T]`` bool, False for padding keys.
+        causal: the queries are the prompt's own last tokens (self-attention);
+            False for cross-attention, where every query sees every key.
 
     Returns:
         ``[B, H_kv, T]`` float32 scores in [0, 1]; each (row, head) sums to 1.
@@ -44,7 +47,7 @@ def window_scores(
         raise ValueError(f"query {tuple(query_window.shape)} and key {tuple(key.shape)} disagree on batch or head_dim")
     if num_heads % num_kv_heads:
         raise ValueError(f"query heads ({num_heads}) must be a multiple of KV heads ({num_kv_heads})")
-    if window > length:
+    if causal and window > length:
         raise ValueError(f"observation window ({window}) is longer than the prompt ({length} tokens)")
     group = num_heads // num_kv_heads
     scale = dim**-0.5 if scaling is None else scaling
@@ -54,6 +57,8 @@ def window_scores(
     logits = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # [B, H_kv, G*W, T]
     qpos = torch.arange(length - window, length, device=key.device).repeat(group)
     allowed = torch.arange(length, device=key.device)[None, :] <= qpos[:, None]  # [G*W, T]
+    if not causal:
+        allowed = torch.ones_like(allowed)
     if key_mask is not None:
         allowed = allowed[None, None] & key_mask[:, None, None, :].bool()
     logits = logits.masked_fill(~allowed, float("-inf"))

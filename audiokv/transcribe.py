@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -27,10 +29,11 @@ def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_
     tokens = torch.tensor([speech.prompt_ids] * bsz)
     done = torch.zeros(bsz, dtype=torch.bool)
     generated: list[list[int]] = [[] for _ in range(bsz)]
+    cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     past = None
     step_input = tokens
     for _ in range(max_new_tokens):
-        out = model(encoder_outputs=encoder_out, decoder_input_ids=step_input, past_key_values=past, use_cache=True)
+        out = model(encoder_outputs=encoder_out, decoder_input_ids=step_input, use_cache=True, **{cache_key: past})
         past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
         for i in range(bsz):

@@ -175,3 +175,25 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="empty"):
         module.reset()
         module(torch.randn(1, 4, 40, 16), torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16), audio_span=(5, 5))
+
+
+def test_cross_attention_mode_compresses_the_encoder_keys_once():
+    gen = torch.Generator().manual_seed(8)
+    cfg = AudioKVConfig(compression_ratio=0.6, page_size=64, sinks=2, sss_cutoff=0.3)
+    module = AudioKVAttention(cfg, num_heads=6, num_kv_heads=6, head_dim=16, cross_attention=True)
+    q = torch.randn(2, 6, 3, 16, generator=gen)
+    k, v = torch.randn(2, 6, 300, 16, generator=gen), torch.randn(2, 6, 300, 16, generator=gen)
+    first = module(q, k, v)  # prompt queries: dense, non-causal attention over every frame
+    torch.testing.assert_close(first, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=0)
+    assert module.budgets.sum(-1).tolist() == [6 * 120] * 2
+    assert module.pool.tokens_allocated == sum(-(-n // 64) * 64 for n in module.budgets.flatten().tolist())
+    for _ in range(3):  # later steps read the pool; their key/value arguments are ignored
+        q = torch.randn(2, 6, 1, 16, generator=gen)
+        got = module(q, k[:, :, :0], v[:, :, :0])
+        want = torch.empty_like(q)
+        for b in range(2):
+            for h in range(6):
+                idx = module.kept_indices[b, h, : module.budgets[b, h]]
+                want[b, h] = torch.softmax(q[b, h] @ k[b, h, idx].T / 4, -1) @ v[b, h, idx]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert module.pool.row_lengths == module.budgets.flatten().tolist()  # nothing appended

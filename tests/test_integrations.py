@@ -13,6 +13,7 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from audiokv import AudioKVConfig
@@ -258,3 +259,77 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
     assert torch.equal(out.sequences, want.sequences)
     # the second token was produced by the compressed cache (position length + 1 after eviction)
     torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
+
+
+def tiny_whisper():
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = WhisperConfig(
+        vocab_size=120, num_mel_bins=16, d_model=48, encoder_layers=1, decoder_layers=2,
+        encoder_attention_heads=3, decoder_attention_heads=3, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=800, max_target_positions=64, decoder_start_token_id=1, pad_token_id=0,
+        eos_token_id=2, bos_token_id=2,
+    )  # fmt: skip
+    return WhisperForConditionalGeneration(cfg).eval()
+
+
+def whisper_steps(model, features, steps=3, cache=None):
+    """Greedy decoding by hand; returns the logits of every step and the cache."""
+    tokens = torch.tensor([[1, 5]])
+    logits = []
+    for _ in range(steps):
+        out = model(input_features=features, decoder_input_ids=tokens, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logits.append(out.logits[:, -1])
+        tokens = out.logits[:, -1:].argmax(-1)
+    return logits, cache
+
+
+def _masked_cross_reference(kept):
+    """Unpatched attention; decode steps see only the encoder frames audiokv kept."""
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        is_cross = getattr(module, "is_decoder", False) and key.shape[2] == 800
+        if not (is_cross and query.shape[2] == 1):  # everything but a compressed decode step: plain SDPA
+            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        idx, budgets, _ = kept[module.layer_idx]
+        allow = torch.zeros(key.shape[0], key.shape[1], 1, key.shape[2], dtype=torch.bool)
+        for h in range(key.shape[1]):
+            allow[0, h, :, idx[0, h, : budgets[0, h]]] = True
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=allow, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+def test_whisper_cross_attention_cache_is_compressed_and_exact_on_the_kept_frames():
+    model = tiny_whisper()
+    features = torch.randn(1, 16, 1600, generator=torch.Generator().manual_seed(2))
+    ref_logits, dense = whisper_steps(model, features)
+    dense_cross = sum(layer.keys.nbytes + layer.values.nbytes for layer in dense.cross_attention_cache.layers)
+
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, page_size=16)):
+        same, _ = whisper_steps(model, features)
+    for a, b in zip(same, ref_logits, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+    cfg = AudioKVConfig(compression_ratio=0.5, page_size=16, sinks=2)
+    with apply_audiokv(model, cfg) as handle:
+        got, cache = whisper_steps(model, features)
+        assert cache.kv_bytes <= 0.52 * dense_cross
+        assert cache.get_seq_length() == dense.get_seq_length()  # decoder self-attention untouched
+        kept = {i: (e.kept_indices, e.budgets, None) for i, e in handle.engines.items()}
+
+    for module in model.model.decoder.modules():
+        if hasattr(module, "k_proj"):
+            module.is_decoder = True
+    AttentionInterface.register("masked_cross", _masked_cross_reference(kept))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("masked_cross", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    model.config._attn_implementation = "masked_cross"
+    try:
+        want, _ = whisper_steps(model, features)
+    finally:
+        model.config._attn_implementation = "sdpa"
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -120,3 +120,17 @@ def test_smollm2_retrieves_a_passkey_from_2k_tokens_at_half_compression(smollm2)
     assert "71432" in tokenizer.decode(out[0, ids.shape[1] :])
     dense = 30 * 2 * 3 * (ids.shape[1] + 5) * 64 * 4  # layers, K/V, KV heads, tokens, head_dim, fp32
     assert held <= 0.55 * dense
+
+
+def test_whisper_tiny_cross_attention_compression_on_real_speech(tiny, eval_clip):
+    audio = [eval_clip.audio()]
+    full = greedy_transcribe(tiny, audio)
+    calib = HeadScores.load(ROOT / "calib" / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.0, page_size=64), calib):
+        assert greedy_transcribe(tiny, audio) == full
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.4, page_size=64), calib) as handle:
+        (hyp,) = greedy_transcribe(tiny, audio)
+        held = handle.kv_bytes
+    dense = 4 * 2 * 6 * 1500 * 64 * 4  # decoder layers, K/V, heads, encoder frames, head_dim, fp32
+    assert held <= 0.6 * dense + 4 * 2 * 6 * 64 * 64 * 4  # kept share + at most one partly filled page per head
+    assert word_error_rate([eval_clip.text], [hyp]) < 0.5  # still a transcript of this clip (not a collapse)

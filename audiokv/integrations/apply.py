@@ -22,7 +22,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from audiokv.attention import AudioKVAttention
-from audiokv.cache import AudioKVCache
+from audiokv.cache import AudioKVCache, AudioKVEncoderDecoderCache
 from audiokv.config import AudioKVConfig
 from audiokv.heads import HeadScores
 from audiokv.integrations.families import audio_token_id, family_of
@@ -59,6 +59,8 @@ def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, sca
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
     prompt: _Prompt = engine.prompt
+    if scaling is not None:  # e.g. Whisper pre-scales its queries and passes 1.0
+        engine.scaling = scaling
     if engine.pool is None:
         out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=prompt.key_mask)
     else:
@@ -102,15 +104,15 @@ class AudioKVHandle:
         return sum(e.kv_bytes for e in self.engines.values())
 
 
-def _self_attention_modules(model: nn.Module) -> dict[int, nn.Module]:
+def _attention_modules(model: nn.Module, attention: str) -> dict[int, nn.Module]:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     found = {}
     for name, module in decoder.named_modules():
-        if name.endswith("self_attn") and hasattr(module, "layer_idx") and hasattr(module, "k_proj"):
+        if name.endswith(attention) and hasattr(module, "layer_idx") and hasattr(module, "k_proj"):
             found[module.layer_idx] = module
     if not found:
-        raise ValueError(f"found no self-attention modules in {type(model).__name__}")
-    return found
+        raise ValueError(f"found no '{attention}' attention modules in {type(model).__name__}")
+    return dict(sorted(found.items()))
 
 
 def apply_audiokv(model: nn.Module, config: AudioKVConfig, calibration: HeadScores | None = None) -> AudioKVHandle:
@@ -127,9 +129,11 @@ def apply_audiokv(model: nn.Module, config: AudioKVConfig, calibration: HeadScor
     """
     family = family_of(model)
     text_config = model.config.get_text_config(decoder=True)
-    modules = _self_attention_modules(model)
-    num_layers, heads = text_config.num_hidden_layers, text_config.num_attention_heads
-    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    modules = _attention_modules(model, family.attention)
+    first = next(iter(modules.values()))
+    num_layers = len(modules)
+    heads = getattr(first, "num_heads", None) or text_config.num_attention_heads
+    kv_heads = heads if family.cross_attention else (getattr(text_config, "num_key_value_heads", None) or heads)
     if calibration is not None and calibration.shape != (num_layers, kv_heads):
         raise ValueError(
             f"calibration {calibration.model!r} has {calibration.shape[0]} layers x {calibration.shape[1]} KV heads, "
@@ -146,6 +150,7 @@ def apply_audiokv(model: nn.Module, config: AudioKVConfig, calibration: HeadScor
             head_dim=module.head_dim,
             scaling=module.scaling,
             head_prior=None if calibration is None else calibration.scores[idx].clone(),
+            cross_attention=family.cross_attention,
         ).to(next(module.parameters()).device)
         engine.prompt = prompt
         module.audiokv = engine
@@ -162,15 +167,19 @@ def apply_audiokv(model: nn.Module, config: AudioKVConfig, calibration: HeadScor
     def pre_hook(_module, args, kwargs):
         key = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), default_key)
         cache = kwargs.get(key)
-        if isinstance(cache, AudioKVCache):
+        if isinstance(cache, AudioKVCache | AudioKVEncoderDecoderCache):
             if cache.get_seq_length() > 0:
                 return args, kwargs  # decoding: nothing to set up
         elif cache is not None and cache.get_seq_length() > 0:
             raise ValueError("audiokv needs the cache from the start of the sequence; got a partly filled cache")
         elif kwargs.get("use_cache") is False:
             return args, kwargs
+        elif family.cross_attention:
+            kwargs[key] = AudioKVEncoderDecoderCache(handle.engines)
         else:
             kwargs[key] = AudioKVCache(model.config, handle.engines)
+        if family.cross_attention:
+            return args, kwargs  # all encoder frames are audio; padding is part of Whisper's input
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         prompt.audio_span = audio_spans(input_ids, token_id) if input_ids is not None else None
         mask = kwargs.get("attention_mask")

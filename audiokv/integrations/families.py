@@ -16,11 +16,17 @@ class Family:
         name: human-readable family name.
         model_types: transformers ``model_type`` values of the top-level config.
         audio_token_attrs: config attributes that may hold the audio placeholder token id.
+        attention: name of the compressed attention modules in the decoder layers.
+        cross_attention: those modules attend to encoder states (Whisper): their cache is
+            compressed once from the decoder's first queries, and the decoder's own
+            self-attention cache stays as it is.
     """
 
     name: str
     model_types: tuple[str, ...]
     audio_token_attrs: tuple[str, ...] = ("audio_token_id", "audio_token_index")
+    attention: str = "self_attn"
+    cross_attention: bool = False
 
 
 FAMILIES = (
@@ -29,6 +35,7 @@ FAMILIES = (
     Family("Qwen2.5-Omni thinker", ("qwen2_5_omni_thinker",)),
     Family("Qwen3-Omni-MoE thinker", ("qwen3_omni_moe_thinker",)),
     Family("Voxtral", ("voxtral",)),
+    Family("Whisper (decoder cross-attention)", ("whisper",), attention="encoder_attn", cross_attention=True),
 )
 SUPPORTED_FAMILIES = tuple(f.name for f in FAMILIES)
 
