@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/audiokv example
+	$(BIN)/audiokv demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check audiokv tests benchmarks

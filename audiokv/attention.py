@@ -21,7 +21,7 @@ from audiokv.config import AudioKVConfig
 from audiokv.kernel import paged_attention, reference_paged_attention
 from audiokv.mask import PagedBlockMask
 from audiokv.paged import PagedKVPool
-from audiokv.scoring import pool_scores, window_scores
+from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import select_tokens
 from audiokv.spectral import Span, spectral_smooth
 
@@ -38,6 +38,9 @@ class AudioKVAttention(nn.Module):
         head_prior: optional ``[H_kv]`` calibrated audio-criticality of this layer's heads.
         kernel: ``"flex"`` (compiled FlexAttention) or ``"reference"`` (dense
             PyTorch over the same pool, for tests).
+        policy: how tokens are scored and budgets split (``"audiokv"`` by default;
+            see :mod:`audiokv.policies` for the baselines).
+        layer_idx, num_layers: this layer's place in the model (for layer-wise budgets).
         cross_attention: the keys are another sequence (Whisper's encoder
             frames): the first call's queries see every key, all keys count as
             audio for SSS, only sinks are mandatory, and later calls attend
@@ -54,6 +57,9 @@ class AudioKVAttention(nn.Module):
         scaling: float | None = None,
         head_prior: Tensor | None = None,
         kernel: Literal["flex", "reference"] = "flex",
+        policy: str | Policy = "audiokv",
+        layer_idx: int = 0,
+        num_layers: int = 1,
         cross_attention: bool = False,
     ) -> None:
         super().__init__()
@@ -68,6 +74,8 @@ class AudioKVAttention(nn.Module):
         self.scaling = head_dim**-0.5 if scaling is None else scaling
         self.kernel = kernel
         self.cross_attention = cross_attention
+        self.policy = get_policy(policy)
+        self.layer_idx, self.num_layers = layer_idx, num_layers
         self.register_buffer("head_prior", head_prior, persistent=False)
         self.pool: PagedKVPool | None = None
         self.block_mask: PagedBlockMask | None = None
@@ -169,7 +177,9 @@ class AudioKVAttention(nn.Module):
         cfg = self.config
         bsz, heads, length, _ = key.shape
         valid = torch.ones(bsz, length, dtype=torch.bool, device=key.device) if key_mask is None else key_mask.bool()
-        if cfg.compression_ratio == 0:
+        policy = self.policy
+        ratio = policy.layer_ratio(cfg.compression_ratio, self.layer_idx, self.num_layers)
+        if ratio == 0:
             scores = torch.zeros(bsz, heads, length, device=key.device)
             scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
             budgets = valid.sum(-1)[:, None].expand(bsz, heads)
@@ -180,21 +190,20 @@ class AudioKVAttention(nn.Module):
                     f"observation window ({cfg.window}) is longer than the prompt ({length} tokens); "
                     f"lower AudioKVConfig.window or use compression_ratio=0 for short prompts"
                 )
-            queries = query if cross else query[:, :, -cfg.window :]
-            scores = window_scores(queries, key, scaling=self.scaling, key_mask=key_mask, causal=not cross)
-            scores = pool_scores(scores, cfg.pooling_kernel, cfg.pooling)
+            inp = ScoreInput(query, key, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel)
+            scores = policy.score(inp).float()
             if cross:
                 audio_span = (0, length)  # every encoder frame is audio
-            if audio_span is not None:
+            if policy.smooth and audio_span is not None:
                 scores = spectral_smooth(scores, cfg.sss_cutoff, audio_span)
-            window = 0 if cross else cfg.window
-            scores = mark_mandatory(scores, sinks=cfg.sinks, window=window, key_mask=key_mask)
+            scores = mark_mandatory(scores, sinks=cfg.sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
-            budget = layer_budget(valid.sum(-1), heads, cfg.compression_ratio, mandatory)
+            budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
             weights = None
-            if self.head_prior is not None and cfg.head_prior_strength > 0:
+            if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
                 weights = head_weights(self.head_prior, cfg.head_prior_strength)
-            budgets = head_budgets(scores, budget, safeguard=cfg.safeguard, weights=weights)
+            safeguard = cfg.safeguard if policy.head_budgets else 1.0  # 1.0: every head keeps the average
+            budgets = head_budgets(scores, budget, safeguard=safeguard, weights=weights)
         indices = select_tokens(scores, budgets)
         self.budgets = budgets
         self.pool = PagedKVPool.from_selection(

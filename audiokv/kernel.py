@@ -10,11 +10,16 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from audiokv.paged import PagedKVPool
 
+# Every pool size is its own static-shape kernel: torch 2.13's CPU code generator fails on
+# flex_attention with dynamic key lengths. Give the kernel room for many sizes so dynamo never
+# silently falls back to the unfused, score-materialising path.
+RECOMPILE_LIMIT = 256
+
 
 @functools.cache
 def compiled_flex():
-    """`flex_attention` compiled once per process (fused kernel; never the dense fallback)."""
-    return torch.compile(flex_attention)  # automatic dynamic: pool sizes vary without recompiling
+    """`flex_attention` compiled once per process with static shapes."""
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def _group_rows(query: Tensor, num_kv_heads: int) -> tuple[Tensor, int]:
@@ -44,7 +49,8 @@ def paged_attention(query: Tensor, pool: PagedKVPool, block_mask: BlockMask, *, 
     rows, group = _group_rows(query, pool.num_kv_heads)
     key = pool.key_pages.view(1, 1, -1, dim)
     value = pool.value_pages.view(1, 1, -1, dim)
-    out = compiled_flex()(rows, key, value, block_mask=block_mask, scale=scale, enable_gqa=True)
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=4 * RECOMPILE_LIMIT):
+        out = compiled_flex()(rows, key, value, block_mask=block_mask, scale=scale, enable_gqa=True)
     return out[:, :group].reshape(bsz, heads, q_len, dim)
 
 

@@ -134,3 +134,37 @@ def test_whisper_tiny_cross_attention_compression_on_real_speech(tiny, eval_clip
     dense = 4 * 2 * 6 * 1500 * 64 * 4  # decoder layers, K/V, heads, encoder frames, head_dim, fp32
     assert held <= 0.6 * dense + 4 * 2 * 6 * 64 * 64 * 4  # kept share + at most one partly filled page per head
     assert word_error_rate([eval_clip.text], [hyp]) < 0.5  # still a transcript of this clip (not a collapse)
+
+
+def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "r.json"
+    args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--policies", "full,snapkv"]
+    assert main([*args, "--ratios", "0.5", "--limit", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"model", "device", "torch", "audiokv", "commit", "rows"} <= set(result)
+    rows = {(r["policy"], r["compression_ratio"]): r for r in result["rows"]}
+    assert set(rows) == {("full", 0.0), ("snapkv", 0.5)}
+    for r in rows.values():
+        assert {"wer", "kv_bytes", "kv_bytes_full", "repetition_rate", "n"} <= set(r) and r["n"] == 1
+    assert rows[("snapkv", 0.5)]["kv_bytes"] < 0.6 * rows[("full", 0.0)]["kv_bytes_full"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ratios", "1.2"], "compression ratios must be in [0, 1)"),
+        (["--policies", "full,magic"], "unknown policy 'magic'"),
+        (["--data", "/nowhere"], "neither a directory nor a manifest"),
+    ],
+)
+def test_eval_cli_bad_input_is_one_line_and_nonzero(extra, message, capsys, tmp_path):
+    args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--out", str(tmp_path / "r.json")]
+    args += extra
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err

@@ -26,6 +26,7 @@ from audiokv.cache import AudioKVCache, AudioKVEncoderDecoderCache
 from audiokv.config import AudioKVConfig
 from audiokv.heads import HeadScores
 from audiokv.integrations.families import audio_token_id, family_of
+from audiokv.policies import Policy, get_policy
 
 IMPLEMENTATION = "audiokv"
 
@@ -115,13 +116,19 @@ def _attention_modules(model: nn.Module, attention: str) -> dict[int, nn.Module]
     return dict(sorted(found.items()))
 
 
-def apply_audiokv(model: nn.Module, config: AudioKVConfig, calibration: HeadScores | None = None) -> AudioKVHandle:
+def apply_audiokv(
+    model: nn.Module,
+    config: AudioKVConfig,
+    calibration: HeadScores | None = None,
+    policy: str | Policy = "audiokv",
+) -> AudioKVHandle:
     """Compress ``model``'s KV cache with AudioKV from the next prefill on.
 
     Args:
         model: a transformers model of a supported family (see ``SUPPORTED_FAMILIES``).
         config: compression settings.
         calibration: calibrated head scores of this model (its shape is checked).
+        policy: ``"audiokv"`` or a baseline from :data:`audiokv.policies.POLICIES`.
 
     Returns:
         A handle; ``handle.remove()`` restores the model. ``model.generate`` works
@@ -142,7 +149,8 @@ def apply_audiokv(model: nn.Module, config: AudioKVConfig, calibration: HeadScor
     prompt = _Prompt()
     token_id = audio_token_id(model, family)
     handle = AudioKVHandle(model, {})
-    for idx, module in sorted(modules.items()):
+    policy = get_policy(policy)
+    for position, (idx, module) in enumerate(modules.items()):
         engine = AudioKVAttention(
             config,
             num_heads=heads,
@@ -150,6 +158,9 @@ def apply_audiokv(model: nn.Module, config: AudioKVConfig, calibration: HeadScor
             head_dim=module.head_dim,
             scaling=module.scaling,
             head_prior=None if calibration is None else calibration.scores[idx].clone(),
+            policy=policy,
+            layer_idx=position,
+            num_layers=num_layers,
             cross_attention=family.cross_attention,
         ).to(next(module.parameters()).device)
         engine.prompt = prompt

@@ -1,0 +1,147 @@
+"""Compression policies: AudioKV and the baselines, behind one interface.
+
+A policy decides two things for a layer: how prompt tokens are *scored*
+(``score``) and how the layer budget is *split* across KV heads (uniformly, or
+AdaKV-style by the scores), plus whether SSS and the calibrated head prior are
+used. Everything after that (sinks and window kept, selection, the page pool,
+the kernel) is shared, so memory and speed compare fairly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from audiokv.scoring import pool_scores, window_scores
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    """What a policy may look at: the prompt of one layer.
+
+    Attributes:
+        query: ``[B, H_q, T_q, D]`` prompt queries (for cross-attention, the decoder's first queries).
+        key: ``[B, H_kv, T, D]`` prompt keys.
+        scaling: softmax scale.
+        key_mask: ``[B, T]`` bool or None (False on padding).
+        window: observation window (last queries).
+        causal: False for cross-attention.
+        pooling, pooling_kernel: score pooling.
+    """
+
+    query: Tensor
+    key: Tensor
+    scaling: float
+    key_mask: Tensor | None
+    window: int
+    causal: bool
+    pooling: str
+    pooling_kernel: int
+
+    def window_attention(self, all_queries: bool = False) -> Tensor:
+        """``[B, H_kv, T]`` attention of the observation window (or of every prompt query)."""
+        queries = self.query if (all_queries or not self.causal) else self.query[:, :, -self.window :]
+        return window_scores(queries, self.key, scaling=self.scaling, key_mask=self.key_mask, causal=self.causal)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Base policy: SnapKV scoring with a uniform split.
+
+    Attributes:
+        name: the name used on the command line.
+        head_budgets: split the layer budget across heads by score (AdaKV) instead of uniformly.
+        smooth: apply Spectral Score Smoothing over the audio span.
+        use_prior: weight heads by the calibrated audio-critical head scores.
+    """
+
+    name: str
+    head_budgets: bool = False
+    smooth: bool = False
+    use_prior: bool = False
+
+    def score(self, inp: ScoreInput) -> Tensor:
+        """``[B, H_kv, T]`` token scores, higher = keep."""
+        return pool_scores(inp.window_attention(), inp.pooling_kernel, inp.pooling)
+
+    def layer_ratio(self, ratio: float, layer: int, num_layers: int) -> float:
+        """Compression ratio of one layer; the mean over layers is ``ratio``."""
+        return ratio
+
+
+class Full(Policy):
+    """No compression (the reference)."""
+
+    def layer_ratio(self, ratio: float, layer: int, num_layers: int) -> float:
+        return 0.0
+
+
+class RandomScores(Policy):
+    """Random tokens (a floor every method must beat); seeded, so runs repeat."""
+
+    def score(self, inp: ScoreInput) -> Tensor:
+        gen = torch.Generator(device=inp.key.device).manual_seed(0)
+        return torch.rand(inp.key.shape[:3], generator=gen, device=inp.key.device)
+
+
+class KNorm(Policy):
+    """Keep keys with the *smallest* L2 norm (low-norm keys draw the most attention)."""
+
+    def score(self, inp: ScoreInput) -> Tensor:
+        return -inp.key.float().norm(dim=-1)
+
+
+class StreamingLLM(Policy):
+    """Attention sinks plus the most recent tokens."""
+
+    def score(self, inp: ScoreInput) -> Tensor:
+        length = inp.key.shape[2]
+        return torch.arange(length, device=inp.key.device, dtype=torch.float32).expand(inp.key.shape[:3])
+
+
+class H2O(Policy):
+    """Heavy hitters: attention accumulated over *all* prompt queries (no pooling)."""
+
+    def score(self, inp: ScoreInput) -> Tensor:
+        return inp.window_attention(all_queries=True)
+
+
+class PyramidKV(Policy):
+    """SnapKV scores with budgets shrinking from the first layer to the last (same average)."""
+
+    def layer_ratio(self, ratio: float, layer: int, num_layers: int) -> float:
+        if num_layers < 2:
+            return ratio
+        keep = 1.0 - ratio
+        slope = min(0.5, (1 - 1e-3) / keep - 1)  # every layer keeps between keep/2 and (almost) all
+        depth = layer / (num_layers - 1)  # 0 at the bottom, 1 at the top
+        return 1.0 - keep * (1 + slope * (1 - 2 * depth))
+
+
+POLICIES: dict[str, Policy] = {
+    p.name: p
+    for p in (
+        Full("full"),
+        RandomScores("random"),
+        KNorm("knorm"),
+        StreamingLLM("streamingllm"),
+        H2O("h2o"),
+        Policy("snapkv"),
+        PyramidKV("pyramidkv"),
+        Policy("adakv", head_budgets=True),
+        Policy("audiokv", head_budgets=True, smooth=True, use_prior=True),
+        Policy("audiokv-no-sss", head_budgets=True, use_prior=True),
+        Policy("audiokv-no-heads", head_budgets=True, smooth=True),
+    )
+}
+
+
+def get_policy(name: str | Policy) -> Policy:
+    """A policy by name (or the policy itself); a clear error listing the names."""
+    if isinstance(name, Policy):
+        return name
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose from: {', '.join(POLICIES)}")
+    return POLICIES[name]
