@@ -80,10 +80,11 @@ class AudioKVAttention(nn.Module):
         self.pool: PagedKVPool | None = None
         self.block_mask: PagedBlockMask | None = None
         self.budgets: Tensor | None = None  # [B, H_kv] tokens kept per head at compression
+        self.kept_indices: Tensor | None = None  # [B, H_kv, K] kept prompt positions (see select_tokens)
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
-        self.pool = self.block_mask = self.budgets = None
+        self.pool = self.block_mask = self.budgets = self.kept_indices = None
 
     @property
     def kv_bytes(self) -> int:
