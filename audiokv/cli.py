@@ -31,15 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     calib.add_argument("--out", required=True, help="output .safetensors file")
     calib.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
     calib.add_argument("--plot", default=None, help="also draw the scores as a heat map (PNG)")
-    ev = sub.add_parser("eval", help="WER and KV memory per policy and compression ratio")
-    ev.add_argument("--model", required=True, help="whisper-tiny.en, whisper-base, or a Whisper hub id / path")
-    ev.add_argument("--data", required=True, help="folder of *.wav + *.txt, or a JSONL manifest")
+    ev = sub.add_parser("eval", help="accuracy and KV memory per policy and compression ratio")
+    ev.add_argument("--task", choices=("asr", "passkey"), default="asr",
+                    help="asr: WER of a speech model on --data; passkey: retrieval by a decoder-only LLM")  # fmt: skip
+    ev.add_argument("--model", required=True, help="asr: whisper-tiny.en, whisper-base or a Whisper id / path; "
+                    "passkey: smollm2-135m or a causal LM id / path")  # fmt: skip
+    ev.add_argument("--data", default=None, help="asr: folder of *.wav + *.txt, or a JSONL manifest")
     ev.add_argument("--policies", default="full,audiokv,snapkv", help="comma-separated policy names")
     ev.add_argument("--ratios", type=_ratios, default=(0.4, 0.7), help="comma-separated, each in [0, 1)")
     ev.add_argument("--calibration", default=None, help="head scores (.safetensors) for the audiokv policies")
     ev.add_argument("--out", required=True, help="results JSON")
-    ev.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
-    ev.add_argument("--plot", default=None, help="also draw WER vs ratio (PNG)")
+    ev.add_argument("--limit", type=int, default=None, help="asr: first N utterances; passkey: N samples (8)")
+    ev.add_argument("--context", type=int, default=2048, help="passkey: prompt length in tokens (default 2048)")
+    ev.add_argument("--plot", default=None, help="also draw accuracy vs ratio (PNG)")
     demo = sub.add_parser("demo", help="full vs audiokv vs snapkv on the bundled Whisper tiny.en and clips")
     demo.add_argument("--out-dir", default="demo-output", help="where the JSON and the plot go")
     args = parser.parse_args(argv)
@@ -64,47 +68,61 @@ def _fail(command: str, err: Exception) -> int:
     return 2
 
 
-def _run_eval(model, data, policies, ratios, calibration, out, plot, limit=None) -> list[dict]:
+def _run_eval(args: argparse.Namespace) -> list[dict]:
+    """Run ``audiokv eval`` (also the demo); writes the JSON (and plot), returns the rows."""
     import json
 
-    from audiokv.dataset import load_speech_set
-    from audiokv.eval import environment, evaluate_speech, plot_results
+    from audiokv.eval import environment, plot_results
     from audiokv.heads import HeadScores
-    from audiokv.models import load_speech_model
     from audiokv.policies import get_policy
 
+    policies = args.policies.split(",")
     for name in policies:
         get_policy(name)
-    if limit is not None and limit < 1:
+    if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
-    utterances = load_speech_set(data, limit=limit)
-    speech = load_speech_model(model)
-    calib = HeadScores.load(calibration, model=speech.name) if calibration else None
-    rows = evaluate_speech(speech, utterances, policies, list(ratios), calibration=calib)
-    result = {"model": speech.name, "data": str(data), "calibration": calibration, **environment(), "rows": rows}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=1))
-    if plot:
-        plot_results(rows, plot, f"{speech.name} on {len(utterances)} clips")
+    if args.task == "passkey":
+        from audiokv.models import load_causal_lm
+        from audiokv.passkey import evaluate_passkey
+
+        model, tokenizer = load_causal_lm(args.model)
+        n = args.limit or 8
+        rows = evaluate_passkey(model, tokenizer, policies, list(args.ratios), context=args.context, n=n)
+        name, data, what = args.model, f"{n} passkey prompts of {args.context} tokens", f"passkey @ {args.context}"
+    else:
+        from audiokv.dataset import load_speech_set
+        from audiokv.eval import evaluate_speech
+        from audiokv.models import load_speech_model
+
+        if args.data is None:
+            raise ValueError("--data is required for --task asr")
+        utterances = load_speech_set(args.data, limit=args.limit)
+        speech = load_speech_model(args.model)
+        calib = HeadScores.load(args.calibration, model=speech.name) if args.calibration else None
+        rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib)
+        name, data, what = speech.name, str(args.data), f"{len(utterances)} clips"
+    result = {"model": name, "task": args.task, "data": data, "calibration": args.calibration, **environment()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({**result, "rows": rows}, indent=1))
+    if args.plot:
+        plot_results(rows, args.plot, f"{name}, {what}")
     return rows
 
 
 def _print_rows(rows: list[dict]) -> None:
-    print(f"{'policy':>18} {'ratio':>6} {'WER':>7} {'KV held':>9} {'of full':>8} {'loops':>6}")
+    metric = "wer" if "wer" in rows[0] else "accuracy"
+    print(f"{'policy':>18} {'ratio':>6} {metric.upper():>8} {'KV held':>9} {'of full':>8} {'loops':>6}")
     for r in rows:
         share = r["kv_bytes"] / r["kv_bytes_full"]
         print(
-            f"{r['policy']:>18} {r['compression_ratio']:>6.2f} {100 * r['wer']:>6.1f}% "
+            f"{r['policy']:>18} {r['compression_ratio']:>6.2f} {100 * r[metric]:>7.1f}% "
             f"{r['kv_bytes'] / 2**20:>7.1f}MB {share:>7.1%} {r['repetition_rate']:>6.0%}"
         )
 
 
 def _eval(args: argparse.Namespace) -> int:
     try:
-        rows = _run_eval(
-            args.model, args.data, args.policies.split(","), args.ratios, args.calibration, args.out, args.plot,
-            args.limit,
-        )  # fmt: skip
+        rows = _run_eval(args)
     except (ValueError, ImportError) as err:
         return _fail("eval", err)
     _print_rows(rows)
@@ -117,11 +135,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     calibration = Path(__file__).resolve().parents[1] / "calib" / "whisper-tiny.en.safetensors"
     out = Path(args.out_dir)
+    run = argparse.Namespace(
+        task="asr", model="whisper-tiny.en", data=EVAL_DIR, policies="full,audiokv,snapkv", ratios=(0.4, 0.7),
+        calibration=str(calibration) if calibration.exists() else None, limit=None,
+        out=out / "demo.json", plot=out / "demo.png",
+    )  # fmt: skip
     try:
-        rows = _run_eval(
-            "whisper-tiny.en", EVAL_DIR, ["full", "audiokv", "snapkv"], (0.4, 0.7),
-            str(calibration) if calibration.exists() else None, out / "demo.json", out / "demo.png",
-        )  # fmt: skip
+        rows = _run_eval(run)
     except (ValueError, ImportError) as err:
         return _fail("demo", err)
     print("Whisper tiny.en, greedy, on the bundled evaluation clips; compressed: the decoder's cross-attention cache")

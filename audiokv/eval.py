@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -65,11 +66,13 @@ def evaluate_speech(
     ratios: list[float],
     *,
     calibration: HeadScores | None = None,
+    config: AudioKVConfig | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[dict]:
     """Greedy transcription of ``data`` under every (policy, ratio); ``full`` runs once at ratio 0.
 
+    ``config`` sets every knob but the ratio (defaults: :class:`AudioKVConfig`).
     Returns one row per run: ``policy``, ``compression_ratio``, ``wer``, ``kv_bytes``
     (mean bytes the compressed cross-attention pools held per utterance, measured
     from their tensors), ``kv_bytes_full`` (the dense cache per utterance),
@@ -85,7 +88,8 @@ def evaluate_speech(
     for policy, ratio in runs:
         hyps, held = [], 0
         start = time.perf_counter()
-        with apply_audiokv(speech.model, AudioKVConfig(compression_ratio=ratio), calibration, policy) as handle:
+        cfg = replace(config or AudioKVConfig(), compression_ratio=ratio)
+        with apply_audiokv(speech.model, cfg, calibration, policy) as handle:
             for i in range(0, len(audio), batch_size):
                 batch = audio[i : i + batch_size]
                 hyps += greedy_transcribe(speech, batch)
@@ -109,19 +113,20 @@ def evaluate_speech(
 
 
 def plot_results(rows: list[dict], path: str | Path, title: str) -> None:
-    """WER against compression ratio, one line per policy (full as a dashed reference)."""
+    """WER (or passkey accuracy) against compression ratio, one line per policy (full dashed)."""
     from audiokv.plots import _pyplot
 
     plt = _pyplot()
+    metric = "wer" if "wer" in rows[0] else "accuracy"
     fig, ax = plt.subplots(figsize=(6, 4))
     for policy in dict.fromkeys(r["policy"] for r in rows):
-        pts = sorted((r["compression_ratio"], 100 * r["wer"]) for r in rows if r["policy"] == policy)
+        pts = sorted((r["compression_ratio"], 100 * r[metric]) for r in rows if r["policy"] == policy)
         if policy == "full":
             ax.axhline(pts[0][1], ls="--", color="gray", label="full cache")
         else:
             ax.plot(*zip(*pts, strict=True), marker="o", label=policy)
     ax.set_xlabel("compression ratio (fraction of KV entries removed)")
-    ax.set_ylabel("WER (%)")
+    ax.set_ylabel("WER (%)" if metric == "wer" else "passkey accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

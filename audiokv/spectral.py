@@ -3,7 +3,11 @@
 Audio tokens come from a continuous signal, so which of them matter changes
 slowly along time; per-token scores are noisy on top of that trend. SSS keeps
 the low-frequency part of the scores over the audio span so selection follows
-the trend instead of the noise. The span is mirrored on both sides before the
+the trend instead of the noise. The filter's gain falls off as a Gaussian
+of frequency (``exp(-f^2 / 2 cutoff^2)``), not as a brick wall: a hard cut
+rings around sharp peaks (Gibbs), which invents alternating high and low
+scores next to every important token; a Gaussian response is a positive
+Gaussian kernel in time and never does. The span is mirrored on both sides before the
 FFT (the transform assumes a periodic signal: without padding, the end of the
 span would bleed into its start), computed in float32, cropped back, and
 shifted so its mean is exactly the original mean.
@@ -22,7 +26,9 @@ def lowpass(x: Tensor, cutoff: float) -> Tensor:
 
     Args:
         x: ``[..., L]`` finite values.
-        cutoff: fraction of the band 0..Nyquist kept, in (0, 1]; 1 is the identity.
+        cutoff: the filter's width as a fraction of the band 0..Nyquist, in
+            (0, 1]: the gain is ``exp(-(f / cutoff)^2 / 2)`` at frequency ``f``
+            (Nyquist = 1), i.e. 0.61 at ``f = cutoff``. 1 is the identity.
 
     Returns:
         ``[..., L]`` float32, same mean as ``x`` along the last axis. Sequences
@@ -39,8 +45,8 @@ def lowpass(x: Tensor, cutoff: float) -> Tensor:
     padded = torch.nn.functional.pad(x32.reshape(-1, 1, length), (pad, pad), mode="reflect")
     n = padded.shape[-1]
     spectrum = torch.fft.rfft(padded, n=n)
-    keep = int(cutoff * (n // 2)) + 1  # bins 0..cutoff*Nyquist; DC always kept
-    spectrum[..., keep:] = 0
+    freq = torch.arange(spectrum.shape[-1], device=x.device, dtype=torch.float32) / (n // 2)
+    spectrum = spectrum * torch.exp(-0.5 * (freq / cutoff) ** 2)  # DC gain 1
     smooth = torch.fft.irfft(spectrum, n=n)[..., pad : pad + length].reshape(*lead, length)
     return smooth + (x32.mean(-1, keepdim=True) - smooth.mean(-1, keepdim=True))
 

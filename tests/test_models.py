@@ -168,3 +168,39 @@ def test_eval_cli_bad_input_is_one_line_and_nonzero(extra, message, capsys, tmp_
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_passkey_prompts_have_the_exact_length_and_hide_each_key_once(smollm2):
+    from audiokv.passkey import passkey_prompts
+
+    _, tokenizer = smollm2
+    ids, keys = passkey_prompts(tokenizer, 700, 5, seed=3)
+    assert ids.shape == (5, 700) and len(set(keys)) == 5
+    depths = []
+    for row, key in zip(ids, keys, strict=True):
+        text = tokenizer.decode(row)
+        assert text.count(key) == 2 and text.endswith("The pass key is")  # the needle names it twice
+        depths.append(text.index(key) / len(text))
+    assert max(depths) - min(depths) > 0.2  # the needle moves
+    with pytest.raises(ValueError, match="too short"):
+        passkey_prompts(tokenizer, 60, 1)
+
+
+def test_eval_cli_passkey_task_writes_accuracy_rows(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "p.json"
+    args = ["eval", "--task", "passkey", "--model", "smollm2-135m", "--policies", "full,snapkv", "--ratios", "0.5"]
+    assert main([*args, "--limit", "2", "--context", "512", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["task"] == "passkey" and {"device", "torch", "commit"} <= set(result)
+    rows = {r["policy"]: r for r in result["rows"]}
+    assert rows["full"]["accuracy"] == 1.0 and rows["full"]["n"] == 2
+    page = 30 * 3 * 2 * 64 * 64 * 4  # one page per KV head and layer: layers, heads, K/V, tokens, dim, fp32
+    assert rows["snapkv"]["kv_bytes"] <= 0.5 * rows["snapkv"]["kv_bytes_full"] + page
+    assert "ACCURACY" in capsys.readouterr().out
+
+
+def test_eval_cli_asr_needs_data(capsys, tmp_path):
+    assert main(["eval", "--model", "whisper-tiny.en", "--out", str(tmp_path / "r.json")]) == 2
+    assert "--data is required" in capsys.readouterr().err

@@ -63,6 +63,14 @@ def test_high_frequency_is_removed():
     assert (y - slow)[20:-20].abs().max() < 0.05
 
 
+def test_a_spike_spreads_without_ringing():
+    spike = torch.zeros(1, 200)
+    spike[0, 100] = 1.0
+    y = lowpass(spike, 0.1)[0]
+    assert y.argmax() == 100 and y.min() > -1e-4  # a brick-wall low-pass dips below 0 beside the spike
+    assert (y[101:] <= y[100:-1] + 1e-6).all()  # falls off monotonically
+
+
 def test_bad_spans_and_values_raise():
     x = torch.rand(1, 2, 30)
     with pytest.raises(ValueError, match="empty"):
