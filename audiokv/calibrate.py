@@ -1,15 +1,29 @@
-"""Calibration: run a model on ASR data and score every (layer, KV head) for audio alignment."""
+"""Calibration: run a model on ASR data and score every (layer, KV head) for audio alignment.
+
+Two runners feed the same score (:func:`audiokv.heads.alignment_score`):
+
+- Whisper-style encoder-decoders: the decoder's cross-attention over the
+  encoder frames (:func:`calibrate_whisper`);
+- decoder-only LALMs: the self-attention of the transcript tokens over the
+  audio placeholder tokens of the same sequence (:func:`calibrate_decoder`).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from audiokv.dataset import Utterance
 from audiokv.heads import HeadScores, alignment_score, group_heads
+from audiokv.integrations.apply import attention_modules, audio_spans, set_attention_implementation
+from audiokv.integrations.families import audio_token_id, family_of
 from audiokv.models.whisper import SpeechModel
 from audiokv.transcribe import log_mel
 
@@ -50,3 +64,102 @@ def calibrate_whisper(speech: SpeechModel, data: list[Utterance], *, progress: b
     heads = speech.model.config.decoder_attention_heads
     scores = group_heads(total / len(data), heads)  # cross-attention is multi-head: one KV head per head
     return HeadScores(scores, model=speech.name, data=f"{len(data)} utterances")
+
+
+CAPTURE = "audiokv_capture"
+
+
+def _capture(records: dict[int, Tensor], targets: dict[int, nn.Module], rows: slice, columns: slice):
+    """An attention implementation that also keeps ``weights[0, :, rows, columns]`` of the target layers."""
+    ids = {id(m) for m in targets.values()}
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if id(module) not in ids:  # e.g. the audio encoder's layers
+            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+        bsz, heads, q_len, dim = query.shape
+        kv_heads, k_len = key.shape[1], key.shape[2]
+        grouped = query.float().reshape(bsz, kv_heads, heads // kv_heads * q_len, dim)  # GQA without repeat_kv
+        logits = (grouped @ key.float().transpose(-1, -2)).view(bsz, heads, q_len, k_len) * scaling
+        if attention_mask is None:  # SDPA's mask function leaves plain causal masks implicit
+            causal = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+            logits = logits.masked_fill(~causal, float("-inf"))
+        elif attention_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attention_mask, float("-inf"))
+        else:
+            logits = logits + attention_mask
+        weights = logits.softmax(-1)
+        records[module.layer_idx] = weights[0, :, rows, columns]
+        out = weights.view(bsz, kv_heads, -1, k_len) @ value.float()
+        return out.view(bsz, heads, q_len, dim).to(query.dtype).transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+@torch.no_grad()
+def decoder_audio_attention(model: nn.Module, inputs: dict, text_start: int) -> list[Tensor]:
+    """Teacher-forced self-attention of a transcript over the audio tokens, per decoder layer.
+
+    Args:
+        model: a decoder-only LALM of a supported family.
+        inputs: the model's inputs for one sample (batch 1): ``input_ids`` holding
+            the audio placeholder tokens, then the transcript from ``text_start``
+            to the end, plus the audio features.
+        text_start: position of the first transcript token.
+
+    Returns:
+        One ``[H_q, N, F]`` tensor per layer: row ``i`` is the attention of the
+        query that emits transcript token ``i`` over the ``F`` audio tokens.
+    """
+    family = family_of(model)
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1:
+        raise ValueError(f"calibration runs one sample at a time, got a batch of {ids.shape[0]}")
+    token = audio_token_id(model, family)
+    span = audio_spans(ids, token)
+    if span is None:
+        raise ValueError(f"the sample has no audio placeholder tokens (id {token}): the audio span is empty")
+    start, end = span[0].tolist()
+    if not end <= text_start <= ids.shape[1] - 3:
+        raise ValueError(
+            f"the transcript must follow the audio (which ends at {end}) and hold at least 3 tokens; "
+            f"got text_start={text_start} in a sequence of {ids.shape[1]}"
+        )
+    records: dict[int, Tensor] = {}
+    modules = attention_modules(model, family.attention)
+    rows, columns = slice(text_start - 1, ids.shape[1] - 1), slice(start, end)
+    AttentionInterface.register(CAPTURE, _capture(records, modules, rows, columns))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(CAPTURE, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    restore = set_attention_implementation(model, modules.values(), CAPTURE)
+    try:
+        model(**inputs, use_cache=False)
+    finally:
+        for config, impl in restore:
+            config._attn_implementation = impl
+    return [records[idx] for idx in modules]
+
+
+def calibrate_decoder(
+    model: nn.Module, samples: Iterable[tuple[dict, int]], *, name: str, progress: bool = True
+) -> HeadScores:
+    """Alignment score of every (layer, KV head) of a decoder-only LALM, averaged over ``samples``.
+
+    Args:
+        model: the LALM (any supported decoder-only family).
+        samples: ``(inputs, text_start)`` pairs as in :func:`decoder_audio_attention`,
+            typically the processor's output for an ASR prompt with the reference
+            transcript appended.
+        name: the model's name, stored in the file (loading checks it).
+
+    Returns:
+        ``[num_layers, num_kv_heads]`` scores: query heads of a GQA group are averaged.
+    """
+    total, count = None, 0
+    for inputs, text_start in tqdm(list(samples), desc=f"calibrating {name}", disable=not progress, unit="clip"):
+        per_layer = torch.stack([alignment_score(a) for a in decoder_audio_attention(model, inputs, text_start)])
+        total = per_layer if total is None else total + per_layer
+        count += 1
+    if total is None:
+        raise ValueError("calibration needs at least one sample")
+    text = model.config.get_text_config(decoder=True)
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    return HeadScores(group_heads(total / count, kv_heads), model=name, data=f"{count} samples")

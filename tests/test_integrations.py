@@ -261,6 +261,35 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
     torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("name", list(LALMS))
+def test_decoder_calibration_captures_the_eager_text_to_audio_attention(name):
+    from audiokv.calibrate import calibrate_decoder, decoder_audio_attention
+
+    model, inputs, (start, end) = lalm_inputs(name, torch.Generator().manual_seed(3), text_after=40)
+    text_start = end + 12  # a prompt after the audio, then the "transcript"
+    got = decoder_audio_attention(model, inputs, text_start)
+    assert model.config.get_text_config(decoder=True)._attn_implementation == "sdpa"  # restored
+    set_implementation(model, "eager")
+    try:
+        want = model(**inputs, output_attentions=True).attentions
+    finally:
+        set_implementation(model, "sdpa")
+    length = inputs["input_ids"].shape[1]
+    assert len(got) == len(want) == 2
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == (6, length - text_start, end - start)
+        torch.testing.assert_close(g, w[0, :, text_start - 1 : length - 1, start:end].float(), atol=1e-5, rtol=0)
+
+    scores = calibrate_decoder(model, [(inputs, text_start)] * 2, name=name, progress=False)
+    assert scores.shape == (2, 2) and scores.model == name
+    assert torch.isfinite(scores.scores).all() and (scores.scores >= 0).all() and (scores.scores <= 1).all()
+    no_audio = dict(inputs, input_ids=inputs["input_ids"].clamp(max=100))
+    with pytest.raises(ValueError, match="audio span is empty"):
+        decoder_audio_attention(model, no_audio, text_start)
+    with pytest.raises(ValueError, match="transcript must follow the audio"):
+        decoder_audio_attention(model, inputs, start + 1)
+
+
 def tiny_whisper():
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 

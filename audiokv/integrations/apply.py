@@ -13,6 +13,7 @@ padding mask, which the engines use when they compress.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -105,7 +106,20 @@ class AudioKVHandle:
         return sum(e.kv_bytes for e in self.engines.values())
 
 
-def _attention_modules(model: nn.Module, attention: str) -> dict[int, nn.Module]:
+def set_attention_implementation(
+    model: nn.Module, modules: Iterable[nn.Module], implementation: str
+) -> list[tuple[object, str | None]]:
+    """Route ``model``'s attention through ``implementation``; returns ``(config, old)`` pairs to restore."""
+    text_config = model.config.get_text_config(decoder=True)
+    configs = {id(c): c for c in (model.config, text_config, *(m.config for m in modules))}
+    old = [(cfg, getattr(cfg, "_attn_implementation", None)) for cfg in configs.values()]
+    for cfg in configs.values():
+        cfg._attn_implementation = implementation
+    return old
+
+
+def attention_modules(model: nn.Module, attention: str) -> dict[int, nn.Module]:
+    """The decoder's attention modules named ``attention``, by layer index."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     found = {}
     for name, module in decoder.named_modules():
@@ -136,7 +150,7 @@ def apply_audiokv(
     """
     family = family_of(model)
     text_config = model.config.get_text_config(decoder=True)
-    modules = _attention_modules(model, family.attention)
+    modules = attention_modules(model, family.attention)
     first = next(iter(modules.values()))
     num_layers = len(modules)
     heads = getattr(first, "num_heads", None) or text_config.num_attention_heads
@@ -167,10 +181,7 @@ def apply_audiokv(
         module.audiokv = engine
         handle.engines[idx] = engine
         handle._modules.append(module)
-    configs = {id(c): c for c in (model.config, text_config, *(m.config for m in modules.values()))}
-    for cfg in configs.values():
-        handle._configs.append((cfg, getattr(cfg, "_attn_implementation", None)))
-        cfg._attn_implementation = IMPLEMENTATION
+    handle._configs = set_attention_implementation(model, modules.values(), IMPLEMENTATION)
 
     params = inspect.signature(model.forward).parameters
     default_key = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
