@@ -23,7 +23,8 @@ from audiokv import AudioKVAttention, AudioKVConfig
 from audiokv.eval import environment
 
 
-def _timer(device: torch.device):
+def timer_for(device: torch.device):
+    """A function that times one call of ``fn`` (CUDA events on GPU, perf_counter on CPU), in seconds."""
     if device.type == "cuda":
 
         def run(fn):
@@ -76,7 +77,7 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
             ref = torch.softmax(nq[b, h * g : (h + 1) * g, 0].float() @ kk.T * dim**-0.5, -1) @ vv
             worst = max(worst, (got[b, h * g : (h + 1) * g, 0].float() - ref).abs().max().item())
 
-    timer = _timer(device)
+    timer = timer_for(device)
     torch._dynamo.utils.counters.clear()
     audiokv_t = [timer(lambda s=s: layer(*s)) for s in new[1:]]
     recompiles = (

@@ -14,3 +14,28 @@ def test_decode_benchmark_checks_correctness_and_counts_no_recompiles(tmp_path):
         assert row["recompiles_during_decode"] == 0
         assert row["audiokv_s"] > 0 and row["dense_sdpa_s"] > 0
     assert rows[1]["kv_bytes"] < 0.75 * rows[1]["kv_bytes_dense"]
+
+
+def test_prefill_benchmark_reports_the_compression_share(tmp_path):
+    from benchmarks.prefill import main as prefill
+
+    out = tmp_path / "prefill.json"
+    rows = prefill(["--device", "cpu", "--context", "256", "--shape", "4,2,16", "--reps", "2", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert {"device", "torch", "commit", "dtype"} <= set(saved) and saved["rows"] == rows
+    assert rows[0]["attention_s"] > 0 and rows[0]["compress_s"] > 0
+    assert rows[0]["overhead_share"] == rows[0]["compress_s"] / rows[0]["attention_s"]
+
+
+def test_generate_benchmark_matches_the_masked_cache_and_frees_memory(tmp_path):
+    from benchmarks.generate import main as generate
+
+    out = tmp_path / "generate.json"
+    args = ["--device", "cpu", "--layers", "2", "--context", "1024", "--ratios", "0.5", "--new-tokens", "6"]
+    rows = {r["cache"]: r for r in generate([*args, "--out", str(out)])}
+    assert set(rows) == {"dense", "audiokv", "masked"}
+    assert rows["audiokv"]["max_logit_diff_vs_masked"] < 1e-4  # same kept tokens, same answer
+    assert rows["masked"]["kv_bytes"] == rows["dense"]["kv_bytes"]  # masking frees nothing
+    page = 2 * 2 * 2 * 128 * 32 * 4  # one page per KV head and layer: layers, heads, K/V, tokens, dim, fp32
+    assert rows["audiokv"]["kv_bytes"] <= 0.5 * rows["dense"]["kv_bytes"] + page
+    assert all(r["decode_tokens_per_s"] > 0 for r in rows.values())
