@@ -49,20 +49,27 @@ def whisper_cross_attention(speech: SpeechModel, utt: Utterance) -> list[Tensor]
     return [layer[0, :, rows, :frames].float() for layer in out.cross_attentions]
 
 
+def _mean_alignment(attention: Iterable[list[Tensor]], count: int, desc: str, progress: bool) -> Tensor:
+    """``[num_layers, H_q]`` alignment scores averaged over ``count`` samples' per-layer ``[H_q, N, F]`` attention."""
+    if count == 0:
+        raise ValueError("calibration needs at least one sample")
+    total = sum(
+        torch.stack([alignment_score(a) for a in per_layer])
+        for per_layer in tqdm(attention, total=count, desc=desc, disable=not progress, unit="clip")
+    )
+    return total / count
+
+
 def calibrate_whisper(speech: SpeechModel, data: list[Utterance], *, progress: bool = True) -> HeadScores:
     """Alignment score of every decoder cross-attention head, averaged over ``data``.
 
     Whisper's compressed cache is the decoder's cross-attention cache over the
     encoder frames, so these are the heads whose budgets the scores steer.
     """
-    if not data:
-        raise ValueError("calibration needs at least one utterance")
-    total = None
-    for utt in tqdm(data, desc=f"calibrating {speech.name}", disable=not progress, unit="clip"):
-        per_layer = torch.stack([alignment_score(a) for a in whisper_cross_attention(speech, utt)])
-        total = per_layer if total is None else total + per_layer
+    attention = (whisper_cross_attention(speech, utt) for utt in data)
+    mean = _mean_alignment(attention, len(data), f"calibrating {speech.name}", progress)
     heads = speech.model.config.decoder_attention_heads
-    scores = group_heads(total / len(data), heads)  # cross-attention is multi-head: one KV head per head
+    scores = group_heads(mean, heads)  # cross-attention is multi-head: one KV head per head
     return HeadScores(scores, model=speech.name, data=f"{len(data)} utterances")
 
 
@@ -153,13 +160,9 @@ def calibrate_decoder(
     Returns:
         ``[num_layers, num_kv_heads]`` scores: query heads of a GQA group are averaged.
     """
-    total, count = None, 0
-    for inputs, text_start in tqdm(list(samples), desc=f"calibrating {name}", disable=not progress, unit="clip"):
-        per_layer = torch.stack([alignment_score(a) for a in decoder_audio_attention(model, inputs, text_start)])
-        total = per_layer if total is None else total + per_layer
-        count += 1
-    if total is None:
-        raise ValueError("calibration needs at least one sample")
+    samples = list(samples)
+    attention = (decoder_audio_attention(model, inputs, text_start) for inputs, text_start in samples)
+    mean = _mean_alignment(attention, len(samples), f"calibrating {name}", progress)
     text = model.config.get_text_config(decoder=True)
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-    return HeadScores(group_heads(total / count, kv_heads), model=name, data=f"{count} samples")
+    return HeadScores(group_heads(mean, kv_heads), model=name, data=f"{len(samples)} samples")

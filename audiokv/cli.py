@@ -163,8 +163,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         speech = load_speech_model(args.model)
         scores = calibrate_whisper(speech, data)
     except (ValueError, ImportError) as err:
-        print(f"audiokv calibrate: error: {err}", file=sys.stderr)
-        return 2
+        return _fail("calibrate", err)
     scores.data = f"{len(data)} utterances from {args.data}"
     scores.save(args.out)
     print(f"wrote {args.out}: {scores.shape[0]} layers x {scores.shape[1]} KV heads")

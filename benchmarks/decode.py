@@ -9,39 +9,14 @@ quote ratios between rows of one run, never absolute times.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import time
-from pathlib import Path
 
 import torch
 import torch._dynamo.utils
 import torch.nn.functional as F
 
 from audiokv import AudioKVAttention, AudioKVConfig
-from audiokv.eval import environment
-
-
-def timer_for(device: torch.device):
-    """A function that times one call of ``fn`` (CUDA events on GPU, perf_counter on CPU), in seconds."""
-    if device.type == "cuda":
-
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1e3
-    else:
-
-        def run(fn):
-            t = time.perf_counter()
-            fn()
-            return time.perf_counter() - t
-
-    return run
+from benchmarks.harness import device_and_dtype, parser, timer_for, write_results
 
 
 def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: float, steps: int,
@@ -96,26 +71,21 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--context", type=int, nargs="+", default=[2048])
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.4, 0.7, 0.9])
-    parser.add_argument("--shape", default="28,4,64", help="query heads, KV heads, head_dim")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--context", type=int, nargs="+", default=[2048])
+    cli.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.4, 0.7, 0.9])
+    cli.add_argument("--shape", default="28,4,64", help="query heads, KV heads, head_dim")
+    cli.add_argument("--batch", type=int, default=1)
+    cli.add_argument("--steps", type=int, default=40)
+    args = cli.parse_args(argv)
+    device, dtype = device_and_dtype(args)
     heads, kv_heads, dim = (int(x) for x in args.shape.split(","))
     rows = [
         bench(heads, kv_heads, dim, args.batch, ctx, r, args.steps, device, dtype)
         for ctx in args.context
         for r in args.ratios
     ]
-    out = Path(args.out or Path(__file__).parent / "results" / f"decode-{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**environment(), "dtype": str(dtype), "rows": rows}, indent=1))
+    out = write_results("decode", args, dtype, rows)
     header = ["ctx", "ratio", "kept/head", "err", "audiokv/dense", "cut/dense", "KV held", "recomp"]
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, [6, 5, 11, 8, 13, 9, 8, 6], strict=True)))
     for r in rows:

@@ -16,10 +16,7 @@ so their logits must agree. Writes `benchmarks/results/generate-<device>.json`.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +24,8 @@ from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from audiokv import AudioKVConfig, apply_audiokv
-from audiokv.eval import environment
 from audiokv.integrations.apply import attention_modules, set_attention_implementation
+from benchmarks.harness import device_and_dtype, parser, write_results
 
 SHAPES = {  # Qwen2.5-Omni-7B thinker's language model, and a tiny stand-in for CPU
     "qwen2.5-omni-7b": dict(hidden_size=3584, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
@@ -123,24 +120,19 @@ def bench(shape: str, layers: int, context: int, ratios: list[float], new_tokens
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: GPU 7B shapes, CPU tiny")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--context", type=int, nargs="+", default=None, help="default: GPU 16k 64k, CPU 2k")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.7])
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--shape", choices=sorted(SHAPES), default=None, help="default: GPU 7B shapes, CPU tiny")
+    cli.add_argument("--layers", type=int, default=4)
+    cli.add_argument("--context", type=int, nargs="+", default=None, help="default: GPU 16k 64k, CPU 2k")
+    cli.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.7])
+    cli.add_argument("--new-tokens", type=int, default=64)
+    args = cli.parse_args(argv)
+    device, dtype = device_and_dtype(args)
     gpu = device.type == "cuda"
-    dtype = torch.bfloat16 if gpu else torch.float32
     shape = args.shape or ("qwen2.5-omni-7b" if gpu else "tiny")
     contexts = args.context or ([16384, 65536] if gpu else [2048])
     rows = [r for c in contexts for r in bench(shape, args.layers, c, args.ratios, args.new_tokens, device, dtype)]
-    out = Path(args.out or Path(__file__).parent / "results" / f"generate-{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**environment(), "dtype": str(dtype), "rows": rows}, indent=1))
+    out = write_results("generate", args, dtype, rows)
     print(f"{'context':>8} {'cache':>8} {'ratio':>6} {'tok/s vs dense':>15} {'KV held':>8} {'logit diff':>11}")
     for r in rows:
         dense = next(d for d in rows if d["context"] == r["context"] and d["cache"] == "dense")

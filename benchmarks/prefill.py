@@ -8,17 +8,13 @@ compression step on the same tensors, and their ratio (the overhead share).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from audiokv import AudioKVAttention, AudioKVConfig
-from audiokv.eval import environment
-from benchmarks.decode import timer_for
+from benchmarks.harness import device_and_dtype, parser, timer_for, write_results
 
 
 def bench(heads: int, kv_heads: int, dim: int, context: int, ratio: float, reps: int,
@@ -49,22 +45,17 @@ def bench(heads: int, kv_heads: int, dim: int, context: int, ratio: float, reps:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--context", type=int, nargs="+", default=None, help="default: GPU 4k-64k, CPU 1k-4k")
-    parser.add_argument("--shape", default="28,4,128", help="query heads, KV heads, head_dim (Qwen2.5-Omni-7B)")
-    parser.add_argument("--ratio", type=float, default=0.7)
-    parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cli = parser(__doc__.splitlines()[0])
+    cli.add_argument("--context", type=int, nargs="+", default=None, help="default: GPU 4k-64k, CPU 1k-4k")
+    cli.add_argument("--shape", default="28,4,128", help="query heads, KV heads, head_dim (Qwen2.5-Omni-7B)")
+    cli.add_argument("--ratio", type=float, default=0.7)
+    cli.add_argument("--reps", type=int, default=10)
+    args = cli.parse_args(argv)
+    device, dtype = device_and_dtype(args)
     contexts = args.context or ([4096, 16384, 32768, 65536] if device.type == "cuda" else [1024, 4096])
     heads, kv_heads, dim = (int(x) for x in args.shape.split(","))
     rows = [bench(heads, kv_heads, dim, c, args.ratio, args.reps, device, dtype) for c in contexts]
-    out = Path(args.out or Path(__file__).parent / "results" / f"prefill-{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**environment(), "dtype": str(dtype), "rows": rows}, indent=1))
+    out = write_results("prefill", args, dtype, rows)
     print(f"{'context':>8} {'compress / prefill attention':>30}")
     for r in rows:
         print(f"{r['context']:>8} {r['overhead_share']:>30.1%}")
