@@ -81,10 +81,12 @@ class AudioKVAttention(nn.Module):
         self.block_mask: PagedBlockMask | None = None
         self.budgets: Tensor | None = None  # [B, H_kv] tokens kept per head at compression
         self.kept_indices: Tensor | None = None  # [B, H_kv, K] kept prompt positions (see select_tokens)
+        self.decoding = False  # the last call appended to the pool (False: it was the prefill)
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
         self.pool = self.block_mask = self.budgets = self.kept_indices = None
+        self.decoding = False
 
     @property
     def kv_bytes(self) -> int:
@@ -116,16 +118,22 @@ class AudioKVAttention(nn.Module):
         if self.pool is None:
             self._check_shapes(query, key, value)
             return self._prefill(query, key, value, audio_span, key_mask)
-        causal = not self.cross_attention
-        query, key, value = query.detach(), key.detach(), value.detach()  # inference only: no gradients
-        with torch.no_grad():
-            if causal:
+        with torch.no_grad():  # inference only: no gradients
+            if not self.cross_attention:
                 self._check_shapes(query, key, value)
-                self.pool.append(key, value)
-            if self.kernel == "reference":
-                return reference_paged_attention(query, self.pool, scale=self.scaling, causal=causal)
-            mask = self.block_mask.update(query.shape[2])
-            return paged_attention(query, self.pool, mask, scale=self.scaling)
+                self.pool.append(key.detach(), value.detach())
+            self.decoding = True
+            return self.attend(query.detach())
+
+    def attend(self, query: Tensor, scaling: float | None = None) -> Tensor:
+        """Attention of ``[B, H_q, q, D]`` new queries over the pool (causal: its last ``q`` tokens are theirs).
+
+        Layers that share this layer's cache (Gemma 3n) call it with their own queries and ``scaling``.
+        """
+        scale = self.scaling if scaling is None else scaling
+        if self.kernel == "reference":
+            return reference_paged_attention(query, self.pool, scale=scale, causal=not self.cross_attention)
+        return paged_attention(query, self.pool, self.block_mask.update(query.shape[2]), scale=scale)
 
     def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         if query.dim() != 4 or key.shape != value.shape or key.dim() != 4:
@@ -144,18 +152,9 @@ class AudioKVAttention(nn.Module):
     def _prefill(
         self, query: Tensor, key: Tensor, value: Tensor, span: Span | Tensor | None, key_mask: Tensor | None
     ) -> Tensor:
-        length = query.shape[2]
-        causal = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
-        if self.cross_attention:
-            mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
-        elif key_mask is None:
-            mask = causal
-        else:  # padding keys hidden; a padding query sees itself so its row is not empty
-            mask = (causal & key_mask.bool()[:, None, None, :]) | torch.eye(
-                length, dtype=torch.bool, device=query.device
-            )
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=self.scaling, enable_gqa=True)
+        out = prompt_attention(query, key, value, self.scaling, key_mask, causal=not self.cross_attention)
         self.compress(query, key, value, audio_span=span, key_mask=key_mask)
+        self.decoding = False
         return out
 
     @torch.no_grad()
@@ -217,3 +216,54 @@ class AudioKVAttention(nn.Module):
         )
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices
+
+
+def prompt_attention(
+    query: Tensor, key: Tensor, value: Tensor, scale: float, key_mask: Tensor | None, causal: bool = True
+) -> Tensor:
+    """Dense attention of a whole prompt: ``[B, H_q, T, D]`` queries over ``[B, H_kv, S, D]`` keys.
+
+    ``key_mask`` (``[B, S]`` bool) hides padding keys; a padding query still
+    sees itself so that its row is not empty.
+    """
+    mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
+    if causal:
+        length = query.shape[2]
+        tril = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=query.device)
+        mask = tril if mask is None else (tril & mask) | eye
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
+class SharedKVAttention(nn.Module):
+    """Attention of a layer that has no K/V of its own and reads another layer's (Gemma 3n KV sharing).
+
+    At prefill it attends densely over the keys and values the producer
+    layer hands over; afterwards over the producer's compressed pool, so the
+    shared cache is stored, and compressed, once.
+
+    Args:
+        source: the producer layer's engine (not registered as a submodule).
+        scaling: this layer's softmax scale.
+    """
+
+    def __init__(self, source: AudioKVAttention, scaling: float) -> None:
+        super().__init__()
+        self._source = (source,)  # a tuple keeps the producer out of this module's children
+        self.scaling = scaling
+
+    @property
+    def source(self) -> AudioKVAttention:
+        return self._source[0]
+
+    def forward(
+        self, query: Tensor, key: Tensor, value: Tensor, *, audio_span: object = None, key_mask: Tensor | None = None
+    ) -> Tensor:
+        """``[B, H_q, q, D]`` output; ``key``/``value`` are the producer's K/V of this call (read at prefill only).
+
+        ``audio_span`` is accepted for a uniform call and ignored: the producer compresses.
+        """
+        if not self.source.decoding:
+            return prompt_attention(query, key, value, self.scaling, key_mask)
+        with torch.no_grad():
+            return self.source.attend(query.detach(), self.scaling)

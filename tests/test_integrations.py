@@ -1,8 +1,10 @@
 """apply_audiokv on tiny random transformers models (built offline from their configs)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import (
     AttentionInterface,
     DynamicCache,
@@ -69,23 +71,42 @@ def test_ratio_zero_is_identical_to_the_unpatched_model(family, bsz):
 
 
 def _masked_reference(kept):
-    """Unpatched SDPA attention over the full cache, hiding exactly the prompt tokens audiokv evicted."""
+    """Unpatched SDPA attention over the full cache, hiding exactly the prompt tokens audiokv evicted.
+
+    ``kept[layer_idx] = (indices, budgets, prompt_len)``; layers not in ``kept`` run plain SDPA.
+    """
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if module.layer_idx not in kept:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
         bsz, heads, q_len, _ = query.shape
         total, kv_heads = key.shape[2], key.shape[1]
         allow = torch.ones(bsz, kv_heads, q_len, total, dtype=torch.bool).tril(total - q_len)
+        if attention_mask is not None:  # the model's own mask: causal and padding
+            allow = attention_mask[..., :total].bool().expand(bsz, kv_heads, q_len, total).clone()
         if q_len == 1:  # decode: prompt positions limited to what the compressed layer kept
             idx, budgets, prompt_len = kept[module.layer_idx]
-            allow[..., :prompt_len] = False
+            restrict = torch.zeros(bsz, kv_heads, 1, prompt_len, dtype=torch.bool)
             for b in range(bsz):
                 for h in range(kv_heads):
-                    allow[b, h, :, idx[b, h, : budgets[b, h]]] = True
+                    restrict[b, h, :, idx[b, h, : budgets[b, h]]] = True
+            allow[..., :prompt_len] &= restrict
         allow = allow.repeat_interleave(heads // kv_heads, dim=1)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=allow, scale=scaling, enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None
 
     return attention
+
+
+def generate_with_reference(model, kept, set_impl, **inputs):
+    """``model.generate(**inputs)`` with the unpatched model's attention limited to the ``kept`` tokens."""
+    AttentionInterface.register("masked_reference", _masked_reference(kept))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("masked_reference", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    set_impl(model, "masked_reference")
+    try:
+        return model.generate(**inputs)
+    finally:
+        set_impl(model, "sdpa")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -156,7 +177,8 @@ def qwen2_audio():
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
     cfg = Qwen2AudioConfig(audio_config=AUDIO | {"max_source_positions": 60}, text_config=TEXT, audio_token_index=150)
-    return Qwen2AudioForConditionalGeneration(cfg), dict(before=[], after=[], n_audio=30, frames=120, mask=True)
+    spec = dict(before=[], after=[], n_audio=30, frames=120, mask=True, second=(80, 20))
+    return Qwen2AudioForConditionalGeneration(cfg), spec
 
 
 def qwen2_5_omni_thinker():
@@ -170,7 +192,7 @@ def qwen2_5_omni_thinker():
         audio_start_token_id=154, audio_end_token_id=155, position_id_per_seconds=25,
     )  # fmt: skip
     model = Qwen2_5OmniThinkerForConditionalGeneration(cfg)
-    return model, dict(before=[154], after=[155], n_audio=30, frames=120, mask=True)
+    return model, dict(before=[154], after=[155], n_audio=30, frames=120, mask=True, second=(80, 20))
 
 
 def qwen3_omni_moe_thinker():
@@ -187,7 +209,7 @@ def qwen3_omni_moe_thinker():
         audio_start_token_id=154, position_id_per_seconds=25,
     )  # fmt: skip
     model = Qwen3OmniMoeThinkerForConditionalGeneration(cfg)
-    return model, dict(before=[154], after=[], n_audio=26, frames=200, mask=True)
+    return model, dict(before=[154], after=[], n_audio=26, frames=200, mask=True, second=(133, 18))
 
 
 def voxtral():
@@ -195,30 +217,64 @@ def voxtral():
 
     audio = dict(num_mel_bins=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, hidden_size=32)
     cfg = VoxtralConfig(audio_config=audio | {"max_source_positions": 60}, text_config=TEXT, audio_token_id=150)
-    return VoxtralForConditionalGeneration(cfg), dict(before=[], after=[], n_audio=60, frames=120, mask=False)
+    spec = dict(before=[], after=[], n_audio=60, frames=120, mask=False, second=(None, 120))
+    return VoxtralForConditionalGeneration(cfg), spec
 
 
 LALMS = {f.__name__: f for f in (qwen2_audio, qwen2_5_omni_thinker, qwen3_omni_moe_thinker, voxtral)}
 
 
+def prompt_ids(spec, n_audio, gen, text_after):
+    """``[T]`` ids: 5 text tokens, the audio markers around ``n_audio`` placeholders, ``text_after`` text tokens."""
+    parts = [
+        torch.randint(0, 100, (5,), generator=gen),
+        torch.tensor(spec["before"], dtype=torch.long),
+        torch.full((n_audio,), 150),
+        torch.tensor(spec["after"], dtype=torch.long),
+        torch.randint(0, 100, (text_after,), generator=gen),
+    ]
+    return torch.cat(parts)
+
+
 def lalm_inputs(name, gen, text_after=300):
     torch.manual_seed(0)
     model, spec = LALMS[name]()
-    ids = torch.cat(
-        [
-            torch.randint(0, 100, (1, 5), generator=gen),
-            torch.tensor([spec["before"]], dtype=torch.long).view(1, -1),
-            torch.full((1, spec["n_audio"]), 150),
-            torch.tensor([spec["after"]], dtype=torch.long).view(1, -1),
-            torch.randint(0, 100, (1, text_after), generator=gen),
-        ],
-        1,
-    )
+    ids = prompt_ids(spec, spec["n_audio"], gen, text_after)[None]
     inputs = dict(input_ids=ids, input_features=torch.randn(1, 16, spec["frames"], generator=gen))
     if spec["mask"]:
         inputs["feature_attention_mask"] = torch.ones(1, spec["frames"], dtype=torch.long)
     start = 5 + len(spec["before"])
     return model.eval(), inputs, (start, start + spec["n_audio"])
+
+
+def lalm_batch(name, gen, text_after=60):
+    """Two left-padded prompts whose audio differs in length; returns model, inputs, ``[2, 2]`` audio spans.
+
+    The second clip has fewer valid frames (Voxtral: one more 30 s chunk, so more tokens).
+    """
+    torch.manual_seed(0)
+    model, spec = LALMS[name]()
+    valid, n_second = spec["second"]
+    rows = [prompt_ids(spec, n, gen, text_after) for n in (spec["n_audio"], n_second)]
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(2, length, dtype=torch.long)
+    mask = torch.zeros(2, length, dtype=torch.long)
+    spans = []
+    for i, (row, n) in enumerate(zip(rows, (spec["n_audio"], n_second), strict=True)):
+        pad = length - len(row)
+        ids[i, pad:], mask[i, pad:] = row, 1
+        spans.append([pad + 5 + len(spec["before"]), pad + 5 + len(spec["before"]) + n])
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    if spec["mask"]:
+        inputs["input_features"] = torch.randn(2, 16, spec["frames"], generator=gen)
+        inputs["feature_attention_mask"] = torch.ones(2, spec["frames"], dtype=torch.long)
+        inputs["feature_attention_mask"][1, valid:] = 0
+    else:
+        inputs["input_features"] = torch.randn(3, 16, spec["frames"], generator=gen)
+    return model.eval(), inputs, torch.tensor(spans)
+
+
+GREEDY_2 = dict(max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_logits=True)
 
 
 def set_implementation(model, impl):
@@ -239,7 +295,7 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
 
     cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0, sss_cutoff=0.2)
     handle = apply_audiokv(model, cfg)
-    out = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    out = model.generate(**inputs, **GREEDY_2)
     engine = handle.engines[0]
     assert engine.prompt.audio_span.tolist() == [list(span)]
     length = inputs["input_ids"].shape[1]
@@ -247,17 +303,31 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
     kept = {i: (e.kept_indices, e.budgets, length) for i, e in handle.engines.items()}
     handle.remove()
 
-    AttentionInterface.register("masked_reference", _masked_reference(kept))
-    ALL_MASK_ATTENTION_FUNCTIONS.register("masked_reference", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-    set_implementation(model, "masked_reference")
-    try:
-        want = model.generate(
-            **inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_logits=True
-        )
-    finally:
-        set_implementation(model, "sdpa")
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
     assert torch.equal(out.sequences, want.sequences)
     # the second token was produced by the compressed cache (position length + 1 after eviction)
+    torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(LALMS))
+def test_lalm_batch_with_different_audio_lengths(name):
+    model, inputs, spans = lalm_batch(name, torch.Generator().manual_seed(5))
+    ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, page_size=16)):
+        assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), ref)
+
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0, sss_cutoff=0.2)
+    with apply_audiokv(model, cfg) as handle:
+        out = model.generate(**inputs, **GREEDY_2)
+        engine = handle.engines[0]
+        assert torch.equal(engine.prompt.audio_span, spans)  # each row's own span
+        padding = ~inputs["attention_mask"].bool()
+        for (b, h), budget in np.ndenumerate(engine.budgets.numpy()):  # padding is never kept
+            assert not padding[b, engine.kept_indices[b, h, :budget]].any()
+        length = inputs["input_ids"].shape[1]
+        kept = {i: (e.kept_indices, e.budgets, length) for i, e in handle.engines.items()}
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
+    assert torch.equal(out.sequences, want.sequences)
     torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
 
 
@@ -362,3 +432,87 @@ def test_whisper_cross_attention_cache_is_compressed_and_exact_on_the_kept_frame
         model.config._attn_implementation = "sdpa"
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def tiny_gemma3n():
+    """Gemma 3n with 6 layers: sliding, sliding, full, then three layers that reuse layers 1 and 2's K/V.
+
+    Its vision tower is a timm model; timm is not installed and audio never reaches it, so it is stubbed.
+    """
+    from unittest import mock
+
+    import transformers.models.gemma3n.modeling_gemma3n as gemma3n
+    from transformers import Gemma3nAudioConfig, Gemma3nConfig, Gemma3nTextConfig, Gemma3nVisionConfig
+
+    text = Gemma3nTextConfig(
+        vocab_size=320, vocab_size_per_layer_input=300, hidden_size=64, hidden_size_per_layer_input=8,
+        intermediate_size=128, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_kv_shared_layers=3, layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        sliding_window=32, laurel_rank=4, altup_num_inputs=2, activation_sparsity_pattern=[0.0] * 6,
+    )  # fmt: skip
+    audio = Gemma3nAudioConfig(
+        hidden_size=32, conf_num_attention_heads=2, conf_num_hidden_layers=1, sscp_conv_channel_size=[8, 8],
+        input_feat_size=16, conf_attention_chunk_size=4, conf_attention_context_left=5,
+        conf_attention_context_right=0, vocab_size=16, vocab_offset=304,
+    )  # fmt: skip
+    vision = Gemma3nVisionConfig(vocab_size=4, vocab_offset=300, hidden_size=32)
+    cfg = Gemma3nConfig(
+        text_config=text, audio_config=audio, vision_config=vision, audio_soft_tokens_per_image=20,
+        boa_token_id=290, eoa_token_id=291, audio_token_id=305, image_token_id=301, boi_token_id=292, eoi_token_id=293,
+    )  # fmt: skip
+    build = gemma3n.AutoModel.from_config
+
+    def no_vision(config, **kwargs):
+        return nn.Module() if config is cfg.vision_config else build(config, **kwargs)
+
+    torch.manual_seed(0)
+    with mock.patch.object(gemma3n.AutoModel, "from_config", no_vision):
+        return gemma3n.Gemma3nForConditionalGeneration(cfg).eval()
+
+
+def gemma3n_inputs(gen, bsz=1, text_after=1500):
+    rows = [
+        torch.cat([torch.randint(0, 100, (5 + 9 * b,), generator=gen), torch.tensor([290]),
+                   torch.full((20,), 305), torch.tensor([291]), torch.randint(0, 100, (text_after,), generator=gen)])
+        for b in range(bsz)
+    ]  # fmt: skip
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(bsz, length, dtype=torch.long)
+    mask = torch.zeros(bsz, length, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, length - len(row) :], mask[b, length - len(row) :] = row, 1
+    features = torch.randn(bsz, 200, 16, generator=gen)
+    return dict(input_ids=ids, attention_mask=mask, input_features=features,
+                input_features_mask=torch.ones(bsz, 200, dtype=torch.bool))  # fmt: skip
+
+
+@pytest.mark.parametrize("bsz", [1, 2])
+def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
+    model = tiny_gemma3n()
+    gen = torch.Generator().manual_seed(3)
+    inputs = gemma3n_inputs(gen, bsz)
+    ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, page_size=16)) as handle:
+        assert list(handle.engines) == [2]  # the only full-attention layer with K/V of its own
+        layers = model.model.language_model.layers
+        assert layers[5].self_attn.audiokv.source is handle.engines[2]  # reuses layer 2's K/V
+        assert not any(hasattr(layers[i].self_attn, "audiokv") for i in (0, 1, 3, 4))  # sliding: kept
+        assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), ref)
+
+    length = inputs["input_ids"].shape[1]
+    dense = DynamicCache(config=model.config)
+    model(**inputs, past_key_values=dense, use_cache=True)
+    full_bytes = dense.layers[2].keys.nbytes + dense.layers[2].values.nbytes
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0)
+    calibration = HeadScores(torch.rand(6, 2, generator=gen), model="gemma3n", data="test")
+    with apply_audiokv(model, cfg, calibration) as handle:
+        out = model.generate(**inputs, **GREEDY_2)
+        engine = handle.engines[2]
+        starts = length - inputs["attention_mask"].sum(-1) + 6 + 9 * torch.arange(bsz)  # after padding, text, boa
+        assert torch.equal(engine.prompt.audio_span, torch.stack([starts, starts + 20], -1))
+        assert out.past_key_values.get_seq_length() == length + 1
+        assert handle.kv_bytes <= 0.52 * full_bytes
+        kept = {i: (engine.kept_indices, engine.budgets, length) for i in (2, 5)}
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
+    assert torch.equal(out.sequences, want.sequences)
+    torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)

@@ -22,11 +22,11 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-from audiokv.attention import AudioKVAttention
+from audiokv.attention import AudioKVAttention, SharedKVAttention
 from audiokv.cache import AudioKVCache, AudioKVEncoderDecoderCache
 from audiokv.config import AudioKVConfig
 from audiokv.heads import HeadScores
-from audiokv.integrations.families import audio_token_id, family_of
+from audiokv.integrations.families import audio_token_id, family_of, layer_roles
 from audiokv.policies import Policy, get_policy
 
 IMPLEMENTATION = "audiokv"
@@ -55,7 +55,7 @@ def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
 
 
 def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    engine: AudioKVAttention | None = getattr(module, "audiokv", None)
+    engine: AudioKVAttention | SharedKVAttention | None = getattr(module, "audiokv", None)
     if engine is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
@@ -63,10 +63,7 @@ def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, sca
     prompt: _Prompt = engine.prompt
     if scaling is not None:  # e.g. Whisper pre-scales its queries and passes 1.0
         engine.scaling = scaling
-    if engine.pool is None:
-        out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=prompt.key_mask)
-    else:
-        out = engine(query, key, value)
+    out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=prompt.key_mask)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -123,7 +120,7 @@ def attention_modules(model: nn.Module, attention: str) -> dict[int, nn.Module]:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     found = {}
     for name, module in decoder.named_modules():
-        if name.endswith(attention) and hasattr(module, "layer_idx") and hasattr(module, "k_proj"):
+        if name.endswith(attention) and hasattr(module, "layer_idx") and hasattr(module, "q_proj"):
             found[module.layer_idx] = module
     if not found:
         raise ValueError(f"found no '{attention}' attention modules in {type(model).__name__}")
@@ -151,20 +148,27 @@ def apply_audiokv(
     family = family_of(model)
     text_config = model.config.get_text_config(decoder=True)
     modules = attention_modules(model, family.attention)
-    first = next(iter(modules.values()))
-    num_layers = len(modules)
+    roles = layer_roles(modules, text_config)
+    first = modules[roles.compressed[0]]
     heads = getattr(first, "num_heads", None) or text_config.num_attention_heads
     kv_heads = heads if family.cross_attention else (getattr(text_config, "num_key_value_heads", None) or heads)
-    if calibration is not None and calibration.shape != (num_layers, kv_heads):
+    if calibration is not None and calibration.shape != (len(modules), kv_heads):
         raise ValueError(
             f"calibration {calibration.model!r} has {calibration.shape[0]} layers x {calibration.shape[1]} KV heads, "
-            f"but this model has {num_layers} x {kv_heads}"
+            f"but this model has {len(modules)} x {kv_heads}"
         )
     prompt = _Prompt()
     token_id = audio_token_id(model, family)
     handle = AudioKVHandle(model, {})
     policy = get_policy(policy)
-    for position, (idx, module) in enumerate(modules.items()):
+
+    def attach(module: nn.Module, engine: nn.Module) -> None:
+        engine.prompt = prompt
+        module.audiokv = engine
+        handle._modules.append(module)
+
+    for position, idx in enumerate(roles.compressed):
+        module = modules[idx]
         engine = AudioKVAttention(
             config,
             num_heads=heads,
@@ -174,13 +178,13 @@ def apply_audiokv(
             head_prior=None if calibration is None else calibration.scores[idx].clone(),
             policy=policy,
             layer_idx=position,
-            num_layers=num_layers,
+            num_layers=len(roles.compressed),
             cross_attention=family.cross_attention,
         ).to(next(module.parameters()).device)
-        engine.prompt = prompt
-        module.audiokv = engine
+        attach(module, engine)
         handle.engines[idx] = engine
-        handle._modules.append(module)
+    for idx, source in roles.shared.items():
+        attach(modules[idx], SharedKVAttention(handle.engines[source], modules[idx].scaling))
     handle._configs = set_attention_implementation(model, modules.values(), IMPLEMENTATION)
 
     params = inspect.signature(model.forward).parameters

@@ -35,6 +35,7 @@ FAMILIES = (
     Family("Qwen2.5-Omni thinker", ("qwen2_5_omni_thinker",)),
     Family("Qwen3-Omni-MoE thinker", ("qwen3_omni_moe_thinker",)),
     Family("Voxtral", ("voxtral",)),
+    Family("Gemma 3n (KV-sharing producers compressed, sliding layers kept)", ("gemma3n", "gemma3n_text")),
     Family("Whisper (decoder cross-attention)", ("whisper",), attention="encoder_attn", cross_attention=True),
 )
 SUPPORTED_FAMILIES = tuple(f.name for f in FAMILIES)
@@ -59,3 +60,38 @@ def audio_token_id(model: nn.Module, family: Family) -> int | None:
             if isinstance(value, int):
                 return value
     return None
+
+
+@dataclass
+class LayerRoles:
+    """How each attention layer of the decoder is treated (by layer index).
+
+    Attributes:
+        compressed: layers that own their K/V: compressed into their own pool.
+        shared: layers without K/V of their own (Gemma 3n's KV sharing), mapped to the
+            compressed layer whose pool they read.
+        kept: sliding-window layers (already bounded: they keep their window) and layers
+            sharing a sliding layer's K/V; they run unchanged.
+    """
+
+    compressed: list[int]
+    shared: dict[int, int]
+    kept: list[int]
+
+
+def layer_roles(modules: dict[int, nn.Module], text_config) -> LayerRoles:
+    """Sort ``modules`` (``{layer_idx: attention}``) into compressed, shared and kept layers."""
+    roles = LayerRoles([], {}, [])
+    layer_types = getattr(text_config, "layer_types", None)
+    modes = getattr(text_config, "kv_sharing_modes", None) or [None] * len(layer_types or modules)
+    for idx, module in modules.items():
+        if getattr(module, "is_sliding", False) or getattr(module, "sliding_window", None):
+            roles.kept.append(idx)
+        elif modes[idx] == "reuse":  # read the last layer of the same type that stores its K/V
+            source = max(i for i in range(idx) if modes[i] == "store" and layer_types[i] == layer_types[idx])
+            roles.shared[idx] = source
+        else:
+            roles.compressed.append(idx)
+    if not roles.compressed:
+        raise ValueError("every attention layer of this model is sliding-window or shared: nothing to compress")
+    return roles
