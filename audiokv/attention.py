@@ -226,12 +226,13 @@ def prompt_attention(
     ``key_mask`` (``[B, S]`` bool) hides padding keys; a padding query still
     sees itself so that its row is not empty.
     """
+    if causal and key_mask is None:  # no explicit mask: SDPA may pick a flash kernel
+        return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=True)
     mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
     if causal:
         length = query.shape[2]
         tril = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()
-        eye = torch.eye(length, dtype=torch.bool, device=query.device)
-        mask = tril if mask is None else (tril & mask) | eye
+        mask = (tril & mask) | torch.eye(length, dtype=torch.bool, device=query.device)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=True)
 
 

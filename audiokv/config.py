@@ -44,7 +44,10 @@ class AudioKVConfig:
         page_size: tokens per page of the paged pool; also the FlexAttention
             KV block size. A power of two in [16, 1024].
         decode_reserve: tokens per KV head reserved in the pool for decoding
-            at compression time; the pool grows by this much when it is full.
+            at compression time. When it is full the pool grows by this much or by
+            as many tokens as were appended so far, whichever is more, so a long
+            generation reallocates (and compiles a kernel for a new pool size)
+            only O(log(steps)) times.
     """
 
     compression_ratio: float = 0.5

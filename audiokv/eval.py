@@ -50,10 +50,17 @@ def environment() -> dict:
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86'})"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     return {
         "device": device,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "triton": triton_version,
         "audiokv": audiokv.__version__,
         "commit": commit,
     }

@@ -47,6 +47,7 @@ class PagedKVPool:
         self._pages_per_row = pages_per_row
         self._lengths_host = lengths.tolist()
         self.version = 0  # bumped whenever storage or tables are reallocated
+        self._appended = 0  # tokens appended since the selection
         self._index_pages()
 
     @property
@@ -157,8 +158,8 @@ class PagedKVPool:
                 f"new keys {tuple(key.shape)} do not match the pool's {self.num_rows} rows "
                 f"of head_dim {self.key_pages.shape[-1]}"
             )
-        if self.free_slots() < q_len:
-            self.grow(max(q_len, self.reserve))
+        if self.free_slots() < q_len:  # geometric: O(log(steps)) reallocations (and kernel shapes)
+            self.grow(max(q_len, self.reserve, self._appended))
         pos = self.lengths.long()[:, None] + torch.arange(q_len, device=self.lengths.device)
         page = self.page_table.long().gather(1, pos // self.page_size)
         slots = (page * self.page_size + pos % self.page_size).reshape(-1)
@@ -166,6 +167,7 @@ class PagedKVPool:
         self.value_pages.view(-1, dim).index_copy_(0, slots, value.reshape(-1, dim).to(self.value_pages.dtype))
         self.lengths += q_len
         self._lengths_host = [n + q_len for n in self._lengths_host]
+        self._appended += q_len
 
     def row_tokens(self, row: int) -> tuple[Tensor, Tensor]:
         """Keys and values held by one row, in logical order: two ``[len, D]`` tensors."""

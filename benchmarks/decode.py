@@ -1,71 +1,132 @@
 """Decode attention for one layer: compiled audiokv vs dense SDPA (full and uniformly cut cache).
 
-`python -m benchmarks.decode [--device cuda] [--context 4096] ...` writes
-`benchmarks/results/decode-<device>.json`. It checks correctness against the
-dense reference over the kept tokens first, compiles outside the timing, takes
-the median of many steps, and counts recompiles over the decode steps. On CPU,
-quote ratios between rows of one run, never absolute times.
+`python -m benchmarks.decode [--device cuda] [--context 4096 16384 65536] [--batch 1 8]
+[--shape 28,4,128 32,32,128] ...` writes `benchmarks/results/decode-<device>.json`.
+Per row it checks audiokv against attention over exactly the kept tokens
+first, compiles outside the timing, takes the median of many steps and counts
+recompiles over the timed steps. On GPU the layer is replicated until its
+caches are twice the L2 cache and the steps rotate among the copies, so no step
+reads from L2; the dense baselines rotate the same way. The baselines' caches
+grow by one token per step, as the pool does. Achieved bandwidth (bytes of K/V
+a step must read / time) is reported as a fraction of a measured
+device-to-device copy. On CPU, quote ratios between rows of one run, never
+absolute times.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch._dynamo.utils
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from audiokv import AudioKVAttention, AudioKVConfig
 from benchmarks.harness import device_and_dtype, parser, timer_for, write_results
 
+MAX_COPIES = 64
+
+
+def copy_bandwidth(device: torch.device, dtype: torch.dtype, reps: int = 10) -> float:
+    """Bytes per second of a device-to-device copy (read + write) of 1 GiB (CPU: 256 MiB)."""
+    size = (1 << 30) if device.type == "cuda" else (1 << 28)
+    src = torch.randn(size // torch.finfo(dtype).bits * 8, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    timer = timer_for(device)
+    dst.copy_(src)
+    return 2 * src.nbytes / statistics.median(timer(lambda: dst.copy_(src)) for _ in range(reps))
+
+
+def dense_backend(query: torch.Tensor, key: torch.Tensor) -> tuple[str, Callable]:
+    """The flash SDPA backend where it runs these shapes (CUDA); otherwise the default one."""
+    if query.device.type == "cuda":
+        try:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                F.scaled_dot_product_attention(query, key, key, enable_gqa=True)
+            return "flash", lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+        except RuntimeError:
+            pass
+    return "default", nullcontext
+
 
 def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: float, steps: int,
-          device: torch.device, dtype: torch.dtype) -> dict:  # fmt: skip
-    """One row: median decode-step times and recompiles for one shape and ratio."""
+          device: torch.device, dtype: torch.dtype, bandwidth: float) -> dict:  # fmt: skip
+    """One row: median decode-step times, achieved bandwidth and recompiles for one shape and ratio."""
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(device, dtype)
 
     cfg = AudioKVConfig(compression_ratio=ratio, window=32, page_size=128, decode_reserve=steps + 8)
-    layer = AudioKVAttention(cfg, num_heads=heads, num_kv_heads=kv_heads, head_dim=dim,
-                             head_prior=torch.linspace(0, 1, kv_heads))  # fmt: skip
+    prior = torch.linspace(0, 1, kv_heads)
     q, k, v = rand(batch, heads, context, dim), rand(batch, kv_heads, context, dim), rand(batch, kv_heads, context, dim)
     k[:, :, : context // 2] *= 0.5  # skew the scores so head budgets differ
-    layer(q, k, v, audio_span=(16, context - 64))
-    kept = int(layer.budgets.float().mean())
-    cut_k, cut_v = k[:, :, -kept:].contiguous(), v[:, :, -kept:].contiguous()
-    new = [
-        (rand(batch, heads, 1, dim), rand(batch, kv_heads, 1, dim), rand(batch, kv_heads, 1, dim)) for _ in range(steps)
-    ]
+
+    def compressed_layer() -> AudioKVAttention:
+        layer = AudioKVAttention(cfg, num_heads=heads, num_kv_heads=kv_heads, head_dim=dim, head_prior=prior)
+        layer.to(device)(q, k, v, audio_span=(16, context - 64))
+        return layer
+
+    layers = [compressed_layer()]
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
+    copies = min(MAX_COPIES, max(1, math.ceil(2 * l2 / layers[0].kv_bytes)))
+    layers += [compressed_layer() for _ in range(copies - 1)]  # same tensors: same budgets, same kernel shapes
+    budgets = layers[0].budgets
+    kept = int(budgets.float().mean())
 
     # correctness first: one step against dense attention over exactly the kept tokens
-    nq, nk, nv = new[0]
-    got = layer(nq, nk, nv)
-    worst = 0.0
+    nq, nk, nv = rand(batch, heads, 1, dim), rand(batch, kv_heads, 1, dim), rand(batch, kv_heads, 1, dim)
+    got = layers[0](nq, nk, nv)
+    worst, group = 0.0, heads // kv_heads
     for b in range(batch):
         for h in range(kv_heads):
-            idx = layer.kept_indices[b, h, : layer.budgets[b, h]]
-            kk = torch.cat([k[b, h, idx], nk[b, h]]).float()
-            vv = torch.cat([v[b, h, idx], nv[b, h]]).float()
-            g = heads // kv_heads
-            ref = torch.softmax(nq[b, h * g : (h + 1) * g, 0].float() @ kk.T * dim**-0.5, -1) @ vv
-            worst = max(worst, (got[b, h * g : (h + 1) * g, 0].float() - ref).abs().max().item())
+            idx = layers[0].kept_indices[b, h, : budgets[b, h]]
+            kk, vv = torch.cat([k[b, h, idx], nk[b, h]]).float(), torch.cat([v[b, h, idx], nv[b, h]]).float()
+            ref = torch.softmax(nq[b, h * group : (h + 1) * group, 0].float() @ kk.T * dim**-0.5, -1) @ vv
+            worst = max(worst, (got[b, h * group : (h + 1) * group, 0].float() - ref).abs().max().item())
+    for layer in layers[1:]:  # every copy has decoded one token before the timing
+        layer(nq, nk, nv)
 
+    per_copy = math.ceil(steps / copies) + 1  # tokens each copy's baseline cache grows by
+    dense = [[torch.cat([t, rand(batch, kv_heads, per_copy, dim)], 2) for t in (k, v)] for _ in range(copies)]
+    cut = [[torch.cat([t[:, :, -kept:], rand(batch, kv_heads, per_copy, dim)], 2) for t in (k, v)]
+           for _ in range(copies)]  # fmt: skip
+    new = [(rand(batch, heads, 1, dim), rand(batch, kv_heads, 1, dim), rand(batch, kv_heads, 1, dim)) for _ in range(8)]
     timer = timer_for(device)
+    seen = [i // copies + 2 for i in range(steps)]  # tokens decoded by step i's copy, this one included
+    backend, backend_context = dense_backend(new[0][0], dense[0][0])
+
+    def sdpa(caches, length):
+        views = [[t[:, :, : length + seen[i]] for t in caches[i % copies]] for i in range(steps)]
+        with backend_context():
+            return [
+                timer(lambda i=i: F.scaled_dot_product_attention(new[i % 8][0], *views[i], enable_gqa=True))
+                for i in range(steps)
+            ]
+
     torch._dynamo.utils.counters.clear()
-    audiokv_t = [timer(lambda s=s: layer(*s)) for s in new[1:]]
-    recompiles = (
-        sum(torch._dynamo.utils.counters["recompiles"].values()) if "recompiles" in torch._dynamo.utils.counters else 0
-    )
-    dense_t = [timer(lambda s=s: F.scaled_dot_product_attention(s[0], k, v, enable_gqa=True)) for s in new[1:]]
-    cut_t = [timer(lambda s=s: F.scaled_dot_product_attention(s[0], cut_k, cut_v, enable_gqa=True)) for s in new[1:]]
-    dense_bytes = 2 * batch * kv_heads * context * dim * k.element_size()
+    audiokv_t = [timer(lambda i=i: layers[i % copies](*new[i % 8])) for i in range(steps)]
+    recompiles = sum(torch._dynamo.utils.counters["recompiles"].values())
+    dense_t, cut_t = sdpa(dense, context), sdpa(cut, kept)
+    a, d, c = (statistics.median(t) for t in (audiokv_t, dense_t, cut_t))
+    token_bytes = 2 * dim * torch.finfo(dtype).bits // 8  # K and V of one token of one head
+    decoded = statistics.mean(seen)
+    audiokv_read = (int(budgets.sum()) + batch * kv_heads * decoded) * token_bytes
+    dense_read = batch * kv_heads * (context + decoded) * token_bytes
     return {
         "heads": heads, "kv_heads": kv_heads, "head_dim": dim, "batch": batch, "context": context,
-        "compression_ratio": ratio, "kept_per_head_min_max": [int(layer.budgets.min()), int(layer.budgets.max())],
-        "max_abs_error": worst, "audiokv_s": statistics.median(audiokv_t), "dense_sdpa_s": statistics.median(dense_t),
-        "uniform_cut_sdpa_s": statistics.median(cut_t), "kv_bytes": layer.kv_bytes, "kv_bytes_dense": dense_bytes,
+        "compression_ratio": ratio, "kept_per_head_min_max": [int(budgets.min()), int(budgets.max())],
+        "max_abs_error": worst, "copies_rotated": copies, "steps": steps, "dense_backend": backend,
+        "audiokv_s": a, "dense_sdpa_s": d, "uniform_cut_sdpa_s": c,
+        "audiokv_vs_ideal": a / ((1 - ratio) * d),  # ideal: (1 - r) x dense time (bandwidth-bound)
+        "audiokv_bandwidth_fraction": audiokv_read / a / bandwidth,
+        "dense_bandwidth_fraction": dense_read / d / bandwidth,
+        "copy_bandwidth_bytes_per_s": bandwidth,
+        "kv_bytes": layers[0].kv_bytes, "kv_bytes_dense": batch * kv_heads * (context + steps) * token_bytes,
         "recompiles_during_decode": recompiles,
     }  # fmt: skip
 
@@ -74,26 +135,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cli = parser(__doc__.splitlines()[0])
     cli.add_argument("--context", type=int, nargs="+", default=[2048])
     cli.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.4, 0.7, 0.9])
-    cli.add_argument("--shape", default="28,4,64", help="query heads, KV heads, head_dim")
-    cli.add_argument("--batch", type=int, default=1)
+    cli.add_argument("--shape", nargs="+", default=["28,4,64"], help="query heads, KV heads, head_dim")
+    cli.add_argument("--batch", type=int, nargs="+", default=[1])
     cli.add_argument("--steps", type=int, default=40)
     args = cli.parse_args(argv)
     device, dtype = device_and_dtype(args)
-    heads, kv_heads, dim = (int(x) for x in args.shape.split(","))
+    bandwidth = copy_bandwidth(device, dtype)
     rows = [
-        bench(heads, kv_heads, dim, args.batch, ctx, r, args.steps, device, dtype)
+        bench(*(int(x) for x in shape.split(",")), bsz, ctx, r, args.steps, device, dtype, bandwidth)
+        for shape in args.shape
+        for bsz in args.batch
         for ctx in args.context
         for r in args.ratios
     ]
     out = write_results("decode", args, dtype, rows)
-    header = ["ctx", "ratio", "kept/head", "err", "audiokv/dense", "cut/dense", "KV held", "recomp"]
-    print(" ".join(f"{h:>{w}}" for h, w in zip(header, [6, 5, 11, 8, 13, 9, 8, 6], strict=True)))
+    header = ["heads", "B", "ctx", "ratio", "kept/head", "err", "audiokv/dense", "vs ideal", "cut/dense", "bw",
+              "KV held", "recomp"]  # fmt: skip
+    widths = [8, 2, 6, 5, 11, 8, 13, 8, 9, 5, 8, 6]
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for r in rows:
         kept = "{}-{}".format(*r["kept_per_head_min_max"])
         print(
-            f"{r['context']:>6} {r['compression_ratio']:>5.1f} {kept:>11} {r['max_abs_error']:>8.1e} "
-            f"{r['audiokv_s'] / r['dense_sdpa_s']:>13.2f} {r['uniform_cut_sdpa_s'] / r['dense_sdpa_s']:>9.2f} "
-            f"{r['kv_bytes'] / r['kv_bytes_dense']:>8.1%} {r['recompiles_during_decode']:>6}"
+            f"{r['heads']:>3}/{r['kv_heads']:<4} {r['batch']:>2} {r['context']:>6} {r['compression_ratio']:>5.1f} "
+            f"{kept:>11} {r['max_abs_error']:>8.1e} {r['audiokv_s'] / r['dense_sdpa_s']:>13.2f} "
+            f"{r['audiokv_vs_ideal']:>8.2f} {r['uniform_cut_sdpa_s'] / r['dense_sdpa_s']:>9.2f} "
+            f"{r['audiokv_bandwidth_fraction']:>5.0%} {r['kv_bytes'] / r['kv_bytes_dense']:>8.1%} "
+            f"{r['recompiles_during_decode']:>6}"
         )
     print(f"wrote {out}")
     return rows

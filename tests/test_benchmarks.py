@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from benchmarks.decode import main
 
 
@@ -13,6 +15,10 @@ def test_decode_benchmark_checks_correctness_and_counts_no_recompiles(tmp_path):
         assert row["max_abs_error"] < 1e-4
         assert row["recompiles_during_decode"] == 0
         assert row["audiokv_s"] > 0 and row["dense_sdpa_s"] > 0
+        assert row["copies_rotated"] == 1 and row["dense_backend"] == "default"  # CPU: no L2 rotation, no flash
+        assert row["audiokv_bandwidth_fraction"] > 0 and row["dense_bandwidth_fraction"] > 0
+        ideal = (1 - row["compression_ratio"]) * row["dense_sdpa_s"]
+        assert row["audiokv_vs_ideal"] == pytest.approx(row["audiokv_s"] / ideal)
     assert rows[1]["kv_bytes"] < 0.75 * rows[1]["kv_bytes_dense"]
 
 

@@ -61,3 +61,15 @@ def test_append_and_grow_keep_every_row_in_order(sel, chunks):
         n_pages = math.ceil(len(rows[r][0]) / page)
         ids = pool.page_table[r, :n_pages].long()
         assert (pool.page_owner[ids] == r).all() and torch.equal(pool.page_rank[ids].long(), torch.arange(n_pages))
+
+
+def test_long_decoding_reallocates_a_logarithmic_number_of_times():
+    key, value = torch.randn(1, 2, 64, 8), torch.randn(1, 2, 64, 8)
+    indices = torch.arange(64).expand(1, 2, 64)
+    pool = PagedKVPool.from_selection(key, value, indices, torch.full((1, 2), 32), page_size=16, reserve=16)
+    for _ in range(2000):
+        pool.append(torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8))
+    # room grows 16, 32, 64, ... tokens: 7 reallocations for 2,000 steps, not 125
+    assert pool.version == 7
+    assert pool.tokens_allocated <= 2 * (32 + 2000) * 2  # never more than twice what the rows hold
+    assert torch.equal(pool.row_tokens(1)[0][:32], key[0, 1, :32])
