@@ -16,6 +16,7 @@ so their logits must agree. Writes `benchmarks/results/generate-<device>.json`.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -63,15 +64,16 @@ def _generate(model, ids, new_tokens: int) -> tuple[float, torch.Tensor, object]
     return time.perf_counter() - start, torch.stack(out.logits, 1), out.past_key_values
 
 
-def run(model, ids, new_tokens: int) -> dict:
-    """Decode tokens/s (prefill subtracted), peak memory and the logits of every step."""
+def run(model, ids, new_tokens: int, reps: int) -> dict:
+    """Decode tokens/s (prefill subtracted; medians of ``reps`` runs), peak memory and the logits of every step."""
     device = ids.device
     _generate(model, ids, 2)  # warm-up: compiles the kernels
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    prefill_s, _, _ = _generate(model, ids, 1)
-    total_s, logits, cache = _generate(model, ids, new_tokens)
+    prefill_s = statistics.median(_generate(model, ids, 1)[0] for _ in range(reps))
+    runs = [_generate(model, ids, new_tokens) for _ in range(reps)]
+    total_s, (_, logits, cache) = statistics.median(r[0] for r in runs), runs[-1]
     kv = getattr(cache, "kv_bytes", None)
     if kv is None:
         kv = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
@@ -84,19 +86,19 @@ def run(model, ids, new_tokens: int) -> dict:
     }
 
 
-def bench(shape: str, layers: int, context: int, ratios: list[float], new_tokens: int,
+def bench(shape: str, layers: int, context: int, ratios: list[float], new_tokens: int, reps: int,
           device: torch.device, dtype: torch.dtype) -> list[dict]:  # fmt: skip
     torch.manual_seed(0)
     config = Qwen2Config(**SHAPES[shape], num_hidden_layers=layers, max_position_embeddings=max(context * 2, 4096))
     model = Qwen2ForCausalLM(config).to(device, dtype).eval()
     ids = torch.randint(1, config.vocab_size, (1, context), generator=torch.Generator().manual_seed(1)).to(device)
     base = {"shape": shape, "layers": layers, "context": context, "new_tokens": new_tokens}
-    dense = run(model, ids, new_tokens)
+    dense = run(model, ids, new_tokens, reps)
     rows = [{**base, "cache": "dense", "compression_ratio": 0.0, **dense}]
     for ratio in ratios:
         cfg = AudioKVConfig(compression_ratio=ratio, decode_reserve=new_tokens)
         with apply_audiokv(model, cfg) as handle:
-            ours = run(model, ids, new_tokens)
+            ours = run(model, ids, new_tokens, reps)
             keep = {}
             for idx, engine in handle.engines.items():
                 kept = torch.zeros(*engine.budgets.shape, context, dtype=torch.bool, device=device)
@@ -107,7 +109,7 @@ def bench(shape: str, layers: int, context: int, ratios: list[float], new_tokens
         ALL_MASK_ATTENTION_FUNCTIONS.register(MASKED, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
         restore = set_attention_implementation(model, attention_modules(model, "self_attn").values(), MASKED)
         try:
-            masked = run(model, ids, new_tokens)
+            masked = run(model, ids, new_tokens, reps)
         finally:
             for cfg_, impl in restore:
                 cfg_._attn_implementation = impl
@@ -126,12 +128,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cli.add_argument("--context", type=int, nargs="+", default=None, help="default: GPU 16k 64k, CPU 2k")
     cli.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.7])
     cli.add_argument("--new-tokens", type=int, default=64)
+    cli.add_argument("--reps", type=int, default=3, help="generate runs per cache; the median is reported")
     args = cli.parse_args(argv)
     device, dtype = device_and_dtype(args)
     gpu = device.type == "cuda"
     shape = args.shape or ("qwen2.5-omni-7b" if gpu else "tiny")
     contexts = args.context or ([16384, 65536] if gpu else [2048])
-    rows = [r for c in contexts for r in bench(shape, args.layers, c, args.ratios, args.new_tokens, device, dtype)]
+    rows = [
+        r
+        for c in contexts
+        for r in bench(shape, args.layers, c, args.ratios, args.new_tokens, args.reps, device, dtype)
+    ]
     out = write_results("generate", args, dtype, rows)
     print(f"{'context':>8} {'cache':>8} {'ratio':>6} {'tok/s vs dense':>15} {'KV held':>8} {'logit diff':>11}")
     for r in rows:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audiokv import AudioKVAttention, AudioKVConfig
+from audiokv.attention import SharedKVAttention
 
 
 class KeptReference:
@@ -25,22 +26,31 @@ class KeptReference:
                 idx = module.kept_indices[b, h, : module.budgets[b, h]]
                 self.rows.append([key[b, h, idx].double(), value[b, h, idx].double()])
 
-    def step(self, query, key, value):
-        bsz, hq, q_len, dim = query.shape
-        heads = key.shape[1]
-        out = torch.empty(bsz, hq, q_len, dim, dtype=torch.float64)
+    def append(self, key, value):
         for r, row in enumerate(self.rows):
-            b, h = divmod(r, heads)
+            b, h = divmod(r, key.shape[1])
             row[0] = torch.cat([row[0], key[b, h].double()])
             row[1] = torch.cat([row[1], value[b, h].double()])
-            n = row[0].shape[0]
+
+    def attend(self, query):
+        """Queries whose keys are the last ``q`` appended (causal)."""
+        bsz, hq, q_len, dim = query.shape
+        heads = hq // self.group
+        out = torch.empty(bsz, hq, q_len, dim, dtype=torch.float64)
+        for r, (keys, values) in enumerate(self.rows):
+            b, h = divmod(r, heads)
+            n = keys.shape[0]
             q = query[b, h * self.group : (h + 1) * self.group].double()
-            logits = q @ row[0].T * self.scale
+            logits = q @ keys.T * self.scale
             visible = torch.arange(n)[None, :] <= (n - q_len + torch.arange(q_len))[:, None]
             out[b, h * self.group : (h + 1) * self.group] = (
-                torch.softmax(logits.masked_fill(~visible, -torch.inf), -1) @ row[1]
+                torch.softmax(logits.masked_fill(~visible, -torch.inf), -1) @ values
             )
         return out
+
+    def step(self, query, key, value):
+        self.append(key, value)
+        return self.attend(query)
 
 
 def qkv(bsz, hq, hkv, length, dim, dtype, gen):
@@ -134,6 +144,27 @@ def test_pool_growth_keeps_results_right():
         q, k, v = qkv(1, 8, 2, 1, 16, torch.float32, gen)
         torch.testing.assert_close(module(q, k, v).double(), ref.step(q, k, v), atol=1e-4, rtol=0)
     assert module.pool.version >= 2
+
+
+def test_a_layer_sharing_the_kv_attends_over_the_producers_pool():
+    gen = torch.Generator().manual_seed(8)
+    cfg = AudioKVConfig(compression_ratio=0.6, window=8, page_size=16, decode_reserve=0)
+    producer = AudioKVAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=16)
+    reader = SharedKVAttention(producer, scaling=0.3)
+    assert list(reader.children()) == []  # the producer's pool is not counted twice
+    q, k, v = qkv(2, 8, 2, 100, 16, torch.float32, gen)
+    producer(q, k, v)
+    own = torch.randn(q.shape, generator=gen)
+    want = F.scaled_dot_product_attention(own, k, v, is_causal=True, scale=0.3, enable_gqa=True)
+    torch.testing.assert_close(reader(own, k, v), want, atol=1e-5, rtol=0)  # prefill: dense, own queries
+    ref = KeptReference(producer, k, v)
+    ref.scale = 0.3
+    for _ in range(20):  # crosses pages and grows the pool
+        q, k, v = qkv(2, 8, 2, 1, 16, torch.float32, gen)
+        producer(q, k, v)
+        ref.append(k, v)
+        own = torch.randn(q.shape, generator=gen)
+        torch.testing.assert_close(reader(own, k, v).double(), ref.attend(own), atol=1e-4, rtol=0)
 
 
 def test_left_padding_keeps_the_same_tokens_as_the_unpadded_row():

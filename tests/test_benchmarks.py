@@ -37,7 +37,20 @@ def test_generate_benchmark_matches_the_masked_cache_and_frees_memory(tmp_path):
     from benchmarks.generate import main as generate
 
     out = tmp_path / "generate.json"
-    args = ["--device", "cpu", "--layers", "2", "--context", "1024", "--ratios", "0.5", "--new-tokens", "6"]
+    args = [
+        "--device",
+        "cpu",
+        "--layers",
+        "2",
+        "--context",
+        "1024",
+        "--ratios",
+        "0.5",
+        "--new-tokens",
+        "6",
+        "--reps",
+        "1",
+    ]
     rows = {r["cache"]: r for r in generate([*args, "--out", str(out)])}
     assert set(rows) == {"dense", "audiokv", "masked"}
     assert rows["audiokv"]["max_logit_diff_vs_masked"] < 1e-4  # same kept tokens, same answer
