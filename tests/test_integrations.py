@@ -247,30 +247,32 @@ def lalm_inputs(name, gen, text_after=300):
     return model.eval(), inputs, (start, start + spec["n_audio"])
 
 
-def lalm_batch(name, gen, text_after=60):
-    """Two left-padded prompts whose audio differs in length; returns model, inputs, ``[2, 2]`` audio spans.
+def lalm_batch(name, gen):
+    """Three left-padded prompts; returns model, inputs, ``[3, 2]`` audio spans.
 
-    The second clip has fewer valid frames (Voxtral: one more 30 s chunk, so more tokens).
+    The second clip has fewer valid frames (Voxtral: one more 30 s chunk, so more
+    tokens) and the third a shorter text, so all three rows are padded differently.
     """
     torch.manual_seed(0)
     model, spec = LALMS[name]()
     valid, n_second = spec["second"]
-    rows = [prompt_ids(spec, n, gen, text_after) for n in (spec["n_audio"], n_second)]
+    audio = (spec["n_audio"], n_second, spec["n_audio"])
+    rows = [prompt_ids(spec, n, gen, text) for n, text in zip(audio, (60, 60, 45), strict=True)]
     length = max(len(r) for r in rows)
-    ids = torch.zeros(2, length, dtype=torch.long)
-    mask = torch.zeros(2, length, dtype=torch.long)
+    ids = torch.zeros(3, length, dtype=torch.long)
+    mask = torch.zeros(3, length, dtype=torch.long)
     spans = []
-    for i, (row, n) in enumerate(zip(rows, (spec["n_audio"], n_second), strict=True)):
-        pad = length - len(row)
-        ids[i, pad:], mask[i, pad:] = row, 1
-        spans.append([pad + 5 + len(spec["before"]), pad + 5 + len(spec["before"]) + n])
+    for i, (row, n) in enumerate(zip(rows, audio, strict=True)):
+        start = length - len(row) + 5 + len(spec["before"])
+        ids[i, length - len(row) :], mask[i, length - len(row) :] = row, 1
+        spans.append([start, start + n])
     inputs = dict(input_ids=ids, attention_mask=mask)
     if spec["mask"]:
-        inputs["input_features"] = torch.randn(2, 16, spec["frames"], generator=gen)
-        inputs["feature_attention_mask"] = torch.ones(2, spec["frames"], dtype=torch.long)
+        inputs["input_features"] = torch.randn(3, 16, spec["frames"], generator=gen)
+        inputs["feature_attention_mask"] = torch.ones(3, spec["frames"], dtype=torch.long)
         inputs["feature_attention_mask"][1, valid:] = 0
     else:
-        inputs["input_features"] = torch.randn(3, 16, spec["frames"], generator=gen)
+        inputs["input_features"] = torch.randn(4, 16, spec["frames"], generator=gen)
     return model.eval(), inputs, torch.tensor(spans)
 
 
@@ -498,6 +500,8 @@ def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
         assert layers[5].self_attn.audiokv.source is handle.engines[2]  # reuses layer 2's K/V
         assert not any(hasattr(layers[i].self_attn, "audiokv") for i in (0, 1, 3, 4))  # sliding: kept
         assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), ref)
+    assert not any(hasattr(m, "audiokv") for m in model.modules())  # removed
+    assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), ref)
 
     length = inputs["input_ids"].shape[1]
     dense = DynamicCache(config=model.config)
