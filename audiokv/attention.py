@@ -117,7 +117,6 @@ class AudioKVAttention(nn.Module):
         """
         if self.pool is None:
             self._check_shapes(query, key, value)
-            key_mask = None if key_mask is None else key_mask.to(key.device)  # layers may sit on other devices
             return self._prefill(query, key, value, audio_span, key_mask)
         with torch.no_grad():  # inference only: no gradients
             if not self.cross_attention:
@@ -155,7 +154,6 @@ class AudioKVAttention(nn.Module):
     ) -> Tensor:
         out = prompt_attention(query, key, value, self.scaling, key_mask, causal=not self.cross_attention)
         self.compress(query, key, value, audio_span=span, key_mask=key_mask)
-        self.decoding = False
         return out
 
     @torch.no_grad()
@@ -266,7 +264,6 @@ class SharedKVAttention(nn.Module):
         ``audio_span`` is accepted for a uniform call and ignored: the producer compresses.
         """
         if not self.source.decoding:
-            key_mask = None if key_mask is None else key_mask.to(key.device)
             return prompt_attention(query, key, value, self.scaling, key_mask)
         with torch.no_grad():  # the producer's pool may live on another device
             out = self.source.attend(query.detach().to(self.source.pool.key_pages.device), self.scaling)

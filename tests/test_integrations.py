@@ -236,6 +236,16 @@ def prompt_ids(spec, n_audio, gen, text_after):
     return torch.cat(parts)
 
 
+def left_pad(rows):
+    """``[B, T]`` ids and attention mask of 1-D id rows, padded on the left with 0."""
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, length - len(row) :], mask[b, length - len(row) :] = row, 1
+    return ids, mask
+
+
 def lalm_inputs(name, gen, text_after=300):
     torch.manual_seed(0)
     model, spec = LALMS[name]()
@@ -258,13 +268,10 @@ def lalm_batch(name, gen):
     valid, n_second = spec["second"]
     audio = (spec["n_audio"], n_second, spec["n_audio"])
     rows = [prompt_ids(spec, n, gen, text) for n, text in zip(audio, (60, 60, 45), strict=True)]
-    length = max(len(r) for r in rows)
-    ids = torch.zeros(3, length, dtype=torch.long)
-    mask = torch.zeros(3, length, dtype=torch.long)
+    ids, mask = left_pad(rows)
     spans = []
-    for i, (row, n) in enumerate(zip(rows, audio, strict=True)):
-        start = length - len(row) + 5 + len(spec["before"])
-        ids[i, length - len(row) :], mask[i, length - len(row) :] = row, 1
+    for row, n in zip(rows, audio, strict=True):
+        start = ids.shape[1] - len(row) + 5 + len(spec["before"])
         spans.append([start, start + n])
     inputs = dict(input_ids=ids, attention_mask=mask)
     if spec["mask"]:
@@ -478,11 +485,7 @@ def gemma3n_inputs(gen, bsz=1, text_after=1500):
                    torch.full((20,), 305), torch.tensor([291]), torch.randint(0, 100, (text_after,), generator=gen)])
         for b in range(bsz)
     ]  # fmt: skip
-    length = max(len(r) for r in rows)
-    ids = torch.zeros(bsz, length, dtype=torch.long)
-    mask = torch.zeros(bsz, length, dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, length - len(row) :], mask[b, length - len(row) :] = row, 1
+    ids, mask = left_pad(rows)
     features = torch.randn(bsz, 200, 16, generator=gen)
     return dict(input_ids=ids, attention_mask=mask, input_features=features,
                 input_features_mask=torch.ones(bsz, 200, dtype=torch.bool))  # fmt: skip

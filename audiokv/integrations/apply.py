@@ -63,7 +63,8 @@ def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, sca
     prompt: _Prompt = engine.prompt
     if scaling is not None:  # e.g. Whisper pre-scales its queries and passes 1.0
         engine.scaling = scaling
-    out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=prompt.key_mask)
+    key_mask = None if prompt.key_mask is None else prompt.key_mask.to(key.device)  # layers may sit on other devices
+    out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=key_mask)
     return out.transpose(1, 2).contiguous(), None
 
 
