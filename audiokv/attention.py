@@ -22,7 +22,7 @@ from audiokv.kernel import paged_attention, reference_paged_attention
 from audiokv.mask import PagedBlockMask
 from audiokv.paged import PagedKVPool
 from audiokv.policies import Policy, ScoreInput, get_policy
-from audiokv.select import select_tokens
+from audiokv.select import cover_spans, select_tokens
 from audiokv.spectral import Span, spectral_smooth
 
 
@@ -189,13 +189,16 @@ class AudioKVAttention(nn.Module):
                     f"observation window ({cfg.window}) is longer than the prompt ({length} tokens); "
                     f"lower AudioKVConfig.window or use compression_ratio=0 for short prompts"
                 )
-            inp = ScoreInput(query, key, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel)
-            scores = policy.score(inp).float()
-            if cross:
-                audio_span = (0, length)  # every encoder frame is audio
-            if policy.smooth and audio_span is not None:
-                scores = spectral_smooth(scores, cfg.sss_cutoff, audio_span)
-            scores = mark_mandatory(scores, sinks=cfg.sinks, window=0 if cross else cfg.window, key_mask=key_mask)
+            inp = ScoreInput(
+                query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel
+            )
+            raw = policy.score(inp).float()
+            spans = audio_span_rows(audio_span, bsz, length, cross)
+            trend = policy.density(inp, raw) if policy.coverage else raw
+            if policy.smooth and spans is not None:
+                trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
+            ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores
+            scores = mark_mandatory(ranked, sinks=cfg.sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
             weights = None
@@ -203,6 +206,8 @@ class AudioKVAttention(nn.Module):
                 weights = head_weights(self.head_prior, cfg.head_prior_strength)
             safeguard = cfg.safeguard if policy.head_budgets else 1.0  # 1.0: every head keeps the average
             budgets = head_budgets(scores, budget, safeguard=safeguard, weights=weights)
+            if policy.coverage and spans is not None:
+                scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)
         indices = select_tokens(scores, budgets)
         self.budgets = budgets
         self.pool = PagedKVPool.from_selection(
@@ -215,6 +220,17 @@ class AudioKVAttention(nn.Module):
         )
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices
+
+
+def audio_span_rows(span: Span | Tensor | None, bsz: int, length: int, cross: bool) -> Tensor | None:
+    """``[B, 2]`` audio span of each row (every key for cross-attention); None when there is no audio."""
+    if cross:
+        span = (0, length)  # every encoder frame is audio
+    if span is None:
+        return None
+    if isinstance(span, Tensor):
+        return span.reshape(bsz, 2).cpu()
+    return torch.tensor([span] * bsz)
 
 
 def prompt_attention(

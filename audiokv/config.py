@@ -36,6 +36,8 @@ class AudioKVConfig:
         sss_cutoff: Spectral Score Smoothing cutoff, the fraction of the
             frequency band (0..Nyquist) kept over the audio span, in (0, 1];
             1 disables smoothing.
+        coverage_floor: share of the audio span's budget spread evenly over time
+            by the coverage selection; the rest follows the smoothed scores. In [0, 1].
         head_prior_strength: how strongly calibrated audio-critical heads are
             favoured in the budget split; 0 ignores the calibration. >= 0.
         safeguard: every KV head keeps at least this fraction of the average
@@ -55,6 +57,7 @@ class AudioKVConfig:
     pooling: Literal["max", "avg"] = "max"
     pooling_kernel: int = 7
     sss_cutoff: float = 0.1
+    coverage_floor: float = 0.25
     head_prior_strength: float = 1.0
     safeguard: float = 0.2
     sinks: int = 4
@@ -76,6 +79,9 @@ class AudioKVConfig:
         cutoff = _require_float("sss_cutoff", self.sss_cutoff)
         if not 0.0 < cutoff <= 1.0:
             raise ValueError(f"sss_cutoff must be in (0, 1], got {cutoff}")
+        floor = _require_float("coverage_floor", self.coverage_floor)
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"coverage_floor must be in [0, 1], got {floor}")
         if _require_float("head_prior_strength", self.head_prior_strength) < 0:
             raise ValueError(f"head_prior_strength must be >= 0, got {self.head_prior_strength}")
         safeguard = _require_float("safeguard", self.safeguard)

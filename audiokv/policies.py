@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from audiokv.scoring import pool_scores, window_scores
+from audiokv.scoring import key_novelty, pool_scores, window_scores
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ScoreInput:
         key: ``[B, H_kv, T, D]`` prompt keys.
         scaling: softmax scale.
         key_mask: ``[B, T]`` bool or None (False on padding).
+        value: ``[B, H_kv, T, D]`` prompt values.
         window: observation window (last queries).
         causal: False for cross-attention.
         pooling, pooling_kernel: score pooling.
@@ -33,6 +34,7 @@ class ScoreInput:
 
     query: Tensor
     key: Tensor
+    value: Tensor
     scaling: float
     key_mask: Tensor | None
     window: int
@@ -55,12 +57,15 @@ class Policy:
         head_budgets: split the layer budget across heads by score (AdaKV) instead of uniformly.
         smooth: apply Spectral Score Smoothing over the audio span.
         use_prior: weight heads by the calibrated audio-critical head scores.
+        coverage: spend the audio span's budget by coverage (:func:`audiokv.select.cover_spans`)
+            instead of by top scores.
     """
 
     name: str
     head_budgets: bool = False
     smooth: bool = False
     use_prior: bool = False
+    coverage: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -70,12 +75,78 @@ class Policy:
         """Compression ratio of one layer; the mean over layers is ``ratio``."""
         return ratio
 
+    def density(self, inp: ScoreInput, raw: Tensor) -> Tensor:
+        """``[B, H_kv, T]`` how many tokens each stretch of audio deserves (coverage policies); ``raw`` by default."""
+        return raw
+
+
+class AudioKV(Policy):
+    """AudioKV: window scores pick tokens; the audio span is covered by a density of key novelty.
+
+    The density is the novelty of each key against its neighbours
+    (:func:`audiokv.scoring.key_novelty`), so silence, padding and held sounds
+    get few tokens and changing sound gets many, whatever the queries;
+    SSS turns it into a trend over time before the coverage selection.
+    """
+
+    def density(self, inp: ScoreInput, raw: Tensor) -> Tensor:
+        return key_novelty(inp.key)
+
 
 class Full(Policy):
     """No compression (the reference)."""
 
     def layer_ratio(self, ratio: float, layer: int, num_layers: int) -> float:
         return 0.0
+
+
+GOLDEN = (5**0.5 - 1) / 2
+
+
+class Stride(Policy):
+    """Evenly spread tokens, no scoring: token ``t`` ranks by ``frac(0.618 t)``.
+
+    The tokens whose ``frac`` falls below any threshold are spread with at most
+    three distinct gaps (the three-distance theorem), whatever the budget.
+    """
+
+    def score(self, inp: ScoreInput) -> Tensor:
+        pos = torch.arange(inp.key.shape[2], device=inp.key.device, dtype=torch.float64)
+        return (1 - torch.frac(pos * GOLDEN)).float().expand(inp.key.shape[:3])
+
+
+class TOVA(Policy):
+    """TOVA: the attention of the last prompt query, averaged over all heads of the layer."""
+
+    def score(self, inp: ScoreInput) -> Tensor:
+        last = window_scores(inp.query[:, :, -1:], inp.key, scaling=inp.scaling, key_mask=inp.key_mask,
+                             causal=inp.causal)  # fmt: skip
+        return last.mean(1, keepdim=True).expand_as(last)
+
+
+class ExpectedAttention(Policy):
+    """Expected attention of future queries modelled as a Gaussian fitted to the observed ones.
+
+    With query mean ``mu`` and per-dimension variance ``s2`` (per query head),
+    ``E[exp(s q.k)] = exp(s mu.k + s^2 sum(s2 k^2) / 2)``; scores are those
+    expectations normalized over the keys, averaged over each GQA group and
+    weighted by the value norm. The queries are the observation window (every
+    prompt query for cross-attention); they are not rotated to future positions.
+    """
+
+    def score(self, inp: ScoreInput) -> Tensor:
+        queries = inp.query if not inp.causal else inp.query[:, :, -inp.window :]
+        bsz, heads, _, dim = queries.shape
+        kv_heads = inp.key.shape[1]
+        mean = queries.float().mean(2)  # [B, H_q, D]
+        var = queries.float().var(2, unbiased=False)
+        key = inp.key.float().repeat_interleave(heads // kv_heads, dim=1)  # [B, H_q, T, D]
+        s = inp.scaling
+        logits = s * (key @ mean[..., None])[..., 0] + 0.5 * s**2 * (key**2 @ var[..., None])[..., 0]
+        if inp.key_mask is not None:
+            logits = logits.masked_fill(~inp.key_mask.bool()[:, None, :], float("-inf"))
+        expected = logits.softmax(-1).view(bsz, kv_heads, heads // kv_heads, -1).mean(2)
+        return expected * inp.value.float().norm(dim=-1)
 
 
 class RandomScores(Policy):
@@ -131,9 +202,13 @@ POLICIES: dict[str, Policy] = {
         Policy("snapkv"),
         PyramidKV("pyramidkv"),
         Policy("adakv", head_budgets=True),
-        Policy("audiokv", head_budgets=True, smooth=True, use_prior=True),
-        Policy("audiokv-no-sss", head_budgets=True, use_prior=True),
-        Policy("audiokv-no-heads", head_budgets=True, smooth=True),
+        Stride("stride"),
+        TOVA("tova"),
+        ExpectedAttention("expected-attention"),
+        AudioKV("audiokv", head_budgets=True, smooth=True, use_prior=True, coverage=True),
+        AudioKV("audiokv-no-sss", head_budgets=True, use_prior=True, coverage=True),
+        AudioKV("audiokv-no-heads", head_budgets=True, smooth=True, coverage=True),
+        AudioKV("audiokv-no-coverage", head_budgets=True, smooth=True, use_prior=True),
     )
 }
 

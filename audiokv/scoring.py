@@ -88,3 +88,25 @@ def pool_scores(scores: Tensor, kernel: int, mode: str = "max") -> Tensor:
     else:
         raise ValueError(f"pooling must be 'max' or 'avg', got {mode!r}")
     return out.reshape(scores.shape)
+
+
+def key_novelty(key: Tensor) -> Tensor:
+    """How much each key differs from its neighbours: ``1 - cos`` with the mean of the keys either side.
+
+    Consecutive frames of silence, padding or a held sound have nearly equal
+    keys (low novelty, redundant); frames where the signal changes score
+    high. Needs no query, so it also works where the prompt's queries say
+    little (Whisper's cross-attention is scored from 2-4 special tokens).
+
+    Args:
+        key: ``[B, H_kv, T, D]``.
+
+    Returns:
+        ``[B, H_kv, T]`` float32 in [0, 2]; a 1-token sequence scores 0.
+    """
+    k = F.normalize(key.float(), dim=-1)
+    if k.shape[2] < 2:
+        return k.new_zeros(k.shape[:3])
+    padded = torch.cat([k[:, :, 1:2], k, k[:, :, -2:-1]], dim=2)  # mirror the ends
+    neighbours = F.normalize(padded[:, :, :-2] + padded[:, :, 2:], dim=-1)
+    return 1 - (k * neighbours).sum(-1)

@@ -1,4 +1,14 @@
-"""Selection: which tokens each KV head keeps, given its budget."""
+"""Selection: which tokens each KV head keeps, given its budget.
+
+Outside the audio span a head keeps its top-scored tokens. Inside it,
+:func:`coverage_priority` spends the span's share of the budget so that every
+stretch of audio keeps tokens: the smoothed score curve (SSS), mixed with a
+uniform floor, is a density over time; the span's ``K`` kept tokens are
+placed one per stratum of equal density mass (inverse-CDF, systematic
+sampling), so dense regions keep more and no region is left empty, and the
+raw scores choose the token inside each stratum. With a uniform density this
+is an even stride whose phase follows the content.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +37,89 @@ def select_tokens(scores: Tensor, budgets: Tensor) -> Tensor:
     top = scores.topk(k, dim=-1).indices  # [B, H, K], best first
     used = torch.arange(k, device=scores.device)[None, None, :] < budgets[..., None]
     return top.masked_fill(~used, length).sort(dim=-1).values
+
+
+def _cap_density(density: Tensor, cap: Tensor) -> Tensor:
+    """Clip ``[H, N]`` densities (rows sum to 1) at ``cap`` ``[H, 1]`` (``cap * N >= 1``), keeping the sum.
+
+    What is clipped goes to the other tokens in proportion to their room
+    under the cap, so nothing overflows again and one pass is exact.
+    """
+    excess = (density - cap).clamp_min(0).sum(-1, keepdim=True)
+    density = torch.minimum(density, cap)
+    room = cap - density
+    return density + excess * room / room.sum(-1, keepdim=True).clamp_min(1e-300)
+
+
+def coverage_priority(raw: Tensor, density: Tensor, counts: Tensor) -> Tensor:
+    """Rank one span's tokens so that each head's top ``counts`` cover the span by ``density``.
+
+    Args:
+        raw: ``[H, N]`` token scores inside the span (+inf: must keep).
+        density: ``[H, N]`` non-negative weights, how many tokens each region
+            deserves (rows of zeros count as uniform).
+        counts: ``[H]`` tokens each head keeps in the span, in [0, N].
+
+    Returns:
+        ``[H, N]`` float64 priorities. The top ``counts[h]`` of row ``h`` are
+        the must-keep tokens, then one token per stratum of equal density
+        mass (the best ``raw`` score of the stratum), topped up by ``raw``
+        should rounding leave a stratum empty.
+    """
+    heads, n = raw.shape
+    k = counts.clamp(1, n).double()[:, None]  # [H, 1]
+    d = density.double().clamp_min(0)
+    total = d.sum(-1, keepdim=True)
+    d = torch.where(total > 0, d / total.clamp_min(1e-300), 1.0 / n)
+    d = _cap_density(d, 1.0 / k)  # a token is kept at most once: no stratum narrower than a token
+    mass = k * d
+    middle = mass.cumsum(-1) - mass / 2  # [H, N] in [0, K)
+    stratum = torch.minimum(middle.floor(), k - 1).long()
+    rank = raw.double().argsort(-1).argsort(-1)  # 0 = lowest raw score, n - 1 = highest
+    best = torch.full_like(rank, -1).scatter_reduce(1, stratum, rank, "amax")
+    winner = rank == best.gather(1, stratum)
+    priority = winner.double() * n + rank.double()
+    return priority.masked_fill(torch.isposinf(raw), float("inf"))
+
+
+def cover_spans(
+    scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spans: Tensor, uniform: float
+) -> Tensor:
+    """Selection scores whose top ``budgets`` keep the same number of audio tokens, spread by coverage.
+
+    Args:
+        scores: ``[B, H, T]`` marked scores (+inf must keep, -inf padding) that set the budgets.
+        raw: ``[B, H, T]`` unsmoothed token scores (they choose inside a stratum).
+        trend: ``[B, H, T]`` smoothed scores (they shape the density over the span).
+        budgets: ``[B, H]`` tokens each head keeps.
+        spans: ``[B, 2]`` audio span of each row; empty rows (start == end) are left as they are.
+        uniform: share of the density spread evenly over the span, in [0, 1].
+
+    Returns:
+        ``[B, H, T]`` scores for :func:`select_tokens`: outside the span each head
+        keeps what ``scores`` would have kept; inside, as many tokens, chosen by
+        :func:`coverage_priority`.
+    """
+    out = scores.clone()
+    for b, (start, end) in enumerate(spans.tolist()):
+        if end <= start:
+            continue
+        chosen = _top_mask(scores[b], budgets[b])  # what plain top-k selection would keep
+        counts = chosen[:, start:end].sum(-1)
+        segment = trend[b, :, start:end].double().clamp_min(0)
+        share = segment / segment.sum(-1, keepdim=True).clamp_min(1e-300)
+        density = uniform / (end - start) + (1 - uniform) * share
+        inside = raw[b, :, start:end].masked_fill(torch.isposinf(scores[b, :, start:end]), float("inf"))
+        priority = coverage_priority(inside, density, counts)
+        keep_inside = _top_mask(priority, counts)
+        keep = chosen.clone()
+        keep[:, start:end] = keep_inside
+        out[b] = torch.where(keep, 1.0, 0.0).masked_fill(torch.isneginf(scores[b]), float("-inf"))
+    return out
+
+
+def _top_mask(scores: Tensor, counts: Tensor) -> Tensor:
+    """``[H, N]`` bool: the top ``counts[h]`` entries of each row."""
+    order = scores.argsort(-1, descending=True)
+    rank = order.argsort(-1)
+    return rank < counts[:, None]

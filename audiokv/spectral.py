@@ -59,7 +59,7 @@ def spectral_smooth(scores: Tensor, cutoff: float, span: Span | Tensor | None = 
         cutoff: fraction of the frequency band kept, in (0, 1]; 1 is the identity.
         span: the audio tokens: ``None`` for the whole axis, ``(start, end)``
             (end exclusive) for every row, or a ``[B, 2]`` integer tensor with
-            one span per batch row.
+            one span per batch row; ``(0, 0)`` marks a row without audio.
 
     Returns:
         Scores of the same shape and dtype; inside each span the values are
@@ -77,6 +77,8 @@ def spectral_smooth(scores: Tensor, cutoff: float, span: Span | Tensor | None = 
         spans = [tuple(span)] * scores.shape[0]
     out = scores.clone()
     for row, (start, end) in enumerate(spans):
+        if start == end == 0:
+            continue  # a row without audio (e.g. a text-only prompt in a mixed batch)
         if not 0 <= start < end <= length:
             raise ValueError(f"audio span ({start}, {end}) is empty or outside the {length} tokens")
         segment = scores[row, ..., start:end]

@@ -54,3 +54,48 @@ def test_unknown_policy():
 )
 def test_repetition_detection(text, loop):
     assert has_repetition(text) is loop
+
+
+def _layer(policy, **kw):
+    cfg = AudioKVConfig(compression_ratio=0.75, window=4, page_size=16, sinks=0, **kw)
+    return AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=8, policy=policy, kernel="reference")
+
+
+def test_stride_spreads_tokens_evenly_whatever_the_budget():
+    q, k, v = torch.randn(1, 4, 200, 8), torch.randn(1, 2, 200, 8), torch.randn(1, 2, 200, 8)
+    layer = _layer("stride")
+    layer(q, k, v)
+    kept = [t for t in layer.kept_indices[0, 0].tolist() if t < 196]  # the window is kept anyway
+    gaps = {b - a for a, b in zip(kept, kept[1:], strict=False)}
+    assert len(gaps) <= 3 and max(gaps) <= 2 * 200 / 50  # three-distance theorem
+
+
+def test_tova_keeps_one_set_for_every_head_from_the_last_query():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(1, 4, 64, 8, generator=gen), torch.randn(1, 2, 64, 8, generator=gen), torch.randn(1, 2, 64, 8)
+    layer = _layer("tova")
+    layer(q, k, v)
+    assert torch.equal(layer.kept_indices[0, 0], layer.kept_indices[0, 1])
+    q2 = q.clone()
+    q2[:, :, -2] = torch.randn(4, 8)  # queries before the last one do not matter
+    other = _layer("tova")
+    other(q2, k, v)
+    assert torch.equal(other.kept_indices, layer.kept_indices)
+
+
+def test_expected_attention_equals_window_attention_times_value_norm_when_the_queries_agree():
+    from audiokv.policies import ExpectedAttention, ScoreInput
+    from audiokv.scoring import window_scores
+
+    gen = torch.Generator().manual_seed(0)
+    one = torch.randn(1, 4, 1, 8, generator=gen)
+    q = one.expand(1, 4, 6, 8)  # zero variance: the Gaussian is a point mass
+    k, v = torch.randn(1, 2, 30, 8, generator=gen), torch.randn(1, 2, 30, 8, generator=gen)
+    inp = ScoreInput(q, k, v, 0.35, None, 6, False, "max", 1)
+    want = window_scores(one, k, scaling=0.35, causal=False) * v.norm(dim=-1)
+    torch.testing.assert_close(ExpectedAttention("e").score(inp), want, atol=1e-6, rtol=1e-5)
+    spread = q + 0.5 * torch.randn(1, 4, 6, 8, generator=gen)  # variance favours large-norm keys
+    inp = ScoreInput(spread, k, v, 0.35, None, 6, False, "max", 1)
+    mean = spread.mean(2, keepdim=True)
+    assert not torch.allclose(ExpectedAttention("e").score(inp), window_scores(mean, k, scaling=0.35, causal=False)
+                              * v.norm(dim=-1), atol=1e-4)  # fmt: skip

@@ -1,0 +1,269 @@
+"""Build the tune/test speech sets: ``python -m benchmarks.speech_set [--out DIR]``.
+
+Every default of the method is chosen on ``tune``; results are reported on
+``test``. The two splits share no voice and no degradation setting, so a
+default that only fits the tuning voices shows up as a gap on ``test``:
+
+- tune: espeak-ng en-us, en-gb-scotland, en-029+f2, en-gb-x-gbcwmd+m3; flite kal, slt;
+  clean, white noise at 15-20 dB SNR, a small-room reverb;
+- test: espeak-ng en-gb, en-us-nyc+f4, en-gb-x-rp+m1, en-gb-x-gbclan+klatt; flite awb, rms;
+  festival kal_diphone; clean, pink noise at 10-15 dB SNR, telephone band (300-3,400 Hz, 8 kHz),
+  a large-hall reverb with noise.
+
+Passages are 1-5 sentences drawn (seeded) from one pool, kept between 8 and
+28 s. Each split gets ``manifest.jsonl`` (NeMo style, with voice, engine,
+condition and duration per clip), readable by ``audiokv eval --data``.
+
+Needs Debian's ``espeak-ng``, ``flite``, ``festival`` (+ ``festvox-kallpc16k``) and ``sox``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audiokv.audio import SAMPLE_RATE, load_audio, write_wav
+
+DEFAULT_OUT = Path(__file__).parent / "data" / "speech"
+MIN_SECONDS, MAX_SECONDS = 8.0, 28.0
+
+SENTENCES = [
+    "The river was low that summer, so the ferry crossed only twice a day.",
+    "Our neighbor keeps bees in three white boxes at the end of her garden.",
+    "The lecture began late because the projector would not connect to the laptop.",
+    "Fresh snow covered the mountain road, and the bus driver moved very slowly.",
+    "Most of the old letters were written in pencil and had faded with time.",
+    "The chef tasted the soup, added a pinch of salt, and nodded with approval.",
+    "A strong wind blew the tent away while the campers were fishing on the lake.",
+    "The city council voted to plant trees along every street near the school.",
+    "She practiced the violin every evening until her fingers were sore.",
+    "The museum guard asked the visitors not to touch the ancient pottery.",
+    "After the rain stopped, the children ran outside to jump in the puddles.",
+    "The farmer checked the fences before moving the sheep to the upper field.",
+    "Nobody noticed that the clock in the kitchen had stopped during the night.",
+    "The hikers shared their water and their maps with a lost traveler.",
+    "His grandfather built the wooden table by hand more than fifty years ago.",
+    "The library extended its opening hours during the examination period.",
+    "A small boat appeared on the horizon just as the sun was going down.",
+    "The scientists recorded the songs of whales far out in the cold ocean.",
+    "The bakery closes early on Sundays, so we bought our bread on Saturday.",
+    "During the storm the power went out and the whole street became dark.",
+    "The young architect presented a plan for a quiet park beside the station.",
+    "Please remember to switch off the lights when you leave the office.",
+    "The orchestra rehearsed the final movement again and again before the concert.",
+    "Travelers waited patiently while the customs officers checked every bag.",
+    "The teacher explained the experiment and then handed out safety glasses.",
+    "Wild flowers grow along the railway line from early spring to late autumn.",
+    "The reporter spoke with several witnesses who had seen the accident.",
+    "He forgot his umbrella on the train and walked home in the heavy rain.",
+    "The garden party was moved indoors when dark clouds gathered over the hills.",
+    "Engineers tested the new bridge by driving heavy trucks across it.",
+    "The cat slept on the warm windowsill while birds sang in the tree outside.",
+    "Our train was delayed by a fallen tree, so we missed the first meeting.",
+    "The volunteers cleaned the beach and collected many bags of plastic.",
+    "A quiet voice on the radio read the news about the harvest festival.",
+    "The students built a simple robot that could follow a line on the floor.",
+    "The doctor advised him to rest for a week and drink plenty of water.",
+    "Thick fog rolled in from the sea and hid the lighthouse from view.",
+    "The market sells cheese, honey, apples and warm bread every Thursday.",
+    "The painter mixed blue and yellow to find the exact color of the sea.",
+    "They climbed the narrow stairs of the tower to watch the sunrise.",
+    "The company opened a new factory near the harbor last spring.",
+    "My sister learned to swim in the cold lake behind our grandparents house.",
+    "The pilot announced that the plane would land twenty minutes early.",
+    "A family of ducks crossed the road, and all the traffic came to a stop.",
+    "The writer kept a notebook by her bed to catch ideas during the night.",
+    "Firefighters rescued a frightened kitten from the roof of the old barn.",
+    "The choir sang in the cathedral, and the sound filled the high ceiling.",
+    "He carefully wrapped the glass vase in newspaper before the move.",
+]
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One synthetic speaker: engine, voice name and settings (speed, pitch, gaps)."""
+
+    engine: str
+    name: str
+    speeds: tuple[float, ...]  # espeak words per minute, or flite/festival duration stretch
+    pitch: int = 50  # espeak only
+    gap: int = 0  # espeak only: extra pause between words, in 10 ms units
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine}:{self.name}"
+
+
+SPLITS: dict[str, dict] = {
+    "tune": {
+        "voices": [
+            Voice("espeak-ng", "en-us", (150, 170), pitch=45),
+            Voice("espeak-ng", "en-gb-scotland", (140, 160), pitch=55),
+            Voice("espeak-ng", "en-029+f2", (145, 165), pitch=60, gap=1),
+            Voice("espeak-ng", "en-gb-x-gbcwmd+m3", (155, 175), pitch=40),
+            Voice("flite", "kal", (1.0, 1.15)),
+            Voice("flite", "slt", (0.95, 1.1)),
+        ],
+        "conditions": ["clean", "white-noise", "room-reverb"],
+        "seed": 11,
+    },
+    "test": {
+        "voices": [
+            Voice("espeak-ng", "en-gb", (135, 165), pitch=50),
+            Voice("espeak-ng", "en-us-nyc+f4", (150, 180), pitch=65, gap=2),
+            Voice("espeak-ng", "en-gb-x-rp+m1", (130, 150), pitch=35),
+            Voice("espeak-ng", "en-gb-x-gbclan+klatt", (140, 160), pitch=50),
+            Voice("flite", "awb", (1.0, 1.2)),
+            Voice("flite", "rms", (0.9, 1.05)),
+            Voice("festival", "kal_diphone", (1.0, 1.1)),
+        ],
+        "conditions": ["clean", "pink-noise", "telephone", "hall-reverb-noise"],
+        "seed": 23,
+    },
+}
+CLIPS_PER_VOICE = {"tune": 5, "test": 6}
+
+
+def synthesize(voice: Voice, text: str, speed: float, path: Path) -> None:
+    """Write ``text`` spoken by ``voice`` to a WAV at ``path`` (the engine's own sample rate)."""
+    if voice.engine == "espeak-ng":
+        cmd = ["espeak-ng", "-v", voice.name, "-s", str(int(speed)), "-p", str(voice.pitch)]
+        cmd += ["-g", str(voice.gap), "-w", str(path), text]
+    elif voice.engine == "flite":
+        cmd = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={speed}", "-t", text, str(path)]
+    elif voice.engine == "festival":
+        script = f"(voice_{voice.name}) (Parameter.set 'Duration_Stretch {speed})"
+        cmd = ["text2wave", "-eval", script, "-o", str(path)]
+        subprocess.run(cmd, input=text, text=True, check=True, capture_output=True)
+        return
+    else:
+        raise ValueError(f"unknown engine {voice.engine!r}")
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    white = rng.standard_normal(n)
+    if kind == "white":
+        return white
+    spectrum = np.fft.rfft(white)
+    spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))  # 1/f power: pink
+    spectrum[0] = 0
+    return np.fft.irfft(spectrum, n=n)
+
+
+def add_noise(audio: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """``audio`` plus ``kind`` ("white" or "pink") noise at ``snr_db`` relative to the speech power."""
+    noise = _noise(kind, len(audio), rng)
+    speech_power = np.mean(audio[np.abs(audio) > 1e-3] ** 2)
+    noise *= np.sqrt(speech_power / 10 ** (snr_db / 10) / np.mean(noise**2))
+    return audio + noise
+
+
+def sox(audio: np.ndarray, *effects: str) -> np.ndarray:
+    """Run ``audio`` (16 kHz) through sox effects and read it back at 16 kHz."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.wav", Path(tmp) / "out.wav"
+        write_wav(src, audio / max(1e-9, np.abs(audio).max()) * 0.5)
+        subprocess.run(["sox", str(src), str(dst), *effects], check=True, capture_output=True)
+        return load_audio(dst)
+
+
+def degrade(audio: np.ndarray, condition: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Apply one named condition; returns the audio and a description with its drawn settings."""
+    if condition == "clean":
+        return audio, "clean"
+    if condition == "white-noise":
+        snr = float(rng.uniform(15, 20))
+        return add_noise(audio, "white", snr, rng), f"white noise {snr:.1f} dB SNR"
+    if condition == "pink-noise":
+        snr = float(rng.uniform(10, 15))
+        return add_noise(audio, "pink", snr, rng), f"pink noise {snr:.1f} dB SNR"
+    if condition == "room-reverb":
+        return sox(audio, "reverb", "40", "50", "30"), "reverb 40% small room"
+    if condition == "telephone":
+        return sox(audio, "sinc", "300-3400", "rate", "8k", "rate", "16k"), "telephone 300-3400 Hz at 8 kHz"
+    if condition == "hall-reverb-noise":
+        snr = float(rng.uniform(15, 20))
+        wet = sox(audio, "reverb", "70", "50", "100")
+        return add_noise(wet, "pink", snr, rng), f"hall reverb 70% + pink noise {snr:.1f} dB SNR"
+    raise ValueError(f"unknown condition {condition!r}")
+
+
+def passage(voice: Voice, rng: np.random.Generator, speed: float, tmp: Path) -> tuple[str, np.ndarray]:
+    """A passage of 1-5 pool sentences spoken by ``voice``, between MIN_SECONDS and MAX_SECONDS long."""
+    order = rng.permutation(len(SENTENCES))
+    count = int(rng.integers(2, 6))
+    while True:
+        text = " ".join(SENTENCES[i] for i in order[:count])
+        raw = tmp / "raw.wav"
+        synthesize(voice, text, speed, raw)
+        audio = load_audio(raw)
+        seconds = len(audio) / SAMPLE_RATE
+        if seconds > MAX_SECONDS and count > 1:
+            count -= 1
+        elif seconds < MIN_SECONDS:
+            count += 1
+        else:
+            return text, audio
+
+
+def build_split(split: str, out: Path) -> list[dict]:
+    """Synthesize and degrade every clip of ``split`` into ``out/split``; returns the manifest rows."""
+    spec = SPLITS[split]
+    rng = np.random.default_rng(spec["seed"])
+    folder = out / split
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for v, voice in enumerate(spec["voices"]):
+            for c in range(CLIPS_PER_VOICE[split]):
+                speed = voice.speeds[c % len(voice.speeds)]
+                text, audio = passage(voice, rng, speed, Path(tmp))
+                audio = audio / max(1e-9, np.abs(audio).max()) * 0.5
+                condition = spec["conditions"][(v + c) % len(spec["conditions"])]
+                audio, described = degrade(audio, condition, rng)
+                audio = audio / max(1e-9, np.abs(audio).max()) * 10 ** (-1 / 20)
+                name = f"{split}_{v:02d}_{c}.wav"
+                write_wav(folder / name, audio)
+                rows.append(
+                    {
+                        "audio_filepath": name,
+                        "text": text,
+                        "duration": round(len(audio) / SAMPLE_RATE, 2),
+                        "voice": voice.label,
+                        "speed": speed,
+                        "condition": described,
+                    }
+                )
+                print(f"{name} {voice.label:>32} {described:>36} {rows[-1]['duration']:5.1f} s", flush=True)
+    with open(folder / "manifest.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for tune/ and test/")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    args = parser.parse_args(argv)
+    missing = [tool for tool in ("espeak-ng", "flite", "text2wave", "sox") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: apt-get install espeak-ng flite festival festvox-kallpc16k sox")
+    for split in args.splits:
+        rows = build_split(split, args.out)
+        voices = len({r["voice"] for r in rows})
+        hours = sum(r["duration"] for r in rows) / 60
+        print(f"{split}: {len(rows)} clips, {voices} voices, {hours:.1f} min -> {args.out / split}")
+
+
+if __name__ == "__main__":
+    main()
