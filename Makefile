@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean speech results-whisper
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,19 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/audiokv demo
+
+# The tune/test speech sets (needs apt packages espeak-ng flite festival festvox-kallpc16k sox).
+speech: $(STAMP)
+	$(BIN)/python -m benchmarks.speech_set
+
+WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-no-sss,audiokv-no-heads
+# Whisper results on the test split (tiny.en; MODEL=whisper-base for base), then their markdown table.
+MODEL ?= whisper-tiny.en
+results-whisper: $(STAMP)
+	$(BIN)/audiokv eval --model $(MODEL) --data benchmarks/data/speech/test/manifest.jsonl \
+		--policies $(WHISPER_POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 --calibration calib/$(MODEL).safetensors \
+		--out benchmarks/results/test-$(MODEL).json --plot benchmarks/results/test-$(MODEL).png
+	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json
 
 lint: $(STAMP)
 	$(BIN)/ruff check audiokv tests benchmarks

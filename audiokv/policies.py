@@ -136,7 +136,7 @@ class ExpectedAttention(Policy):
 
     def score(self, inp: ScoreInput) -> Tensor:
         queries = inp.query if not inp.causal else inp.query[:, :, -inp.window :]
-        bsz, heads, _, dim = queries.shape
+        bsz, heads = queries.shape[:2]
         kv_heads = inp.key.shape[1]
         mean = queries.float().mean(2)  # [B, H_q, D]
         var = queries.float().var(2, unbiased=False)

@@ -66,7 +66,7 @@ def coverage_priority(raw: Tensor, density: Tensor, counts: Tensor) -> Tensor:
         mass (the best ``raw`` score of the stratum), topped up by ``raw``
         should rounding leave a stratum empty.
     """
-    heads, n = raw.shape
+    n = raw.shape[-1]
     k = counts.clamp(1, n).double()[:, None]  # [H, 1]
     d = density.double().clamp_min(0)
     total = d.sum(-1, keepdim=True)
@@ -82,9 +82,7 @@ def coverage_priority(raw: Tensor, density: Tensor, counts: Tensor) -> Tensor:
     return priority.masked_fill(torch.isposinf(raw), float("inf"))
 
 
-def cover_spans(
-    scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spans: Tensor, uniform: float
-) -> Tensor:
+def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spans: Tensor, uniform: float) -> Tensor:
     """Selection scores whose top ``budgets`` keep the same number of audio tokens, spread by coverage.
 
     Args:

@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     missing = [tool for tool in ("espeak-ng", "flite", "text2wave", "sox") if shutil.which(tool) is None]
     if missing:
-        raise SystemExit(f"missing {', '.join(missing)}: apt-get install espeak-ng flite festival festvox-kallpc16k sox")
+        raise SystemExit(
+            f"missing {', '.join(missing)}: apt-get install espeak-ng flite festival festvox-kallpc16k sox"
+        )
     for split in args.splits:
         rows = build_split(split, args.out)
         voices = len({r["voice"] for r in rows})

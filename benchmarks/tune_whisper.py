@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config = AudioKVConfig(**knobs)
         for row in evaluate_speech(speech, data, [policy], args.ratios, calibration=calibration, config=config,
                                    progress=False):  # fmt: skip
-            row.update(knobs=knobs, config={k: v for k, v in asdict(replace(config)).items() if k != "compression_ratio"})
+            row.update(
+                knobs=knobs, config={k: v for k, v in asdict(replace(config)).items() if k != "compression_ratio"}
+            )
             rows.append(row)
             print(f"{policy:>10} {json.dumps(knobs):>28} r={row['compression_ratio']:.1f} "
                   f"WER {100 * row['wer']:5.1f}%  loops {row['repetition_rate']:.0%}", flush=True)  # fmt: skip

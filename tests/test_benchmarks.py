@@ -58,3 +58,31 @@ def test_generate_benchmark_matches_the_masked_cache_and_frees_memory(tmp_path):
     page = 2 * 2 * 2 * 128 * 32 * 4  # one page per KV head and layer: layers, heads, K/V, tokens, dim, fp32
     assert rows["audiokv"]["kv_bytes"] <= 0.5 * rows["dense"]["kv_bytes"] + page
     assert all(r["decode_tokens_per_s"] > 0 for r in rows.values())
+
+
+def test_tune_and_test_splits_share_no_voice_and_no_condition():
+    from benchmarks.speech_set import CLIPS_PER_VOICE, SPLITS
+
+    tune, test = SPLITS["tune"], SPLITS["test"]
+    assert not {v.label for v in tune["voices"]} & {v.label for v in test["voices"]}
+    assert not set(tune["conditions"]) - {"clean"} & set(test["conditions"])
+    voices = {v.label for split in SPLITS.values() for v in split["voices"]}
+    clips = sum(len(SPLITS[s]["voices"]) * CLIPS_PER_VOICE[s] for s in SPLITS)
+    assert len(voices) >= 10 and clips >= 60
+
+
+def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
+    from benchmarks.report import table
+
+    rows = [
+        {"policy": "full", "compression_ratio": 0.0, "wer": 0.081, "repetition_rate": 0.0},
+        {"policy": "stride", "compression_ratio": 0.4, "wer": 0.09, "repetition_rate": 0.0},
+        {"policy": "stride", "compression_ratio": 0.8, "wer": 0.5, "repetition_rate": 0.25},
+        {"policy": "audiokv", "compression_ratio": 0.8, "wer": 0.1234, "repetition_rate": 0.0},
+    ]
+    text = table({"model": "m", "data": "d", "commit": "abc", "device": "cpu", "rows": rows})
+    lines = text.splitlines()
+    assert lines[2] == "| policy | 0.4 | 0.8 |"
+    assert "| full cache | 8.1 (every ratio) | |" in lines
+    assert "| stride | 9.0 | 50.0 (25% loops) |" in lines
+    assert "| audiokv |  | 12.3 |" in lines
