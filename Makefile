@@ -22,7 +22,7 @@ demo: $(STAMP)
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 
-WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-no-sss,audiokv-no-heads
+WHISPER_POLICIES := full,random,stride,snapkv,audiokv,audiokv-no-sss,audiokv-no-heads
 # Whisper results on the test split (tiny.en; MODEL=whisper-base for base), then their markdown table.
 MODEL ?= whisper-tiny.en
 results-whisper: $(STAMP)

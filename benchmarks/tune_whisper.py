@@ -28,12 +28,15 @@ GRID: list[tuple[str, dict]] = [
     ("stride", {}),
     ("random", {}),
     ("audiokv", {}),
-    ("audiokv", {"coverage_floor": 0.25}),
-    ("audiokv", {"coverage_floor": 0.75}),
+    ("audiokv-no-sss", {}),
+    ("audiokv-no-heads", {}),
+    ("audiokv", {"coverage_floor": 0.0}),
+    ("audiokv", {"coverage_floor": 0.5}),
     ("audiokv", {"sss_cutoff": 0.03}),
     ("audiokv", {"sss_cutoff": 0.3}),
+    ("audiokv", {"safeguard": 0.5}),
     ("audiokv", {"safeguard": 1.0}),
-    ("audiokv", {"head_prior_strength": 0.3}),
+    ("audiokv", {"head_prior_strength": 3.0}),
 ]
 
 
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="whisper-tiny.en")
     parser.add_argument("--data", type=Path, default=DEFAULT_OUT / "tune" / "manifest.jsonl")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.8])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.8, 0.9])
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     speech = load_speech_model(args.model)
