@@ -10,7 +10,9 @@ Two runners feed the same score (:func:`audiokv.heads.alignment_score`):
 
 from __future__ import annotations
 
+import bisect
 import math
+import re
 from collections.abc import Iterable
 
 import torch
@@ -21,7 +23,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from audiokv.dataset import Utterance
-from audiokv.heads import HeadScores, alignment_score, group_heads
+from audiokv.heads import METHOD, TIMED_METHOD, HeadScores, alignment_score, group_heads, timed_alignment_score
 from audiokv.integrations.apply import attention_modules, audio_spans, set_attention_implementation
 from audiokv.integrations.families import audio_token_id, family_of
 from audiokv.models.whisper import SpeechModel
@@ -49,14 +51,25 @@ def whisper_cross_attention(speech: SpeechModel, utt: Utterance) -> list[Tensor]
     return [layer[0, :, rows, :frames].float() for layer in out.cross_attentions]
 
 
-def _mean_alignment(attention: Iterable[list[Tensor]], count: int, desc: str, progress: bool) -> Tensor:
-    """``[num_layers, H_q]`` alignment scores averaged over ``count`` samples' per-layer ``[H_q, N, F]`` attention."""
+def word_frames(speech: SpeechModel, utt: Utterance) -> Tensor:
+    """``[N, 2]`` encoder frames ``[start, end)`` of the word each transcript token belongs to (needs ``utt.words``)."""
+    text = " " + utt.text
+    enc = speech.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [m.start() for m in re.finditer(r"\S+", text)]
+    spans = []
+    for _, end in enc["offset_mapping"]:
+        word = max(0, bisect.bisect_right(starts, max(end - 1, 0)) - 1)  # the word holding the token's last character
+        begin, finish = utt.words[word]
+        lo = math.floor(begin * FRAMES_PER_SECOND)
+        spans.append((lo, max(lo + 1, math.ceil(finish * FRAMES_PER_SECOND))))
+    return torch.tensor(spans)
+
+
+def _mean_scores(per_sample: Iterable[Tensor], count: int, desc: str, progress: bool) -> Tensor:
+    """The mean of ``count`` samples' ``[num_layers, H_q]`` head scores."""
     if count == 0:
         raise ValueError("calibration needs at least one sample")
-    total = sum(
-        torch.stack([alignment_score(a) for a in per_layer])
-        for per_layer in tqdm(attention, total=count, desc=desc, disable=not progress, unit="clip")
-    )
+    total = sum(tqdm(per_sample, total=count, desc=desc, disable=not progress, unit="clip"))
     return total / count
 
 
@@ -65,12 +78,24 @@ def calibrate_whisper(speech: SpeechModel, data: list[Utterance], *, progress: b
 
     Whisper's compressed cache is the decoder's cross-attention cache over the
     encoder frames, so these are the heads whose budgets the scores steer.
+    When every utterance has word timings the score is the share of each
+    token's attention on its own word (:func:`audiokv.heads.timed_alignment_score`);
+    otherwise the unsupervised sharpness x monotonicity score.
     """
-    attention = (whisper_cross_attention(speech, utt) for utt in data)
-    mean = _mean_alignment(attention, len(data), f"calibrating {speech.name}", progress)
+    timed = bool(data) and all(u.words is not None for u in data)
+
+    def score(utt: Utterance) -> Tensor:
+        layers = whisper_cross_attention(speech, utt)
+        if timed:
+            spans = word_frames(speech, utt)
+            return torch.stack([timed_alignment_score(a[:, :-1], spans) for a in layers])  # without end-of-text
+        return torch.stack([alignment_score(a) for a in layers])
+
+    mean = _mean_scores(map(score, data), len(data), f"calibrating {speech.name}", progress)
     heads = speech.model.config.decoder_attention_heads
     scores = group_heads(mean, heads)  # cross-attention is multi-head: one KV head per head
-    return HeadScores(scores, model=speech.name, data=f"{len(data)} utterances")
+    method = TIMED_METHOD if timed else METHOD
+    return HeadScores(scores, model=speech.name, data=f"{len(data)} utterances", method=method)
 
 
 CAPTURE = "audiokv_capture"
@@ -161,8 +186,11 @@ def calibrate_decoder(
         ``[num_layers, num_kv_heads]`` scores: query heads of a GQA group are averaged.
     """
     samples = list(samples)
-    attention = (decoder_audio_attention(model, inputs, text_start) for inputs, text_start in samples)
-    mean = _mean_alignment(attention, len(samples), f"calibrating {name}", progress)
+    per_sample = (
+        torch.stack([alignment_score(a) for a in decoder_audio_attention(model, inputs, text_start)])
+        for inputs, text_start in samples
+    )
+    mean = _mean_scores(per_sample, len(samples), f"calibrating {name}", progress)
     text = model.config.get_text_config(decoder=True)
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     return HeadScores(group_heads(mean, kv_heads), model=name, data=f"{len(samples)} samples")

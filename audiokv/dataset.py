@@ -13,10 +13,19 @@ from audiokv.audio import load_audio
 
 @dataclass(frozen=True)
 class Utterance:
-    """One clip and its transcript."""
+    """One clip and its transcript.
+
+    Attributes:
+        audio_path: the audio file.
+        text: the transcript.
+        words: optional ``(start, end)`` seconds of each whitespace-separated
+            word of ``text`` (a manifest's ``words`` field), for calibration
+            against known timings.
+    """
 
     audio_path: Path
     text: str
+    words: tuple[tuple[float, float], ...] | None = None
 
     def audio(self) -> np.ndarray:
         """The clip as 16 kHz mono float32."""
@@ -55,14 +64,18 @@ def load_speech_set(source: str | Path, limit: int | None = None) -> list[Uttera
             try:
                 row = json.loads(line)
                 path, text = Path(row["audio_filepath"]), str(row["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                words = None if row.get("words") is None else tuple((float(a), float(b)) for a, b in row["words"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(
-                    f"{source}:{n}: expected a JSON object with 'audio_filepath' and 'text' ({err})"
+                    f"{source}:{n}: expected a JSON object with 'audio_filepath', 'text' and optionally "
+                    f"'words' as [start, end] pairs ({err})"
                 ) from None
+            if words is not None and len(words) != len(text.split()):
+                raise ValueError(f"{source}:{n}: 'words' has {len(words)} spans for {len(text.split())} words")
             path = path if path.is_absolute() else source.parent / path
             if not path.exists():
                 raise ValueError(f"{source}:{n}: audio file {path} does not exist")
-            items.append(Utterance(path, text.strip()))
+            items.append(Utterance(path, text.strip(), words))
         if not items:
             raise ValueError(f"manifest {source} lists no utterances")
     else:

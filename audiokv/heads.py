@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 METHOD = "semantic-acoustic-alignment/v1"
+TIMED_METHOD = "word-timed-alignment/v1"
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -69,6 +70,39 @@ def alignment_score(attn: Tensor) -> Tensor:
     return (mono * focus).float()
 
 
+def timed_alignment_score(attn: Tensor, spans: Tensor) -> Tensor:
+    """Alignment of each head against known word timings, for one utterance.
+
+    Each frame's attention is first standardized over the transcript's
+    tokens (as Whisper's own aligner does before DTW), so a frame every token
+    looks at (a sink, the padding) counts for nothing; the score is the share
+    of each token's positive standardized attention that falls on the audio
+    from the start of its word to the end of the next token's word (where
+    the transcript is and is going), averaged over tokens.
+
+    Args:
+        attn: ``[H, N, F]`` attention of the ``N >= 2`` queries that emit transcript
+            tokens over the ``F`` audio frames.
+        spans: ``[N, 2]`` int, the frames ``[start, end)`` of the word each token belongs to.
+
+    Returns:
+        ``[H]`` float32 in [0, 1]. A head that spreads its attention, stares
+        at fixed frames or trails the transcript scores low.
+    """
+    if attn.dim() != 3 or attn.shape[1] < 2 or spans.shape != (attn.shape[1], 2):
+        raise ValueError(
+            f"expected attention [H, N>=2, F] and spans [N, 2], got {tuple(attn.shape)}, {tuple(spans.shape)}"
+        )
+    attn = attn.double()
+    z = (attn - attn.mean(1, keepdim=True)) / attn.std(1, keepdim=True).clamp_min(1e-12)
+    z = z.clamp_min(0)
+    ahead = torch.maximum(torch.cat([spans[1:, 1], spans[-1:, 1]]), spans[:, 1])
+    frames = torch.arange(attn.shape[-1])
+    window = (frames[None, :] >= spans[:, :1]) & (frames[None, :] < ahead[:, None])  # [N, F]
+    share = (z * window).sum(-1) / z.sum(-1).clamp_min(1e-12)
+    return share.mean(-1).float()
+
+
 def group_heads(scores: Tensor, num_kv_heads: int) -> Tensor:
     """``[..., H_q]`` per-query-head scores -> ``[..., H_kv]`` (mean over each GQA group)."""
     heads = scores.shape[-1]
@@ -86,12 +120,14 @@ class HeadScores:
         model: the model's name (files for another model are refused).
         data: what the calibration ran on.
         version: audiokv version that made the file.
+        method: how the scores were computed (``METHOD`` or ``TIMED_METHOD``).
     """
 
     scores: Tensor
     model: str
     data: str
     version: str = ""
+    method: str = METHOD
 
     def __post_init__(self) -> None:
         if self.scores.dim() != 2:
@@ -126,7 +162,7 @@ class HeadScores:
                 "num_layers": str(layers),
                 "num_kv_heads": str(heads),
                 "data": self.data,
-                "method": METHOD,
+                "method": self.method,
                 "audiokv_version": self.version,
             },
         )
@@ -156,7 +192,13 @@ class HeadScores:
                 scores = f.get_tensor("head_scores").float()
         except (OSError, RuntimeError, SafetensorError) as err:
             raise ValueError(f"cannot read calibration file {path}: {err}") from None
-        stored = cls(scores, meta.get("model", ""), meta.get("data", ""), meta.get("audiokv_version", "?"))
+        stored = cls(
+            scores,
+            meta.get("model", ""),
+            meta.get("data", ""),
+            meta.get("audiokv_version", "?"),
+            meta.get("method", "?"),
+        )
         if model is not None and stored.model != model:
             raise ValueError(f"calibration file {path} was made for model {stored.model!r}, not {model!r}")
         expected = (num_layers or stored.shape[0], num_kv_heads or stored.shape[1])

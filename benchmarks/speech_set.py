@@ -14,7 +14,13 @@ Passages are 1-5 sentences drawn (seeded) from one pool, kept between 8 and
 28 s. Each split gets ``manifest.jsonl`` (NeMo style, with voice, engine,
 condition and duration per clip), readable by ``audiokv eval --data``.
 
-Needs Debian's ``espeak-ng``, ``flite``, ``festival`` (+ ``festvox-kallpc16k``) and ``sox``.
+``--calib`` instead writes the word-timed calibration set bundled with the
+package (``audiokv/data/speech/calib_timed``): festival's ked voice, used by
+neither split, speaking the bundled calibration sentences, with each word's
+start and end time (from festival's own segmentation) in the manifest.
+
+Needs Debian's ``espeak-ng``, ``flite``, ``festival`` (+ ``festvox-kallpc16k``,
+``festvox-kdlpc16k``) and ``sox``.
 """
 
 from __future__ import annotations
@@ -250,11 +256,51 @@ def build_split(split: str, out: Path) -> list[dict]:
     return rows
 
 
+CALIB_TIMED_DIR = Path(__file__).resolve().parents[1] / "audiokv" / "data" / "speech" / "calib_timed"
+FESTIVAL_TIMED = """(voice_ked_diphone)
+(Parameter.set 'Duration_Stretch {stretch})
+(set! u (utt.synth (Utterance Text "{text}")))
+(utt.save.wave u "{wav}" 'riff)
+(mapcar (lambda (w) (format t "%f %f\\n" (item.feat w "R:SylStructure.daughter1.daughter1.R:Segment.p.end")
+  (item.feat w "word_end"))) (utt.relation.items u 'Word))
+"""
+
+
+def build_timed_calibration(folder: Path = CALIB_TIMED_DIR) -> list[dict]:
+    """Speak the bundled calibration sentences with festival's ked voice; manifest rows carry word timings."""
+    from audiokv.data.synthesize import CALIB_TEXTS
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(CALIB_TEXTS):
+            raw, script = Path(tmp) / "raw.wav", Path(tmp) / "say.scm"
+            script.write_text(FESTIVAL_TIMED.format(stretch=(1.0, 1.15)[i % 2], text=text, wav=raw))
+            out = subprocess.run(["festival", "-b", str(script)], check=True, capture_output=True, text=True).stdout
+            words = [[round(float(a), 3), round(float(b), 3)] for a, b in (line.split() for line in out.splitlines())]
+            if len(words) != len(text.split()):
+                raise RuntimeError(f"festival found {len(words)} words in {text!r}, expected {len(text.split())}")
+            audio = load_audio(raw)
+            name = f"calib_timed_{i:02d}.wav"
+            write_wav(folder / name, audio / max(1e-9, np.abs(audio).max()) * 10 ** (-1 / 20))
+            rows.append({"audio_filepath": name, "text": text, "words": words, "voice": "festival:ked_diphone"})
+    with open(folder / "manifest.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for tune/ and test/")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    parser.add_argument("--calib", action="store_true", help="write the word-timed calibration set instead")
     args = parser.parse_args(argv)
+    if args.calib:
+        rows = build_timed_calibration()
+        print(f"{len(rows)} word-timed calibration clips -> {CALIB_TIMED_DIR}")
+        return
     missing = [tool for tool in ("espeak-ng", "flite", "text2wave", "sox") if shutil.which(tool) is None]
     if missing:
         raise SystemExit(
