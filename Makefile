@@ -27,7 +27,7 @@ WHISPER_POLICIES := full,random,stride,snapkv,audiokv,audiokv-no-sss,audiokv-no-
 MODEL ?= whisper-tiny.en
 results-whisper: $(STAMP)
 	$(BIN)/audiokv eval --model $(MODEL) --data benchmarks/data/speech/test/manifest.jsonl \
-		--policies $(WHISPER_POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 --calibration calib/$(MODEL).safetensors \
+		--policies $(WHISPER_POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 \
 		--out benchmarks/results/test-$(MODEL).json --plot benchmarks/results/test-$(MODEL).png
 	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json
 

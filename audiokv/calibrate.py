@@ -73,16 +73,26 @@ def _mean_scores(per_sample: Iterable[Tensor], count: int, desc: str, progress: 
     return total / count
 
 
-def calibrate_whisper(speech: SpeechModel, data: list[Utterance], *, progress: bool = True) -> HeadScores:
+def calibrate_whisper(
+    speech: SpeechModel, data: list[Utterance], *, method: str = METHOD, progress: bool = True
+) -> HeadScores:
     """Alignment score of every decoder cross-attention head, averaged over ``data``.
 
     Whisper's compressed cache is the decoder's cross-attention cache over the
     encoder frames, so these are the heads whose budgets the scores steer.
-    When every utterance has word timings the score is the share of each
-    token's attention on its own word (:func:`audiokv.heads.timed_alignment_score`);
-    otherwise the unsupervised sharpness x monotonicity score.
+
+    Args:
+        method: ``METHOD`` (sharpness x monotonicity x mass, the budget prior)
+            or ``TIMED_METHOD`` (standardized attention on the current and next
+            word, :func:`audiokv.heads.timed_alignment_score`; needs word timings
+            on every utterance). The timed score finds the heads Whisper uses
+            for word timestamps; as a budget prior it does worse (README).
     """
-    timed = bool(data) and all(u.words is not None for u in data)
+    if method not in (METHOD, TIMED_METHOD):
+        raise ValueError(f"method must be {METHOD!r} or {TIMED_METHOD!r}, got {method!r}")
+    timed = method == TIMED_METHOD
+    if timed and not all(u.words is not None for u in data):
+        raise ValueError(f"{TIMED_METHOD} needs word timings ('words' in the manifest) for every utterance")
 
     def score(utt: Utterance) -> Tensor:
         layers = whisper_cross_attention(speech, utt)
@@ -94,7 +104,6 @@ def calibrate_whisper(speech: SpeechModel, data: list[Utterance], *, progress: b
     mean = _mean_scores(map(score, data), len(data), f"calibrating {speech.name}", progress)
     heads = speech.model.config.decoder_attention_heads
     scores = group_heads(mean, heads)  # cross-attention is multi-head: one KV head per head
-    method = TIMED_METHOD if timed else METHOD
     return HeadScores(scores, model=speech.name, data=f"{len(data)} utterances", method=method)
 
 

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     calib.add_argument("--out", required=True, help="output .safetensors file")
     calib.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
     calib.add_argument("--plot", default=None, help="also draw the scores as a heat map (PNG)")
+    calib.add_argument("--method", choices=("semantic-acoustic-alignment/v1", "word-timed-alignment/v1"),
+                       default="semantic-acoustic-alignment/v1",
+                       help="the budget prior (default), or the word-timed score (needs 'words' timings)")  # fmt: skip
     ev = sub.add_parser("eval", help="accuracy and KV memory per policy and compression ratio")
     ev.add_argument("--task", choices=("asr", "passkey"), default="asr",
                     help="asr: WER of a speech model on --data; passkey: retrieval by a decoder-only LLM")  # fmt: skip
@@ -72,6 +75,7 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     """Run ``audiokv eval`` (also the demo); writes the JSON (and plot), returns the rows."""
     import json
 
+    from audiokv.data import shipped_calibration
     from audiokv.eval import environment, plot_results
     from audiokv.heads import HeadScores
     from audiokv.policies import get_policy
@@ -86,6 +90,7 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         from audiokv.passkey import evaluate_passkey
 
         model, tokenizer = load_causal_lm(args.model)
+        _warn_uncalibrated(policies, None, args.model)
         n = args.limit or 8
         rows = evaluate_passkey(model, tokenizer, policies, list(args.ratios), context=args.context, n=n)
         name, data, what = args.model, f"{n} passkey prompts of {args.context} tokens", f"passkey @ {args.context}"
@@ -98,15 +103,35 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
             raise ValueError("--data is required for --task asr")
         utterances = load_speech_set(args.data, limit=args.limit)
         speech = load_speech_model(args.model)
+        args.calibration = args.calibration or shipped_calibration(speech.name)
         calib = HeadScores.load(args.calibration, model=speech.name) if args.calibration else None
+        _warn_uncalibrated(policies, calib, speech.name)
         rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib)
         name, data, what = speech.name, str(args.data), f"{len(utterances)} clips"
-    result = {"model": name, "task": args.task, "data": data, "calibration": args.calibration, **environment()}
+    calibration = None if args.calibration is None else str(args.calibration)
+    result = {"model": name, "task": args.task, "data": data, "calibration": calibration, **environment()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({**result, "rows": rows}, indent=1))
     if args.plot:
         plot_results(rows, args.plot, f"{name}, {what}")
     return rows
+
+
+def _warn_uncalibrated(policies: list[str], calibration: object, model: str) -> None:
+    """One line on stderr when a head-prior policy runs without calibration (and no Python warning besides)."""
+    import warnings
+
+    from audiokv.integrations.apply import NoCalibrationWarning
+    from audiokv.policies import get_policy
+
+    warnings.simplefilter("ignore", NoCalibrationWarning)
+    uncalibrated = [p for p in policies if get_policy(p).use_prior] if calibration is None else []
+    if uncalibrated:
+        print(
+            f"audiokv: warning: no calibration for {model}: {', '.join(uncalibrated)} will run without the "
+            "audio-critical head prior (pass --calibration FILE)",
+            file=sys.stderr,
+        )
 
 
 def _print_rows(rows: list[dict]) -> None:
@@ -133,11 +158,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from audiokv.data import EVAL_DIR
 
-    calibration = Path(__file__).resolve().parents[1] / "calib" / "whisper-tiny.en.safetensors"
     out = Path(args.out_dir)
     run = argparse.Namespace(
         task="asr", model="whisper-tiny.en", data=EVAL_DIR, policies="full,audiokv,snapkv", ratios=(0.4, 0.7),
-        calibration=str(calibration) if calibration.exists() else None, limit=None,
+        calibration=None, limit=None,
         out=out / "demo.json", plot=out / "demo.png",
     )  # fmt: skip
     try:
@@ -161,7 +185,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise ValueError("--limit must be at least 1")
         data = load_speech_set(args.data, limit=args.limit)
         speech = load_speech_model(args.model)
-        scores = calibrate_whisper(speech, data)
+        scores = calibrate_whisper(speech, data, method=args.method)
     except (ValueError, ImportError) as err:
         return _fail("calibrate", err)
     scores.data = f"{len(data)} utterances from {args.data}"

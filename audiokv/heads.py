@@ -94,8 +94,8 @@ def timed_alignment_score(attn: Tensor, spans: Tensor) -> Tensor:
             f"expected attention [H, N>=2, F] and spans [N, 2], got {tuple(attn.shape)}, {tuple(spans.shape)}"
         )
     attn = attn.double()
-    z = (attn - attn.mean(1, keepdim=True)) / attn.std(1, keepdim=True).clamp_min(1e-12)
-    z = z.clamp_min(0)
+    std = attn.std(1, keepdim=True)
+    z = torch.where(std > 1e-9, (attn - attn.mean(1, keepdim=True)) / std.clamp_min(1e-9), 0.0).clamp_min(0)
     ahead = torch.maximum(torch.cat([spans[1:, 1], spans[-1:, 1]]), spans[:, 1])
     frames = torch.arange(attn.shape[-1])
     window = (frames[None, :] >= spans[:, :1]) & (frames[None, :] < ahead[:, None])  # [N, F]

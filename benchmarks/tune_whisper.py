@@ -15,13 +15,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from audiokv import AudioKVConfig
+from audiokv.data import shipped_calibration
 from audiokv.dataset import load_speech_set
 from audiokv.eval import environment, evaluate_speech
 from audiokv.heads import HeadScores
 from audiokv.models import load_speech_model
 from benchmarks.speech_set import DEFAULT_OUT
-
-CALIB = Path(__file__).resolve().parents[1] / "calib"
 
 # (policy, knob overrides): the baselines once, AudioKV across its knobs
 GRID: list[tuple[str, dict]] = [
@@ -30,13 +29,9 @@ GRID: list[tuple[str, dict]] = [
     ("audiokv", {}),
     ("audiokv-no-sss", {}),
     ("audiokv-no-heads", {}),
-    ("audiokv", {"coverage_floor": 0.0}),
     ("audiokv", {"coverage_floor": 0.5}),
-    ("audiokv", {"sss_cutoff": 0.03}),
     ("audiokv", {"sss_cutoff": 0.3}),
-    ("audiokv", {"safeguard": 0.5}),
     ("audiokv", {"safeguard": 1.0}),
-    ("audiokv", {"head_prior_strength": 3.0}),
 ]
 
 
@@ -48,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     speech = load_speech_model(args.model)
-    calibration = HeadScores.load(CALIB / f"{args.model}.safetensors", model=speech.name)
+    calibration = HeadScores.load(shipped_calibration(speech.name), model=speech.name)
     data = load_speech_set(args.data)
     rows = evaluate_speech(speech, data, ["full"], [0.0], calibration=calibration, progress=False)
     for policy, knobs in GRID:

@@ -44,6 +44,12 @@ def test_folder_and_manifest(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps({"audio_filepath": f"{n}.wav", "text": n}) for n in "ab") + "\n")
     assert [u.audio_path.name for u in load_speech_set(manifest, limit=1)] == ["a.wav"]
+    timed = tmp_path / "t.jsonl"
+    timed.write_text(json.dumps({"audio_filepath": "a.wav", "text": "hello there", "words": [[0, 0.1], [0.1, 0.2]]}))
+    assert load_speech_set(timed)[0].words == ((0.0, 0.1), (0.1, 0.2))
+    timed.write_text(json.dumps({"audio_filepath": "a.wav", "text": "hello there", "words": [[0, 0.1]]}))
+    with pytest.raises(ValueError, match=r"t\.jsonl:1: 'words' has 1 spans for 2 words"):
+        load_speech_set(timed)
 
 
 def test_bad_data_errors_name_the_file(tmp_path):

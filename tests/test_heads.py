@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audiokv.heads import HeadScores, alignment_score, group_heads
+from audiokv.heads import HeadScores, alignment_score, group_heads, timed_alignment_score
 
 
 def peaked(centres, frames, width=1.0):
@@ -28,6 +28,25 @@ def test_an_aligner_head_beats_diffuse_fixed_backward_and_distracted_heads():
     assert score[0] > 0.5
     assert score[1] < 0.01 and score[2] < 0.01 and score[3] == 0
     assert score[4].item() == pytest.approx(0.2 * score[0].item(), rel=1e-5)
+
+
+def test_timed_score_rewards_the_head_on_the_current_and_next_word_not_the_one_trailing_it():
+    words = torch.tensor([[0, 10], [10, 20], [20, 30], [30, 40], [40, 50], [50, 60]])
+    spans = words.repeat_interleave(2, 0)  # two tokens per word
+    centre = spans.double().mean(-1)
+    heads = torch.stack(
+        [
+            peaked(centre + 2, 60),  # on its word, leaning towards the next one
+            peaked(centre - 10, 60),  # one word behind
+            peaked([30.0] * 12, 60),  # stuck on one frame
+            torch.full((12, 60), 1 / 60),  # diffuse
+        ]
+    )
+    score = timed_alignment_score(heads, spans)
+    assert score[0] > 0.85
+    assert score[1] < 0.3 and score[2] < 0.05 and score[3] == 0
+    with pytest.raises(ValueError, match="spans"):
+        timed_alignment_score(heads, spans[:5])
 
 
 @given(st.integers(1, 4), st.integers(3, 30), st.integers(2, 60), st.integers(0, 1000))

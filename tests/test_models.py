@@ -1,5 +1,7 @@
 """Real bundled weights, offline: loaders, transcription and calibration on whisper-tiny.en / base / SmolLM2."""
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -7,12 +9,13 @@ import pytest
 import torch
 
 from audiokv import AudioKVConfig
-from audiokv.calibrate import calibrate_whisper
+from audiokv.calibrate import calibrate_whisper, word_frames
 from audiokv.cli import main
-from audiokv.data import CALIB_DIR, EVAL_DIR
+from audiokv.data import CALIB_DIR, CALIBRATION_DIR, EVAL_DIR
 from audiokv.dataset import load_speech_set
-from audiokv.heads import HeadScores
+from audiokv.heads import METHOD, TIMED_METHOD, HeadScores
 from audiokv.integrations import apply_audiokv
+from audiokv.integrations.apply import NoCalibrationWarning
 from audiokv.metrics import word_error_rate
 from audiokv.models import load_causal_lm, load_speech_model
 from audiokv.transcribe import greedy_transcribe, log_mel
@@ -85,13 +88,46 @@ def test_calibration_on_real_weights(tiny):
     assert scores.scores.max() > 0.3 and scores.scores.min() < 0.05  # some heads align, some ignore the audio
 
 
+OPENAI_ALIGNMENT_HEADS = {  # openai/whisper's published cross-attention heads for word timestamps
+    "whisper-tiny.en": {(1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)},
+    "whisper-base": {(3, 1), (4, 2), (4, 3), (4, 7), (5, 1), (5, 2), (5, 4), (5, 6)},
+}
+
+
+def test_timed_calibration_finds_openais_alignment_heads(tiny):
+    data = load_speech_set(CALIB_DIR.parent / "calib_timed" / "manifest.jsonl")
+    assert all(u.words is not None for u in data)
+    scores = calibrate_whisper(tiny, data, method=TIMED_METHOD, progress=False)
+    assert scores.method == TIMED_METHOD
+    top = {(layer, head) for layer, head, _ in scores.top(8)}
+    assert len(top & OPENAI_ALIGNMENT_HEADS["whisper-tiny.en"]) >= 6  # 7 measured; the untimed score finds 2
+    prior = calibrate_whisper(tiny, data, progress=False)  # the budget prior: sharp readers, lagging or not
+    shipped = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors")
+    torch.testing.assert_close(shipped.scores, prior.scores, atol=1e-4, rtol=0)
+    assert shipped.method == METHOD
+    assert len({(layer, head) for layer, head, _ in prior.top(8)} & OPENAI_ALIGNMENT_HEADS["whisper-tiny.en"]) <= 3
+    with pytest.raises(ValueError, match="needs word timings"):
+        calibrate_whisper(tiny, load_speech_set(CALIB_DIR, limit=1), method=TIMED_METHOD, progress=False)
+
+
+def test_word_frames_map_every_token_to_its_words_frames(tiny):
+    utt = load_speech_set(CALIB_DIR.parent / "calib_timed" / "manifest.jsonl", limit=1)[0]
+    spans = word_frames(tiny, utt)
+    ids = tiny.tokenizer.encode(" " + utt.text, add_special_tokens=False)
+    assert spans.shape == (len(ids), 2) and (spans[:, 1] > spans[:, 0]).all()
+    first, last = utt.words[0], utt.words[-1]
+    assert spans[0].tolist() == [math.floor(first[0] * 50), math.ceil(first[1] * 50)]
+    assert spans[-1, 1].item() == math.ceil(last[1] * 50)  # the final period belongs to the last word
+    assert (spans[1:, 0] >= spans[:-1, 0]).all()  # words in order
+
+
 def test_shipped_calibration_files_match_their_models():
-    tiny = HeadScores.load(ROOT / "calib" / "whisper-tiny.en.safetensors", model="whisper-tiny.en", num_layers=4)
+    tiny = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-tiny.en", num_layers=4)
     assert tiny.shape == (4, 6)
-    base = HeadScores.load(ROOT / "calib" / "whisper-base.safetensors", model="whisper-base")
+    base = HeadScores.load(CALIBRATION_DIR / "whisper-base.safetensors", model="whisper-base")
     assert base.shape == (6, 8)
     with pytest.raises(ValueError, match=r"made for model 'whisper-tiny\.en'"):
-        HeadScores.load(ROOT / "calib" / "whisper-tiny.en.safetensors", model="whisper-base")
+        HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-base")
 
 
 def test_calibrate_cli(tmp_path, capsys):
@@ -125,7 +161,7 @@ def test_smollm2_retrieves_a_passkey_from_2k_tokens_at_half_compression(smollm2)
 def test_whisper_tiny_cross_attention_compression_on_real_speech(tiny, eval_clip):
     audio = [eval_clip.audio()]
     full = greedy_transcribe(tiny, audio)
-    calib = HeadScores.load(ROOT / "calib" / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
+    calib = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
     with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.0, page_size=64), calib):
         assert greedy_transcribe(tiny, audio) == full
     with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.4, page_size=64), calib) as handle:
@@ -204,3 +240,13 @@ def test_eval_cli_passkey_task_writes_accuracy_rows(tmp_path, capsys):
 def test_eval_cli_asr_needs_data(capsys, tmp_path):
     assert main(["eval", "--model", "whisper-tiny.en", "--out", str(tmp_path / "r.json")]) == 2
     assert "--data is required" in capsys.readouterr().err
+
+
+def test_eval_loads_the_shipped_calibration_by_itself_and_warns_without_one(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--limit", "1", "--ratios", "0.4"]
+    assert main([*args, "--policies", "audiokv", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["calibration"].endswith("whisper-tiny.en.safetensors")
+    assert "warning" not in capsys.readouterr().err
+    with pytest.warns(NoCalibrationWarning, match="without a calibration"):
+        apply_audiokv(load_speech_model("whisper-tiny.en").model, AudioKVConfig(), None, "audiokv").remove()

@@ -13,6 +13,7 @@ padding mask, which the engines use when they compress.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,10 @@ from audiokv.integrations.families import audio_token_id, family_of, layer_roles
 from audiokv.policies import Policy, get_policy
 
 IMPLEMENTATION = "audiokv"
+
+
+class NoCalibrationWarning(UserWarning):
+    """A policy that weights heads by a calibration runs without one."""
 
 
 @dataclass
@@ -162,6 +167,13 @@ def apply_audiokv(
     token_id = audio_token_id(model, family)
     handle = AudioKVHandle(model, {})
     policy = get_policy(policy)
+    if policy.use_prior and calibration is None:
+        warnings.warn(
+            f"policy {policy.name!r} runs without a calibration, so without its audio-critical head prior; "
+            "pass calibration=HeadScores.load(...) (files for the bundled models: audiokv.data.shipped_calibration)",
+            NoCalibrationWarning,
+            stacklevel=2,
+        )
 
     def attach(module: nn.Module, engine: nn.Module) -> None:
         engine.prompt = prompt
