@@ -340,6 +340,28 @@ def test_lalm_batch_with_different_audio_lengths(name):
     torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("policy", ["audiokv", "audiokv-no-heads"])
+def test_lalm_batch_mixing_an_audio_prompt_and_a_text_only_prompt(policy):
+    gen = torch.Generator().manual_seed(8)
+    torch.manual_seed(0)
+    model, spec = LALMS["qwen2_audio"]()
+    rows = [prompt_ids(spec, spec["n_audio"], gen, 60), torch.randint(0, 100, (70,), generator=gen)]
+    ids, mask = left_pad(rows)
+    inputs = dict(input_ids=ids, attention_mask=mask, input_features=torch.randn(1, 16, spec["frames"], generator=gen))
+    inputs["feature_attention_mask"] = torch.ones(1, spec["frames"], dtype=torch.long)  # one clip: row 0's
+    calibration = HeadScores(torch.rand(2, 2, generator=gen), model="qwen2-audio", data="test")
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0)
+    with apply_audiokv(model.eval(), cfg, calibration, policy) as handle:
+        out = model.generate(**inputs, **GREEDY_2)  # raised "audio span (0, 0) is empty" before
+        engine = handle.engines[0]
+        assert engine.prompt.audio_span[1].tolist() == [0, 0]  # the text row has no audio
+        length = ids.shape[1]
+        kept = {i: (e.kept_indices, e.budgets, length) for i, e in handle.engines.items()}
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
+    assert torch.equal(out.sequences, want.sequences)
+    torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("name", list(LALMS))
 def test_decoder_calibration_captures_the_eager_text_to_audio_attention(name):
     from audiokv.calibrate import calibrate_decoder, decoder_audio_attention
