@@ -194,7 +194,7 @@ class AudioKVAttention(nn.Module):
             )
             raw = policy.score(inp).float()
             spans = audio_span_rows(audio_span, bsz, length, cross)
-            trend = policy.density(inp, raw) if policy.coverage else raw
+            trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores
@@ -228,9 +228,11 @@ def audio_span_rows(span: Span | Tensor | None, bsz: int, length: int, cross: bo
         span = (0, length)  # every encoder frame is audio
     if span is None:
         return None
-    if isinstance(span, Tensor):
-        return span.reshape(bsz, 2).cpu()
-    return torch.tensor([span] * bsz)
+    rows = span.reshape(bsz, 2).cpu() if isinstance(span, Tensor) else torch.tensor([span] * bsz)
+    for start, end in rows.tolist():
+        if not (0 <= start < end <= length or start == end == 0):
+            raise ValueError(f"audio span ({start}, {end}) is empty or outside the {length} tokens")
+    return rows
 
 
 def prompt_attention(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
+
+from audiokv.heads import METHOD, TIMED_METHOD
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -31,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     calib.add_argument("--out", required=True, help="output .safetensors file")
     calib.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
     calib.add_argument("--plot", default=None, help="also draw the scores as a heat map (PNG)")
-    calib.add_argument("--method", choices=("semantic-acoustic-alignment/v1", "word-timed-alignment/v1"),
-                       default="semantic-acoustic-alignment/v1",
+    calib.add_argument("--method", choices=(METHOD, TIMED_METHOD), default=METHOD,
                        help="the budget prior (default), or the word-timed score (needs 'words' timings)")  # fmt: skip
     ev = sub.add_parser("eval", help="accuracy and KV memory per policy and compression ratio")
     ev.add_argument("--task", choices=("asr", "passkey"), default="asr",
@@ -90,7 +92,6 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         from audiokv.passkey import evaluate_passkey
 
         model, tokenizer = load_causal_lm(args.model)
-        _warn_uncalibrated(policies, None, args.model)
         n = args.limit or 8
         rows = evaluate_passkey(model, tokenizer, policies, list(args.ratios), context=args.context, n=n)
         name, data, what = args.model, f"{n} passkey prompts of {args.context} tokens", f"passkey @ {args.context}"
@@ -105,8 +106,12 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         speech = load_speech_model(args.model)
         args.calibration = args.calibration or shipped_calibration(speech.name)
         calib = HeadScores.load(args.calibration, model=speech.name) if args.calibration else None
+        from audiokv.integrations.apply import NoCalibrationWarning
+
         _warn_uncalibrated(policies, calib, speech.name)
-        rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib)
+        with warnings.catch_warnings():  # the line above said it once
+            warnings.simplefilter("ignore", NoCalibrationWarning)
+            rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib)
         name, data, what = speech.name, str(args.data), f"{len(utterances)} clips"
     calibration = None if args.calibration is None else str(args.calibration)
     result = {"model": name, "task": args.task, "data": data, "calibration": calibration, **environment()}
@@ -118,13 +123,9 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
 
 
 def _warn_uncalibrated(policies: list[str], calibration: object, model: str) -> None:
-    """One line on stderr when a head-prior policy runs without calibration (and no Python warning besides)."""
-    import warnings
-
-    from audiokv.integrations.apply import NoCalibrationWarning
+    """One line on stderr when a head-prior policy runs without calibration."""
     from audiokv.policies import get_policy
 
-    warnings.simplefilter("ignore", NoCalibrationWarning)
     uncalibrated = [p for p in policies if get_policy(p).use_prior] if calibration is None else []
     if uncalibrated:
         print(

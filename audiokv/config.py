@@ -37,7 +37,8 @@ class AudioKVConfig:
             frequency band (0..Nyquist) kept over the audio span, in (0, 1];
             1 disables smoothing.
         coverage_floor: share of the audio span's budget spread evenly over time
-            by the coverage selection; the rest follows the smoothed scores. In [0, 1].
+            by the coverage selection; the rest follows the policy's smoothed
+            density (for AudioKV, key novelty). In [0, 1].
         head_prior_strength: how strongly calibrated audio-critical heads are
             favoured in the budget split; 0 ignores the calibration. >= 0.
         safeguard: every KV head keeps at least this fraction of the average

@@ -72,6 +72,8 @@ def load_speech_set(source: str | Path, limit: int | None = None) -> list[Uttera
                 ) from None
             if words is not None and len(words) != len(text.split()):
                 raise ValueError(f"{source}:{n}: 'words' has {len(words)} spans for {len(text.split())} words")
+            if words is not None and not all(0 <= a <= b for a, b in words):  # also refuses NaN
+                raise ValueError(f"{source}:{n}: each of 'words' must be [start, end] with 0 <= start <= end")
             path = path if path.is_absolute() else source.parent / path
             if not path.exists():
                 raise ValueError(f"{source}:{n}: audio file {path} does not exist")

@@ -97,7 +97,7 @@ def timed_alignment_score(attn: Tensor, spans: Tensor) -> Tensor:
     std = attn.std(1, keepdim=True)
     z = torch.where(std > 1e-9, (attn - attn.mean(1, keepdim=True)) / std.clamp_min(1e-9), 0.0).clamp_min(0)
     ahead = torch.maximum(torch.cat([spans[1:, 1], spans[-1:, 1]]), spans[:, 1])
-    frames = torch.arange(attn.shape[-1])
+    frames = torch.arange(attn.shape[-1], device=attn.device)
     window = (frames[None, :] >= spans[:, :1]) & (frames[None, :] < ahead[:, None])  # [N, F]
     share = (z * window).sum(-1) / z.sum(-1).clamp_min(1e-12)
     return share.mean(-1).float()

@@ -2,8 +2,8 @@
 
 Outside the audio span a head keeps its top-scored tokens. Inside it,
 :func:`coverage_priority` spends the span's share of the budget so that every
-stretch of audio keeps tokens: the smoothed score curve (SSS), mixed with a
-uniform floor, is a density over time; the span's ``K`` kept tokens are
+stretch of audio keeps tokens: the policy's density (for AudioKV, key novelty)
+smoothed by SSS and mixed with a uniform floor is a density over time; the span's ``K`` kept tokens are
 placed one per stratum of equal density mass (inverse-CDF, systematic
 sampling), so dense regions keep more and no region is left empty, and the
 raw scores choose the token inside each stratum. With a uniform density this
@@ -40,7 +40,7 @@ def select_tokens(scores: Tensor, budgets: Tensor) -> Tensor:
 
 
 def _cap_density(density: Tensor, cap: Tensor) -> Tensor:
-    """Clip ``[H, N]`` densities (rows sum to 1) at ``cap`` ``[H, 1]`` (``cap * N >= 1``), keeping the sum.
+    """Clip ``[H, N]`` densities (rows sum to 1) at ``cap`` ``[H, N]`` (rows of ``cap`` sum to >= 1), keeping the sum.
 
     What is clipped goes to the other tokens in proportion to their room
     under the cap, so nothing overflows again and one pass is exact.
@@ -55,31 +55,36 @@ def coverage_priority(raw: Tensor, density: Tensor, counts: Tensor) -> Tensor:
     """Rank one span's tokens so that each head's top ``counts`` cover the span by ``density``.
 
     Args:
-        raw: ``[H, N]`` token scores inside the span (+inf: must keep).
+        raw: ``[H, N]`` token scores inside the span (+inf: must keep, -inf: never, e.g. padding).
         density: ``[H, N]`` non-negative weights, how many tokens each region
-            deserves (rows of zeros count as uniform).
-        counts: ``[H]`` tokens each head keeps in the span, in [0, N].
+            deserves (zero everywhere counts as uniform).
+        counts: ``[H]`` tokens each head keeps in the span, in [0, N], at least
+            its must-keep tokens.
 
     Returns:
         ``[H, N]`` float64 priorities. The top ``counts[h]`` of row ``h`` are
-        the must-keep tokens, then one token per stratum of equal density
-        mass (the best ``raw`` score of the stratum), topped up by ``raw``
-        should rounding leave a stratum empty.
+        the must-keep tokens, then one token per stratum of equal density mass
+        over the other tokens (the best ``raw`` score of the stratum), topped up
+        by ``raw`` should rounding leave a stratum empty.
     """
     n = raw.shape[-1]
-    k = counts.clamp(1, n).double()[:, None]  # [H, 1]
-    d = density.double().clamp_min(0)
+    must, never = torch.isposinf(raw), torch.isneginf(raw)
+    free = ~(must | never)
+    k = (counts - must.sum(-1)).clamp(1, n).double()[:, None]  # strata: what is left after the must-keeps
+    d = torch.where(free, density.double().clamp_min(0), 0.0)
     total = d.sum(-1, keepdim=True)
-    d = torch.where(total > 0, d / total.clamp_min(1e-300), 1.0 / n)
-    d = _cap_density(d, 1.0 / k)  # a token is kept at most once: no stratum narrower than a token
+    uniform = free.double() / free.sum(-1, keepdim=True).clamp_min(1)
+    d = torch.where(total > 0, d / total.clamp_min(1e-300), uniform)
+    d = _cap_density(d, torch.where(free, 1.0 / k, 0.0))  # a token is kept once: no stratum narrower than it
     mass = k * d
     middle = mass.cumsum(-1) - mass / 2  # [H, N] in [0, K)
     stratum = torch.minimum(middle.floor(), k - 1).long()
-    rank = raw.double().argsort(-1).argsort(-1)  # 0 = lowest raw score, n - 1 = highest
+    rank = raw.double().argsort(dim=-1, stable=True).argsort(-1)  # 0 = lowest raw score, n - 1 = highest
+    rank = rank.masked_fill(~free, -1)  # must-keep and never-keep tokens do not compete for strata
     best = torch.full_like(rank, -1).scatter_reduce(1, stratum, rank, "amax")
-    winner = rank == best.gather(1, stratum)
+    winner = free & (rank == best.gather(1, stratum))
     priority = winner.double() * n + rank.double()
-    return priority.masked_fill(torch.isposinf(raw), float("inf"))
+    return priority.masked_fill(must, float("inf")).masked_fill(never, float("-inf"))
 
 
 def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spans: Tensor, uniform: float) -> Tensor:
@@ -107,7 +112,9 @@ def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spa
         segment = trend[b, :, start:end].double().clamp_min(0)
         share = segment / segment.sum(-1, keepdim=True).clamp_min(1e-300)
         density = uniform / (end - start) + (1 - uniform) * share
-        inside = raw[b, :, start:end].masked_fill(torch.isposinf(scores[b, :, start:end]), float("inf"))
+        marked = scores[b, :, start:end]
+        inside = raw[b, :, start:end].masked_fill(torch.isposinf(marked), float("inf"))
+        inside = inside.masked_fill(torch.isneginf(marked), float("-inf"))
         priority = coverage_priority(inside, density, counts)
         keep_inside = _top_mask(priority, counts)
         keep = chosen.clone()
@@ -118,6 +125,6 @@ def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spa
 
 def _top_mask(scores: Tensor, counts: Tensor) -> Tensor:
     """``[H, N]`` bool: the top ``counts[h]`` entries of each row."""
-    order = scores.argsort(-1, descending=True)
+    order = scores.argsort(dim=-1, descending=True, stable=True)
     rank = order.argsort(-1)
     return rank < counts[:, None]

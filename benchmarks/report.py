@@ -1,15 +1,20 @@
-"""Markdown tables from results files: ``python -m benchmarks.report FILE.json [FILE.json ...]``.
+"""Markdown tables from results files: ``python -m benchmarks.report FILE.json [FILE.json ...] [--readme]``.
 
 One table per file: a row per policy, a column per compression ratio, WER
 (%) with the share of looping outputs in brackets when there are any. The
-README's result tables are this script's output, never typed by hand.
+README's result tables are this script's output, never typed by hand:
+``--readme`` rewrites the block between ``<!-- results:NAME -->`` and
+``<!-- /results -->`` (NAME the file's stem) in README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def table(result: dict) -> str:
@@ -35,11 +40,26 @@ def table(result: dict) -> str:
     return caption + "\n\n" + "\n".join(lines)
 
 
+def fill(readme: str, name: str, text: str) -> str:
+    """``readme`` with the block marked ``<!-- results:name -->`` ... ``<!-- /results -->`` replaced by ``text``."""
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results -->)", re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"README has no <!-- results:{name} --> block")
+    return pattern.sub(lambda m: m.group(1) + text + m.group(2), readme)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--readme", action="store_true", help="rewrite the marked blocks of README.md")
     args = parser.parse_args(argv)
-    print("\n\n".join(table(json.loads(f.read_text())) for f in args.files))
+    tables = {f.stem: table(json.loads(f.read_text())) for f in args.files}
+    if args.readme:
+        text = README.read_text()
+        for name, block in tables.items():
+            text = fill(text, name, block)
+        README.write_text(text)
+    print("\n\n".join(tables.values()))
 
 
 if __name__ == "__main__":

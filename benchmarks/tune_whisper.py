@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     speech = load_speech_model(args.model)
-    calibration = HeadScores.load(shipped_calibration(speech.name), model=speech.name)
+    path = shipped_calibration(speech.name)
+    if path is None:
+        raise SystemExit(f"no calibration ships for {speech.name}: run `audiokv calibrate` first")
+    calibration = HeadScores.load(path, model=speech.name)
     data = load_speech_set(args.data)
     rows = evaluate_speech(speech, data, ["full"], [0.0], calibration=calibration, progress=False)
     for policy, knobs in GRID:

@@ -86,3 +86,14 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
     assert "| full cache | 8.1 (every ratio) | |" in lines
     assert "| stride | 9.0 | 50.0 (25% loops) |" in lines
     assert "| audiokv |  | 12.3 |" in lines
+
+
+def test_report_rewrites_only_the_marked_readme_block():
+    from benchmarks.report import fill
+
+    readme = (
+        "intro\n<!-- results:x -->\nold table\n<!-- /results -->\noutro\n<!-- results:y -->\nkeep\n<!-- /results -->"
+    )
+    assert fill(readme, "x", "new") == readme.replace("old table", "new")
+    with pytest.raises(SystemExit, match="no <!-- results:z -->"):
+        fill(readme, "z", "new")

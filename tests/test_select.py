@@ -1,11 +1,13 @@
 """Coverage-aware selection over the audio span, against brute-force properties."""
 
+import itertools
+
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from audiokv import AudioKVAttention, AudioKVConfig
-from audiokv.select import cover_spans, coverage_priority
+from audiokv.select import cover_spans, coverage_priority, select_tokens
 
 
 def _kept(priority, counts):
@@ -17,23 +19,32 @@ def _kept(priority, counts):
     n=st.integers(8, 300),
     frac=st.floats(0.02, 1.0),
     floor=st.floats(0.05, 1.0),
+    sinks=st.integers(0, 4),
+    holes=st.integers(0, 5),
     seed=st.integers(0, 2**16),
 )
-def test_every_stratum_keeps_a_token_so_no_gap_exceeds_what_the_floor_allows(n, frac, floor, seed):
+def test_every_stratum_keeps_a_token_so_no_gap_exceeds_what_the_floor_allows(n, frac, floor, sinks, holes, seed):
     gen = torch.Generator().manual_seed(seed)
     raw = torch.rand(3, n, generator=gen)
+    raw[:, :sinks] = float("inf")  # must keep (Whisper's sinks sit inside its span)
+    never = torch.randperm(n, generator=gen)[:holes]
+    never = never[never >= sinks]
+    raw[:, never] = float("-inf")  # padding
+    free = n - sinks - len(never)
     trend = torch.rand(3, n, generator=gen) ** 4  # peaky: without the floor it would leave holes
     density = floor / n + (1 - floor) * trend / trend.sum(-1, keepdim=True)
-    counts = torch.tensor([max(1, int(frac * n)), 1, n])
+    counts = torch.tensor([sinks + max(1, int(frac * free)), sinks + 1, sinks + free])
     kept = _kept(coverage_priority(raw, density, counts), counts)
     for h, tokens in enumerate(kept):
-        assert len(set(tokens)) == counts[h]
-        if counts[h] < 2:
+        assert len(tokens) == counts[h] and set(range(sinks)) <= set(tokens) and not set(never.tolist()) & set(tokens)
+        k = counts[h].item() - sinks
+        if k < 2:
             continue
-        # each stratum holds 1/K of the mass and every token has density >= floor/n:
-        # a stratum spans at most n/(K floor) tokens + 1, so kept neighbours are < 2 strata apart
-        limit = 2 * (n / (counts[h].item() * floor) + 1)
-        gaps = [b - a for a, b in zip([-1, *tokens], [*tokens, n], strict=True)]
+        # one token per stratum of 1/K of the mass; each free token has density >= floor/n, so a stratum spans
+        # at most n/(K floor) + 1 tokens (+ the skipped holes) and kept neighbours are less than 2 strata apart
+        limit = 2 * (n / (k * floor) + 1) + len(never)
+        free_kept = [t for t in tokens if t >= sinks]
+        gaps = [b - a for a, b in zip([sinks - 1, *free_kept], [*free_kept, n], strict=True)]
         assert max(gaps) <= limit
 
 
@@ -51,32 +62,59 @@ def test_denser_regions_keep_more_tokens():
     assert sum(t < 100 for t in kept) == 40  # 4/5 of the mass, 4/5 of the tokens
 
 
-def test_must_keep_tokens_stay_and_capped_density_never_keeps_a_token_twice():
-    raw = torch.rand(1, 20) * 0.9
-    raw[0, 0] = float("inf")
-    raw[0, 5] = 0.95  # the best of whatever stratum it falls in
+def test_must_keep_tokens_do_not_use_up_strata():
+    raw = torch.rand(1, 1500, generator=torch.Generator().manual_seed(0))
+    raw[0, :4] = float("inf")  # Whisper's 4 sink frames, inside its span
+    kept = _kept(coverage_priority(raw, torch.ones(1, 1500), torch.tensor([300])), [300])[0]
+    free = [t for t in kept if t >= 4]
+    assert kept[:4] == [0, 1, 2, 3] and len(free) == 296
+    assert {(2 * (f - 4) + 1) * 296 // (2 * 1496) for f in free} == set(range(296))  # one per stratum (by middle)
+
+
+def test_a_density_on_one_token_is_capped_and_the_rest_spread():
     density = torch.zeros(1, 20)
-    density[0, 5] = 1.0  # all mass on one token: the cap spreads the rest
+    density[0, 5] = 1.0  # all mass on one token: the cap gives it one token's worth, the rest goes evenly
+    raw = torch.zeros(1, 20)
     kept = _kept(coverage_priority(raw, density, torch.tensor([6])), [6])[0]
-    assert 0 in kept and 5 in kept and len(set(kept)) == 6
+    gaps = [b - a for a, b in itertools.pairwise(kept)]
+    assert 5 in kept and max(gaps) <= 5
 
 
-def test_cover_spans_keeps_the_same_count_inside_and_the_same_tokens_outside():
+def test_cover_spans_with_sinks_and_padding_inside_the_span_feeds_select_tokens_exactly():
     gen = torch.Generator().manual_seed(1)
-    scores = torch.rand(2, 2, 60, generator=gen)
-    scores[:, :, -4:] = float("inf")
-    scores[1, :, :3] = float("-inf")  # padding
+    raw = torch.rand(2, 2, 60, generator=gen)  # as the policy scored them: no marks
+    scores = raw.clone()
+    scores[:, :, -4:] = float("inf")  # window, outside the span
+    scores[:, :, 10:12] = float("inf")  # sinks inside the span
+    scores[:, :, 20:23] = float("-inf")  # padding inside the span
     budgets = torch.tensor([[20, 30], [15, 25]])
     spans = torch.tensor([[10, 50], [0, 0]])  # the second row has no audio
-    out = cover_spans(scores, scores, scores, budgets, spans, uniform=1.0)
+    trend = torch.rand(2, 2, 60, generator=gen)
+    out = cover_spans(scores, raw, trend, budgets, spans, uniform=0.5)
+    picked = select_tokens(out, budgets)
     for b in range(2):
+        start, end = spans[b].tolist()
         for h in range(2):
-            before = set(scores[b, h].topk(int(budgets[b, h])).indices.tolist())
-            after = set(out[b, h].topk(int(budgets[b, h])).indices.tolist())
-            start, end = spans[b].tolist()
+            k = int(budgets[b, h])
+            before = set(scores[b, h].topk(k).indices.tolist())
+            after = set(picked[b, h, :k].tolist())
+            assert len(after) == k and not after & {20, 21, 22}
             assert {t for t in before if not start <= t < end} == {t for t in after if not start <= t < end}
-            assert sum(start <= t < end for t in before) == sum(start <= t < end for t in after)
-    assert torch.equal(out[1], scores[1].where(torch.isneginf(scores[1]), out[1]))  # padding stays -inf
+            if start == end:
+                assert after == before  # a row without audio keeps plain top-k
+                continue
+            inside = sorted(t for t in after if start <= t < end)
+            assert {10, 11} <= set(inside)
+            count = torch.tensor([len(inside)])
+            segment = trend[b, h : h + 1, start:end]
+            density = 0.5 / (end - start) + 0.5 * segment / segment.sum()
+            marked = scores[b, h : h + 1, start:end]
+            inner = raw[b, h : h + 1, start:end].masked_fill(torch.isinf(marked), 0) + marked.masked_fill(
+                torch.isfinite(marked), 0
+            )  # the marks of `scores` on the raw values
+            want = _kept(coverage_priority(inner, density, count), count)[0]
+            assert inside == [start + t for t in want]
+            assert inside != sorted(t for t in before if start <= t < end)  # coverage moved tokens
 
 
 def _kept_set(policy, cfg, prior=None):
