@@ -17,6 +17,12 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _label(row: dict) -> str:
+    """The policy name, with the knobs a tuning row changed (``audiokv sss_cutoff=0.3``)."""
+    knobs = row.get("knobs") or {}
+    return " ".join([row["policy"], *(f"{k}={v}" for k, v in knobs.items())])
+
+
 def table(result: dict) -> str:
     """A markdown table of one ``audiokv eval`` results file."""
     rows = result["rows"]
@@ -26,26 +32,29 @@ def table(result: dict) -> str:
     lines = [head, "|---" * (len(ratios) + 1) + "|"]
     if full is not None:
         lines.append(f"| full cache | {100 * full['wer']:.1f} (every ratio) |" + " |" * (len(ratios) - 1))
-    for policy in dict.fromkeys(r["policy"] for r in rows if r["policy"] != "full"):
+    for policy in dict.fromkeys(_label(r) for r in rows if r["policy"] != "full"):
         cells = []
         for ratio in ratios:
-            row = next((r for r in rows if r["policy"] == policy and r["compression_ratio"] == ratio), None)
+            row = next((r for r in rows if _label(r) == policy and r["compression_ratio"] == ratio), None)
             if row is None:
                 cells.append("")
                 continue
             loops = f" ({row['repetition_rate']:.0%} loops)" if row["repetition_rate"] else ""
             cells.append(f"{100 * row['wer']:.1f}{loops}")
         lines.append(f"| {policy} | {' | '.join(cells)} |")
-    caption = f"{result['model']}, {result['data']}, WER % (commit {result['commit']}, {result['device']})"
+    data = Path(result["data"])
+    if data.is_absolute() and data.is_relative_to(README.parent):
+        data = data.relative_to(README.parent)
+    caption = f"{result['model']}, `{data}`, WER % (commit {result['commit']}, {result['device']})"
     return caption + "\n\n" + "\n".join(lines)
 
 
 def fill(readme: str, name: str, text: str) -> str:
     """``readme`` with the block marked ``<!-- results:name -->`` ... ``<!-- /results -->`` replaced by ``text``."""
-    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(\n<!-- /results -->)", re.S)
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /results -->)", re.S)
     if not pattern.search(readme):
         raise SystemExit(f"README has no <!-- results:{name} --> block")
-    return pattern.sub(lambda m: m.group(1) + text + m.group(2), readme)
+    return pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), readme)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,6 +79,7 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
         {"policy": "stride", "compression_ratio": 0.4, "wer": 0.09, "repetition_rate": 0.0},
         {"policy": "stride", "compression_ratio": 0.8, "wer": 0.5, "repetition_rate": 0.25},
         {"policy": "audiokv", "compression_ratio": 0.8, "wer": 0.1234, "repetition_rate": 0.0},
+        {"policy": "audiokv", "compression_ratio": 0.8, "wer": 0.2, "repetition_rate": 0.0, "knobs": {"safeguard": 1}},
     ]
     text = table({"model": "m", "data": "d", "commit": "abc", "device": "cpu", "rows": rows})
     lines = text.splitlines()
@@ -86,6 +87,7 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
     assert "| full cache | 8.1 (every ratio) | |" in lines
     assert "| stride | 9.0 | 50.0 (25% loops) |" in lines
     assert "| audiokv |  | 12.3 |" in lines
+    assert "| audiokv safeguard=1 |  | 20.0 |" in lines
 
 
 def test_report_rewrites_only_the_marked_readme_block():
@@ -95,5 +97,6 @@ def test_report_rewrites_only_the_marked_readme_block():
         "intro\n<!-- results:x -->\nold table\n<!-- /results -->\noutro\n<!-- results:y -->\nkeep\n<!-- /results -->"
     )
     assert fill(readme, "x", "new") == readme.replace("old table", "new")
+    assert fill("<!-- results:x -->\n<!-- /results -->", "x", "t") == "<!-- results:x -->\nt\n<!-- /results -->"
     with pytest.raises(SystemExit, match="no <!-- results:z -->"):
         fill(readme, "z", "new")

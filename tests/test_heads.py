@@ -49,6 +49,15 @@ def test_timed_score_rewards_the_head_on_the_current_and_next_word_not_the_one_t
         timed_alignment_score(heads, spans[:5])
 
 
+def test_timed_score_counts_the_next_words_audio_and_nothing_beyond():
+    spans = torch.tensor([[0, 10], [10, 20], [20, 30], [30, 40], [40, 50], [50, 60]])  # one token per word
+    centre = spans.double().mean(-1)
+    ahead = peaked(centre + 10, 70)  # each token looks at the next word's audio
+    beyond = peaked(centre + 20, 70)  # two words ahead
+    score = timed_alignment_score(torch.stack([ahead, beyond]), spans)
+    assert score[0] > 0.7 and score[1] < 0.3  # the last token has no next word: at most 5/6
+
+
 @given(st.integers(1, 4), st.integers(3, 30), st.integers(2, 60), st.integers(0, 1000))
 def test_scores_lie_in_unit_interval(heads, n, frames, seed):
     attn = torch.rand(heads, n, frames, generator=torch.Generator().manual_seed(seed))

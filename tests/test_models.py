@@ -247,6 +247,17 @@ def test_eval_loads_the_shipped_calibration_by_itself_and_warns_without_one(tmp_
     args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--limit", "1", "--ratios", "0.4"]
     assert main([*args, "--policies", "audiokv", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["calibration"].endswith("whisper-tiny.en.safetensors")
-    assert "warning" not in capsys.readouterr().err
+    assert "no calibration" not in capsys.readouterr().err
     with pytest.warns(NoCalibrationWarning, match="without a calibration"):
         apply_audiokv(load_speech_model("whisper-tiny.en").model, AudioKVConfig(), None, "audiokv").remove()
+
+
+def test_demo_uses_the_shipped_calibration_and_reports_every_run(tmp_path, capsys):
+    assert main(["demo", "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert result["calibration"].endswith("whisper-tiny.en.safetensors")
+    runs = {(r["policy"], r["compression_ratio"]): r for r in result["rows"]}
+    assert set(runs) == {("full", 0.0), ("audiokv", 0.4), ("audiokv", 0.7), ("snapkv", 0.4), ("snapkv", 0.7)}
+    assert runs[("full", 0.0)]["wer"] < 0.12  # 8.1% measured on these 6 clips
+    assert runs[("audiokv", 0.7)]["kv_bytes"] < 0.4 * runs[("full", 0.0)]["kv_bytes"]
+    assert (tmp_path / "demo.png").stat().st_size > 0 and "no calibration" not in capsys.readouterr().err

@@ -6,11 +6,16 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_holds_every_tracked_package_file(tmp_path):
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listing.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    tracked = listing.stdout.split()
     src = tmp_path / "src"  # a clean copy: a stale build/ in the checkout would hide missing package data
     for name in tracked:
         if (ROOT / name).is_file():

@@ -78,6 +78,11 @@ def test_tova_keeps_one_set_for_every_head_from_the_last_query():
     layer = _layer("tova")
     layer(q, k, v)
     assert torch.equal(layer.kept_indices[0, 0], layer.kept_indices[0, 1])
+    from audiokv.scoring import window_scores
+
+    want = window_scores(q[:, :, -1:], k, scaling=layer.scaling).mean(1)[0]  # the last query, every head
+    kept = layer.kept_indices[0, 0, : layer.budgets[0, 0]]
+    assert set(kept.tolist()) - set(range(60, 64)) == set(want[:60].topk(len(kept) - 4).indices.tolist())
     q2 = q.clone()
     q2[:, :, -2] = torch.randn(4, 8)  # queries before the last one do not matter
     other = _layer("tova")
