@@ -23,7 +23,7 @@ from audiokv.mask import PagedBlockMask
 from audiokv.paged import PagedKVPool
 from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import cover_spans, select_tokens
-from audiokv.spectral import Span, spectral_smooth
+from audiokv.spectral import Span, span_rows, spectral_smooth
 
 
 class AudioKVAttention(nn.Module):
@@ -193,7 +193,10 @@ class AudioKVAttention(nn.Module):
                 query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel
             )
             raw = policy.score(inp).float()
-            spans = audio_span_rows(audio_span, bsz, length, cross)
+            if cross:  # every encoder frame is audio
+                spans = span_rows(None, bsz, length)
+            else:
+                spans = None if audio_span is None else span_rows(audio_span, bsz, length)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
@@ -220,19 +223,6 @@ class AudioKVAttention(nn.Module):
         )
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices
-
-
-def audio_span_rows(span: Span | Tensor | None, bsz: int, length: int, cross: bool) -> Tensor | None:
-    """``[B, 2]`` audio span of each row (every key for cross-attention); None when there is no audio."""
-    if cross:
-        span = (0, length)  # every encoder frame is audio
-    if span is None:
-        return None
-    rows = span.reshape(bsz, 2).cpu() if isinstance(span, Tensor) else torch.tensor([span] * bsz)
-    for start, end in rows.tolist():
-        if not (0 <= start < end <= length or start == end == 0):
-            raise ValueError(f"audio span ({start}, {end}) is empty or outside the {length} tokens")
-    return rows
 
 
 def prompt_attention(

@@ -116,10 +116,8 @@ def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spa
         inside = raw[b, :, start:end].masked_fill(torch.isposinf(marked), float("inf"))
         inside = inside.masked_fill(torch.isneginf(marked), float("-inf"))
         priority = coverage_priority(inside, density, counts)
-        keep_inside = _top_mask(priority, counts)
-        keep = chosen.clone()
-        keep[:, start:end] = keep_inside
-        out[b] = torch.where(keep, 1.0, 0.0).masked_fill(torch.isneginf(scores[b]), float("-inf"))
+        chosen[:, start:end] = _top_mask(priority, counts)
+        out[b] = torch.where(chosen, 1.0, 0.0).masked_fill(torch.isneginf(scores[b]), float("-inf"))
     return out
 
 

@@ -51,6 +51,26 @@ def lowpass(x: Tensor, cutoff: float) -> Tensor:
     return smooth + (x32.mean(-1, keepdim=True) - smooth.mean(-1, keepdim=True))
 
 
+def span_rows(span: Span | Tensor | None, bsz: int, length: int) -> Tensor:
+    """``[B, 2]`` int64 ``(start, end)`` per row, checked against ``length`` tokens.
+
+    ``span`` is ``None`` (the whole axis), one ``(start, end)`` for every row, or a
+    ``[B, 2]`` tensor; ``(0, 0)`` marks a row without audio.
+    """
+    if span is None:
+        span = (0, length)
+    if isinstance(span, Tensor):
+        if span.shape != (bsz, 2):
+            raise ValueError(f"span tensor must be [B, 2] = [{bsz}, 2], got {tuple(span.shape)}")
+        rows = span.detach().cpu().long()
+    else:
+        rows = torch.tensor([tuple(span)] * bsz, dtype=torch.long)
+    for start, end in rows.tolist():
+        if not (0 <= start < end <= length or start == end == 0):
+            raise ValueError(f"audio span ({start}, {end}) is empty or outside the {length} tokens")
+    return rows
+
+
 def spectral_smooth(scores: Tensor, cutoff: float, span: Span | Tensor | None = None) -> Tensor:
     """Smooth scores over a span of the token axis; everything outside it is untouched.
 
@@ -66,21 +86,10 @@ def spectral_smooth(scores: Tensor, cutoff: float, span: Span | Tensor | None = 
         low-pass filtered and keep the span's mean. Spans shorter than 3 tokens
         are left as they are.
     """
-    length = scores.shape[-1]
-    if span is None:
-        spans = [(0, length)] * scores.shape[0]
-    elif isinstance(span, Tensor):
-        if span.shape != (scores.shape[0], 2):
-            raise ValueError(f"span tensor must be [B, 2] = [{scores.shape[0]}, 2], got {tuple(span.shape)}")
-        spans = [tuple(s) for s in span.tolist()]
-    else:
-        spans = [tuple(span)] * scores.shape[0]
     out = scores.clone()
-    for row, (start, end) in enumerate(spans):
-        if start == end == 0:
+    for row, (start, end) in enumerate(span_rows(span, scores.shape[0], scores.shape[-1]).tolist()):
+        if start == end:
             continue  # a row without audio (e.g. a text-only prompt in a mixed batch)
-        if not 0 <= start < end <= length:
-            raise ValueError(f"audio span ({start}, {end}) is empty or outside the {length} tokens")
         segment = scores[row, ..., start:end]
         if not torch.isfinite(segment).all():
             raise ValueError(f"scores inside the audio span ({start}, {end}) must be finite")
