@@ -20,6 +20,7 @@ from audiokv.budget import head_budgets, head_weights, layer_budget, mark_mandat
 from audiokv.config import AudioKVConfig
 from audiokv.kernel import paged_attention, reference_paged_attention
 from audiokv.mask import PagedBlockMask
+from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool
 from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import cover_spans, select_tokens
@@ -178,6 +179,7 @@ class AudioKVAttention(nn.Module):
         valid = torch.ones(bsz, length, dtype=torch.bool, device=key.device) if key_mask is None else key_mask.bool()
         policy = self.policy
         ratio = policy.layer_ratio(cfg.compression_ratio, self.layer_idx, self.num_layers)
+        spans = None
         if ratio == 0:
             scores = torch.zeros(bsz, heads, length, device=key.device)
             scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
@@ -212,6 +214,11 @@ class AudioKVAttention(nn.Module):
             if policy.coverage and spans is not None:
                 scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)
         indices = select_tokens(scores, budgets)
+        log_mass = None
+        if policy.merge and spans is not None:
+            kept = torch.zeros(bsz, heads, length + 1, dtype=torch.bool, device=key.device)
+            kept = kept.scatter_(-1, indices, True)[..., :length]  # padding entries point at T
+            key, value, log_mass = merge_spans(key, value, kept, spans, key_mask)
         self.budgets = budgets
         self.pool = PagedKVPool.from_selection(
             key,
@@ -220,6 +227,7 @@ class AudioKVAttention(nn.Module):
             budgets,
             page_size=cfg.page_size,
             reserve=0 if self.cross_attention else cfg.decode_reserve,
+            log_mass=log_mass,
         )
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices

@@ -26,6 +26,9 @@ class PagedKVPool:
         lengths: ``[R]`` int32 tokens held by each row.
         page_owner: ``[P]`` int32 row owning each page.
         page_rank: ``[P]`` int32 position of each page in its owner's table.
+        mass_pages: ``[P, page]`` float32 log of how many prompt tokens each slot
+            stands for (:mod:`audiokv.merge`), added to its attention logits;
+            None when every token stands for itself.
     """
 
     def __init__(
@@ -37,8 +40,10 @@ class PagedKVPool:
         pages_per_row: list[int],
         num_kv_heads: int,
         reserve: int,
+        mass_pages: Tensor | None = None,
     ) -> None:
         self.key_pages = key_pages
+        self.mass_pages = mass_pages
         self.value_pages = value_pages
         self.page_table = page_table
         self.lengths = lengths
@@ -72,6 +77,7 @@ class PagedKVPool:
         *,
         page_size: int,
         reserve: int = 0,
+        log_mass: Tensor | None = None,
     ) -> PagedKVPool:
         """Gather the kept tokens of every head into freshly allocated pages.
 
@@ -82,6 +88,8 @@ class PagedKVPool:
             counts: ``[B, H_kv]`` tokens kept per head.
             page_size: tokens per page.
             reserve: extra tokens of room per row for decoding.
+            log_mass: ``[B, H_kv, T]`` log of how many tokens each kept token
+                stands for, gathered like the keys (see ``mass_pages``); None: 0.
 
         Returns:
             A pool holding exactly those tokens, each row in ``ceil((count +
@@ -108,8 +116,12 @@ class PagedKVPool:
         src, slots = src[used], slots[used]
         k_pages.view(-1, dim)[slots] = key.reshape(rows * length, dim)[src]
         v_pages.view(-1, dim)[slots] = value.reshape(rows * length, dim)[src]
+        mass = None
+        if log_mass is not None:
+            mass = torch.zeros(total, page_size, device=device)
+            mass.view(-1)[slots] = log_mass.reshape(rows * length).float()[src]
         lengths = counts.reshape(rows).to(device=device, dtype=torch.int32)
-        return cls(k_pages, v_pages, table.int(), lengths, pages, heads, reserve)
+        return cls(k_pages, v_pages, table.int(), lengths, pages, heads, reserve, mass)
 
     def _index_pages(self) -> None:
         rows = torch.arange(self.num_rows, device=self.page_table.device)
@@ -137,6 +149,8 @@ class PagedKVPool:
         shape = (rows * extra, *self.key_pages.shape[1:])
         self.key_pages = torch.cat([self.key_pages, self.key_pages.new_zeros(shape)])
         self.value_pages = torch.cat([self.value_pages, self.value_pages.new_zeros(shape)])
+        if self.mass_pages is not None:  # decoded tokens stand for themselves: log 1 = 0
+            self.mass_pages = torch.cat([self.mass_pages, self.mass_pages.new_zeros(shape[:2])])
         per_row = torch.tensor(self._pages_per_row, device=dev)
         width = max(self._pages_per_row) + extra
         table = torch.nn.functional.pad(self.page_table, (0, width - self.page_table.shape[1]))
@@ -171,10 +185,20 @@ class PagedKVPool:
 
     def row_tokens(self, row: int) -> tuple[Tensor, Tensor]:
         """Keys and values held by one row, in logical order: two ``[len, D]`` tensors."""
-        n = self._lengths_host[row]
-        pages = self.page_table[row, : math.ceil(n / self.page_size)].long()
+        pages = self._row_pages(row)
         dim = self.key_pages.shape[-1]
+        n = self._lengths_host[row]
         return self.key_pages[pages].reshape(-1, dim)[:n], self.value_pages[pages].reshape(-1, dim)[:n]
+
+    def row_mass(self, row: int) -> Tensor:
+        """``[len]`` float32 log mass of one row's tokens, in logical order (zeros without merging)."""
+        n = self._lengths_host[row]
+        if self.mass_pages is None:
+            return torch.zeros(n, device=self.key_pages.device)
+        return self.mass_pages[self._row_pages(row)].reshape(-1)[:n]
+
+    def _row_pages(self, row: int) -> Tensor:
+        return self.page_table[row, : math.ceil(self._lengths_host[row] / self.page_size)].long()
 
     @property
     def row_lengths(self) -> list[int]:
@@ -183,8 +207,9 @@ class PagedKVPool:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of K and V storage this pool holds (allocated, reserve included)."""
-        return self.key_pages.nbytes + self.value_pages.nbytes
+        """Bytes of K, V (and log-mass) storage this pool holds (allocated, reserve included)."""
+        mass = 0 if self.mass_pages is None else self.mass_pages.nbytes
+        return self.key_pages.nbytes + self.value_pages.nbytes + mass
 
     @property
     def tokens_allocated(self) -> int:

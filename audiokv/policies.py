@@ -59,6 +59,8 @@ class Policy:
         use_prior: weight heads by the calibrated audio-critical head scores.
         coverage: spend the audio span's budget by coverage (:func:`audiokv.select.cover_spans`)
             instead of by top scores.
+        merge: fold each dropped audio token into a kept neighbour (:mod:`audiokv.merge`)
+            instead of evicting it.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Policy:
     smooth: bool = False
     use_prior: bool = False
     coverage: bool = False
+    merge: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -205,10 +208,11 @@ POLICIES: dict[str, Policy] = {
         Stride("stride"),
         TOVA("tova"),
         ExpectedAttention("expected-attention"),
-        AudioKV("audiokv", head_budgets=True, smooth=True, use_prior=True, coverage=True),
-        AudioKV("audiokv-no-sss", head_budgets=True, use_prior=True, coverage=True),
-        AudioKV("audiokv-no-heads", head_budgets=True, smooth=True, coverage=True),
-        AudioKV("audiokv-no-coverage", head_budgets=True, smooth=True, use_prior=True),
+        AudioKV("audiokv", head_budgets=True, smooth=True, use_prior=True, coverage=True, merge=True),
+        AudioKV("audiokv-no-sss", head_budgets=True, use_prior=True, coverage=True, merge=True),
+        AudioKV("audiokv-no-heads", head_budgets=True, smooth=True, coverage=True, merge=True),
+        AudioKV("audiokv-no-coverage", head_budgets=True, smooth=True, use_prior=True, merge=True),
+        AudioKV("audiokv-no-merge", head_budgets=True, smooth=True, use_prior=True, coverage=True),
     )
 }
 

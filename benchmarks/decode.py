@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from audiokv import AudioKVAttention, AudioKVConfig
+from audiokv.kernel import reference_paged_attention
 from benchmarks.harness import device_and_dtype, parser, timer_for, write_results
 
 MAX_COPIES = 64
@@ -78,16 +79,10 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
     budgets = layers[0].budgets
     kept = int(budgets.float().mean())
 
-    # correctness first: one step against dense attention over exactly the kept tokens
+    # correctness first: the compiled kernel against dense attention over every row's stored (merged) tokens
     nq, nk, nv = rand(batch, heads, 1, dim), rand(batch, kv_heads, 1, dim), rand(batch, kv_heads, 1, dim)
     got = layers[0](nq, nk, nv)
-    worst, group = 0.0, heads // kv_heads
-    for b in range(batch):
-        for h in range(kv_heads):
-            idx = layers[0].kept_indices[b, h, : budgets[b, h]]
-            kk, vv = torch.cat([k[b, h, idx], nk[b, h]]).float(), torch.cat([v[b, h, idx], nv[b, h]]).float()
-            ref = torch.softmax(nq[b, h * group : (h + 1) * group, 0].float() @ kk.T * dim**-0.5, -1) @ vv
-            worst = max(worst, (got[b, h * group : (h + 1) * group, 0].float() - ref).abs().max().item())
+    worst = (got.float() - reference_paged_attention(nq, layers[0].pool, scale=dim**-0.5).float()).abs().max().item()
     for layer in layers[1:]:  # every copy has decoded one token before the timing
         layer(nq, nk, nv)
 
@@ -116,7 +111,8 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
     a, d, c = (statistics.median(times[name]) for name in ("audiokv", "dense", "cut"))
     token_bytes = 2 * dim * torch.finfo(dtype).bits // 8  # K and V of one token of one head
     decoded = statistics.mean(seen)
-    audiokv_read = (int(budgets.sum()) + batch * kv_heads * decoded) * token_bytes
+    slot_bytes = token_bytes + (4 if layers[0].pool.mass_pages is not None else 0)  # + an fp32 log mass
+    audiokv_read = (int(budgets.sum()) + batch * kv_heads * decoded) * slot_bytes
     dense_read = batch * kv_heads * (context + decoded) * token_bytes
     return {
         "heads": heads, "kv_heads": kv_heads, "head_dim": dim, "batch": batch, "context": context,

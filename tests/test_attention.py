@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import merged_row
 
 from audiokv import AudioKVAttention, AudioKVConfig
 from audiokv.attention import SharedKVAttention
@@ -13,36 +14,46 @@ from audiokv.attention import SharedKVAttention
 class KeptReference:
     """Dense fp64 attention over the tokens a module kept plus everything appended since.
 
-    Built from the original prompt K/V and the module's selection, never from its pool.
+    Built from the original prompt K/V and the module's selection, never from its
+    pool; when the policy merges, kept audio tokens are merged by :func:`merged_row`.
     """
 
-    def __init__(self, module, key, value):
-        bsz, heads = key.shape[:2]
+    def __init__(self, module, key, value, span=None, causal=True):
+        bsz, heads, length = key.shape[:3]
         self.group = module.num_heads // heads
         self.scale = module.scaling
+        self.causal = causal
         self.rows = []
+        lo, hi = (0, length) if span is None else span
+        merge = module.policy.merge and (span is not None or not causal)
         for b in range(bsz):
             for h in range(heads):
                 idx = module.kept_indices[b, h, : module.budgets[b, h]]
-                self.rows.append([key[b, h, idx].double(), value[b, h, idx].double()])
+                k, v = key[b, h].double(), value[b, h].double()
+                if merge:
+                    self.rows.append(list(merged_row(k, v, idx, lo, hi)))
+                else:
+                    self.rows.append([k[idx], v[idx], torch.zeros(len(idx), dtype=torch.float64)])
 
     def append(self, key, value):
         for r, row in enumerate(self.rows):
             b, h = divmod(r, key.shape[1])
             row[0] = torch.cat([row[0], key[b, h].double()])
             row[1] = torch.cat([row[1], value[b, h].double()])
+            row[2] = torch.cat([row[2], torch.zeros(key.shape[2], dtype=torch.float64)])
 
     def attend(self, query):
-        """Queries whose keys are the last ``q`` appended (causal)."""
+        """Queries whose keys are the last ``q`` appended (causal), or that see every key."""
         bsz, hq, q_len, dim = query.shape
         heads = hq // self.group
         out = torch.empty(bsz, hq, q_len, dim, dtype=torch.float64)
-        for r, (keys, values) in enumerate(self.rows):
+        for r, (keys, values, mass) in enumerate(self.rows):
             b, h = divmod(r, heads)
             n = keys.shape[0]
             q = query[b, h * self.group : (h + 1) * self.group].double()
-            logits = q @ keys.T * self.scale
-            visible = torch.arange(n)[None, :] <= (n - q_len + torch.arange(q_len))[:, None]
+            logits = q @ keys.T * self.scale + mass
+            last = n - q_len + torch.arange(q_len) if self.causal else torch.full((q_len,), n - 1)
+            visible = torch.arange(n)[None, :] <= last[:, None]
             out[b, h * self.group : (h + 1) * self.group] = (
                 torch.softmax(logits.masked_fill(~visible, -torch.inf), -1) @ values
             )
@@ -84,7 +95,7 @@ def test_flex_equals_attention_over_exactly_the_kept_tokens(bsz, hkv, group, len
     module = AudioKVAttention(cfg, num_heads=hkv * group, num_kv_heads=hkv, head_dim=16, head_prior=prior)
     q, k, v = qkv(bsz, hkv * group, hkv, length, 16, dtype, gen)
     module(q, k, v, audio_span=(2, length // 2))
-    ref = KeptReference(module, k, v)
+    ref = KeptReference(module, k, v, span=(2, length // 2))
     assert module.budgets.sum(-1).tolist() == [hkv * max(length - int(length * ratio), 10)] * bsz
     for q_len in steps:
         q, k, v = qkv(bsz, hkv * group, hkv, q_len, 16, dtype, gen)
@@ -117,7 +128,7 @@ def test_300_decode_steps_cross_pages_match_the_reference_without_recompiling():
     module = AudioKVAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=16)
     q, k, v = qkv(2, 8, 2, 200, 16, torch.float32, gen)
     module(q, k, v, audio_span=(10, 180))
-    ref = KeptReference(module, k, v)
+    ref = KeptReference(module, k, v, span=(10, 180))
     start_pages = [module.pool.row_lengths[r] // 16 for r in range(4)]
     worst = 0.0
     for step in range(300):
@@ -218,13 +229,9 @@ def test_cross_attention_mode_compresses_the_encoder_keys_once():
     torch.testing.assert_close(first, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=0)
     assert module.budgets.sum(-1).tolist() == [6 * 120] * 2
     assert module.pool.tokens_allocated == sum(-(-n // 64) * 64 for n in module.budgets.flatten().tolist())
+    ref = KeptReference(module, k, v, causal=False)  # every frame is audio: kept frames absorb the others
     for _ in range(3):  # later steps read the pool; their key/value arguments are ignored
         q = torch.randn(2, 6, 1, 16, generator=gen)
         got = module(q, k[:, :, :0], v[:, :, :0])
-        want = torch.empty_like(q)
-        for b in range(2):
-            for h in range(6):
-                idx = module.kept_indices[b, h, : module.budgets[b, h]]
-                want[b, h] = torch.softmax(q[b, h] @ k[b, h, idx].T / 4, -1) @ v[b, h, idx]
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got.double(), ref.attend(q), atol=1e-5, rtol=0)
     assert module.pool.row_lengths == module.budgets.flatten().tolist()  # nothing appended

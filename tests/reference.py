@@ -1,0 +1,51 @@
+"""Independent references shared by the tests: plain loops, no audiokv code."""
+
+import math
+
+import torch
+
+
+def merged_row(key, value, kept, lo, hi, valid=None):
+    """One head's kept tokens after merging: ``(keys, values, log_mass)``, one entry per ``kept`` position.
+
+    Every valid token in ``[lo, hi)`` joins the nearest kept token of the span on
+    its left or on its right, whichever key is more cosine-similar (left on ties);
+    a kept token's key and value become its group's means, its log mass the log
+    of the group's size. Kept tokens outside the span stay as they are.
+    """
+    valid = torch.ones(key.shape[0], dtype=torch.bool) if valid is None else valid
+    anchors = [int(i) for i in kept if lo <= i < hi and valid[i]]
+    groups = {i: [] for i in anchors}
+    cos = torch.nn.functional.cosine_similarity
+    for t in range(lo, hi) if anchors else ():  # a span without kept tokens merges nothing
+        if not valid[t]:
+            continue
+        left = max((i for i in anchors if i <= t), default=None)
+        right = min((i for i in anchors if i >= t), default=None)
+        if left is None or right is None:
+            groups[left if right is None else right].append(t)
+        else:
+            sim_l, sim_r = cos(key[t], key[left], dim=0), cos(key[t], key[right], dim=0)
+            groups[left if sim_l >= sim_r else right].append(t)
+    keys, values, mass = key[kept].clone(), value[kept].clone(), torch.zeros(len(kept), dtype=key.dtype)
+    for j, i in enumerate(kept.tolist()):
+        if i in groups:
+            keys[j], values[j] = key[groups[i]].mean(0), value[groups[i]].mean(0)
+            mass[j] = math.log(len(groups[i]))
+    return keys, values, mass
+
+
+def kept_prompt(key, value, kept, span, valid=None, merge=True):
+    """One head's prompt as a compressed layer sees it: ``[T, D]`` keys, values and ``[T]`` logit bias.
+
+    Evicted tokens get a bias of -inf; kept tokens hold their merged key and value
+    (if ``merge``) and their log mass as bias.
+    """
+    key, value = key.clone(), value.clone()
+    bias = torch.full((key.shape[0],), float("-inf"), dtype=key.dtype)
+    lo, hi = span
+    if merge and hi > lo:
+        key[kept], value[kept], bias[kept] = merged_row(key, value, kept, lo, hi, valid)
+    else:
+        bias[kept] = 0.0
+    return key, value, bias
