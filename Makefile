@@ -22,12 +22,14 @@ demo: $(STAMP)
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 
-WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-no-sss,audiokv-no-heads
-# Whisper results on the test split (tiny.en; MODEL=whisper-base for base), then their table in the README.
+WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-no-sss,audiokv-no-heads,audiokv-no-merge
+# Whisper results on the test split (tiny.en; MODEL=whisper-base for base; POLICIES=... for a subset),
+# then their table in the README.
 MODEL ?= whisper-tiny.en
+POLICIES ?= $(WHISPER_POLICIES)
 results-whisper: $(STAMP)
 	$(BIN)/audiokv eval --model $(MODEL) --data benchmarks/data/speech/test/manifest.jsonl \
-		--policies $(WHISPER_POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 \
+		--policies $(POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 \
 		--out benchmarks/results/test-$(MODEL).json --plot benchmarks/results/test-$(MODEL).png
 	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json --readme
 

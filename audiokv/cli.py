@@ -7,7 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from audiokv.heads import METHOD, TIMED_METHOD
+# --method names; each maps to its HeadScores method id (audiokv.heads) once torch is imported
+CALIBRATION_METHODS = ("alignment", "word-timed")
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     calib.add_argument("--out", required=True, help="output .safetensors file")
     calib.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
     calib.add_argument("--plot", default=None, help="also draw the scores as a heat map (PNG)")
-    calib.add_argument("--method", choices=(METHOD, TIMED_METHOD), default=METHOD,
+    calib.add_argument("--method", choices=CALIBRATION_METHODS, default="alignment",
                        help="the budget prior (default), or the word-timed score (needs 'words' timings)")  # fmt: skip
     ev = sub.add_parser("eval", help="accuracy and KV memory per policy and compression ratio")
     ev.add_argument("--task", choices=("asr", "passkey"), default="asr",
@@ -179,6 +180,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from audiokv.calibrate import calibrate_whisper
     from audiokv.dataset import load_speech_set
+    from audiokv.heads import METHOD, TIMED_METHOD
     from audiokv.models import load_speech_model
 
     try:
@@ -186,7 +188,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise ValueError("--limit must be at least 1")
         data = load_speech_set(args.data, limit=args.limit)
         speech = load_speech_model(args.model)
-        scores = calibrate_whisper(speech, data, method=args.method)
+        method = {"alignment": METHOD, "word-timed": TIMED_METHOD}[args.method]
+        scores = calibrate_whisper(speech, data, method=method)
     except (ValueError, ImportError) as err:
         return _fail("calibrate", err)
     scores.data = f"{len(data)} utterances from {args.data}"

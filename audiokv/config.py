@@ -58,7 +58,7 @@ class AudioKVConfig:
     pooling: Literal["max", "avg"] = "max"
     pooling_kernel: int = 7
     sss_cutoff: float = 0.1
-    coverage_floor: float = 0.25
+    coverage_floor: float = 0.1
     head_prior_strength: float = 1.0
     safeguard: float = 0.2
     sinks: int = 4

@@ -29,6 +29,8 @@ GRID: list[tuple[str, dict]] = [
     ("audiokv", {}),
     ("audiokv-no-sss", {}),
     ("audiokv-no-heads", {}),
+    ("audiokv-no-merge", {}),
+    ("audiokv", {"coverage_floor": 0.25}),
     ("audiokv", {"coverage_floor": 0.5}),
     ("audiokv", {"sss_cutoff": 0.3}),
     ("audiokv", {"safeguard": 1.0}),

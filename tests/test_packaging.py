@@ -31,3 +31,10 @@ def test_the_wheel_holds_every_tracked_package_file(tmp_path):
         "audiokv/data/calib/whisper-tiny.en.safetensors",
         "audiokv/data/speech/calib_timed/manifest.jsonl",
     } <= packed
+
+
+def test_the_command_line_help_does_not_import_torch():
+    code = "import sys; from audiokv.cli import main\ntry: main(['eval', '--help'])\nexcept SystemExit: pass\n"
+    code += "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False"), out
