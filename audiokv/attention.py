@@ -179,6 +179,8 @@ class AudioKVAttention(nn.Module):
         valid = torch.ones(bsz, length, dtype=torch.bool, device=key.device) if key_mask is None else key_mask.bool()
         policy = self.policy
         ratio = policy.layer_ratio(cfg.compression_ratio, self.layer_idx, self.num_layers)
+        if length <= cfg.window and not self.cross_attention:
+            ratio = 0.0  # the observation window covers the whole prompt: a short prompt is kept whole
         spans = None
         if ratio == 0:
             scores = torch.zeros(bsz, heads, length, device=key.device)
@@ -186,11 +188,6 @@ class AudioKVAttention(nn.Module):
             budgets = valid.sum(-1)[:, None].expand(bsz, heads)
         else:
             cross = self.cross_attention
-            if cfg.window > length and not cross:
-                raise ValueError(
-                    f"observation window ({cfg.window}) is longer than the prompt ({length} tokens); "
-                    f"lower AudioKVConfig.window or use compression_ratio=0 for short prompts"
-                )
             inp = ScoreInput(
                 query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel
             )

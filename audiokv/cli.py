@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -26,9 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `audiokv` command."""
     parser = argparse.ArgumentParser(prog="audiokv", description="AudioKV KV-cache compression")
     sub = parser.add_subparsers(dest="command", required=True)
-    example = sub.add_parser("example", help="compress one synthetic attention layer and report memory and error")
-    example.add_argument("--length", type=int, default=4096, help="prompt tokens (default 4096)")
-    example.add_argument("--ratios", type=_ratios, default=(0.0, 0.4, 0.7, 0.9), help="e.g. 0.4,0.7")
     calib = sub.add_parser("calibrate", help="score every (layer, KV head) for audio alignment on ASR data")
     calib.add_argument("--model", required=True, help="whisper-tiny.en, whisper-base, or a Whisper hub id / path")
     calib.add_argument("--data", required=True, help="folder of *.wav + *.txt, or a JSONL manifest")
@@ -54,24 +52,27 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out-dir", default="demo-output", help="where the JSON and the plot go")
     args = parser.parse_args(argv)
 
-    if args.command == "example":
-        from audiokv.example import print_example, run_example
-
-        if args.length < 64:
-            parser.error("--length must be at least 64")
-        print_example(run_example(length=args.length, ratios=args.ratios))
-    elif args.command == "calibrate":
-        return _calibrate(args)
-    elif args.command == "eval":
-        return _eval(args)
-    elif args.command == "demo":
-        return _demo(args)
-    return 0
+    return {"calibrate": _calibrate, "eval": _eval, "demo": _demo}[args.command](args)
 
 
 def _fail(command: str, err: Exception) -> int:
     print(f"audiokv {command}: error: {err}", file=sys.stderr)
     return 2
+
+
+# what a command's bad input raises: reported in one line, never as a traceback
+USER_ERRORS = (ValueError, ImportError, OSError)
+
+
+def _check_outputs(*paths: str | Path | None) -> None:
+    """Fail before any long work if an output file cannot be written."""
+    for path in (Path(p) for p in paths if p is not None):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot write {path}: {err.strerror or err}") from None
+        if path.is_dir() or not os.access(path.parent, os.W_OK):
+            raise ValueError(f"cannot write {path}: " + ("a directory" if path.is_dir() else "permission denied"))
 
 
 def _run_eval(args: argparse.Namespace) -> list[dict]:
@@ -83,6 +84,7 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     from audiokv.heads import HeadScores
     from audiokv.policies import get_policy
 
+    _check_outputs(args.out, args.plot)
     policies = args.policies.split(",")
     for name in policies:
         get_policy(name)
@@ -150,7 +152,7 @@ def _print_rows(rows: list[dict]) -> None:
 def _eval(args: argparse.Namespace) -> int:
     try:
         rows = _run_eval(args)
-    except (ValueError, ImportError) as err:
+    except USER_ERRORS as err:
         return _fail("eval", err)
     _print_rows(rows)
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
@@ -168,7 +170,7 @@ def _demo(args: argparse.Namespace) -> int:
     )  # fmt: skip
     try:
         rows = _run_eval(run)
-    except (ValueError, ImportError) as err:
+    except USER_ERRORS as err:
         return _fail("demo", err)
     print("Whisper tiny.en, greedy, on the bundled evaluation clips; compressed: the decoder's cross-attention cache")
     _print_rows(rows)
@@ -184,13 +186,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     from audiokv.models import load_speech_model
 
     try:
+        _check_outputs(args.out, args.plot)
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be at least 1")
         data = load_speech_set(args.data, limit=args.limit)
         speech = load_speech_model(args.model)
         method = {"alignment": METHOD, "word-timed": TIMED_METHOD}[args.method]
         scores = calibrate_whisper(speech, data, method=method)
-    except (ValueError, ImportError) as err:
+    except USER_ERRORS as err:
         return _fail("calibrate", err)
     scores.data = f"{len(data)} utterances from {args.data}"
     scores.save(args.out)

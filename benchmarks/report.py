@@ -4,7 +4,8 @@ One table per file: a row per policy, a column per compression ratio, WER
 (%) with the share of looping outputs in brackets when there are any. The
 README's result tables are this script's output, never typed by hand:
 ``--readme`` rewrites the block between ``<!-- results:NAME -->`` and
-``<!-- /results -->`` (NAME the file's stem) in README.md.
+``<!-- /results -->`` (NAME the file's stem) in README.md or the page of
+``docs/`` that holds it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+PAGES = [README, *sorted((README.parent / "docs").glob("*.md"))]  # where result blocks may live
 
 
 def _label(row: dict) -> str:
@@ -49,25 +51,30 @@ def table(result: dict) -> str:
     return caption + "\n\n" + "\n".join(lines)
 
 
-def fill(readme: str, name: str, text: str) -> str:
-    """``readme`` with the block marked ``<!-- results:name -->`` ... ``<!-- /results -->`` replaced by ``text``."""
-    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /results -->)", re.S)
-    if not pattern.search(readme):
-        raise SystemExit(f"README has no <!-- results:{name} --> block")
-    return pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), readme)
+def _block(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- results:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /results -->)", re.S)
+
+
+def fill(page: str, name: str, text: str) -> str:
+    """``page`` with the block marked ``<!-- results:name -->`` ... ``<!-- /results -->`` replaced by ``text``."""
+    pattern = _block(name)
+    if not pattern.search(page):
+        raise SystemExit(f"no <!-- results:{name} --> block")
+    return pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), page)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
-    parser.add_argument("--readme", action="store_true", help="rewrite the marked blocks of README.md")
+    parser.add_argument("--readme", action="store_true", help="rewrite the marked blocks of README.md and docs/")
     args = parser.parse_args(argv)
     tables = {f.stem: table(json.loads(f.read_text())) for f in args.files}
     if args.readme:
-        text = README.read_text()
         for name, block in tables.items():
-            text = fill(text, name, block)
-        README.write_text(text)
+            page = next((p for p in PAGES if _block(name).search(p.read_text())), None)
+            if page is None:
+                raise SystemExit(f"neither README.md nor docs/ has a <!-- results:{name} --> block")
+            page.write_text(fill(page.read_text(), name, block))
     print("\n\n".join(tables.values()))
 
 

@@ -199,11 +199,21 @@ def test_left_padding_keeps_the_same_tokens_as_the_unpadded_row():
     torch.testing.assert_close(batched(*step), alone(*step), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("length", [20, 32])
+def test_a_prompt_no_longer_than_the_window_is_kept_whole(length):
+    gen = torch.Generator().manual_seed(1)
+    module = AudioKVAttention(AudioKVConfig(compression_ratio=0.7, window=32), num_heads=4, num_kv_heads=2, head_dim=16)
+    q, k, v = qkv(1, 4, 2, length, 16, torch.float32, gen)
+    module(q, k, v, audio_span=(2, length - 2))
+    assert module.budgets.tolist() == [[length, length]]
+    nq, nk, nv = qkv(1, 4, 2, 1, 16, torch.float32, gen)
+    want = F.scaled_dot_product_attention(nq, torch.cat([k, nk], 2), torch.cat([v, nv], 2), enable_gqa=True)
+    torch.testing.assert_close(module(nq, nk, nv), want, atol=1e-5, rtol=0)
+
+
 def test_bad_input_gets_clear_errors():
     cfg = AudioKVConfig(compression_ratio=0.5, window=32)
     module = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16)
-    with pytest.raises(ValueError, match="longer than the prompt"):
-        module(torch.randn(1, 4, 20, 16), torch.randn(1, 2, 20, 16), torch.randn(1, 2, 20, 16))
     with pytest.raises(ValueError, match="KV heads"):
         module(torch.randn(1, 4, 40, 16), torch.randn(1, 3, 40, 16), torch.randn(1, 3, 40, 16))
     with pytest.raises(ValueError, match="multiple"):

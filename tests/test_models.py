@@ -193,11 +193,15 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         (["--ratios", "1.2"], "compression ratios must be in [0, 1)"),
         (["--policies", "full,magic"], "unknown policy 'magic'"),
         (["--data", "/nowhere"], "neither a directory nor a manifest"),
+        (["--out", "{tmp}/a-file/r.json"], "cannot write"),  # checked before any work
+        (["--plot", "{tmp}"], "cannot write"),
+        (["--task", "passkey", "--model", "{tmp}/no-model"], "cannot load"),
     ],
 )
 def test_eval_cli_bad_input_is_one_line_and_nonzero(extra, message, capsys, tmp_path):
     args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--out", str(tmp_path / "r.json")]
-    args += extra
+    (tmp_path / "a-file").write_text("")
+    args += [x.replace("{tmp}", str(tmp_path)) for x in extra]
     try:
         code = main(args)
     except SystemExit as exit_:  # argparse's own errors

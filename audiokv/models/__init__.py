@@ -91,7 +91,12 @@ def load_causal_lm(name: str):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
         return model.eval(), tokenizer
-    return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        raise ValueError(
+            f"cannot load {name!r}: not a bundled model ({', '.join(CAUSAL_LMS)}), a model folder, or a reachable hub id"
+        ) from err
 
 
 __all__ = ["CAUSAL_LMS", "SPEECH_MODELS", "SpeechModel", "load_causal_lm", "load_speech_model"]
