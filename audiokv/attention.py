@@ -204,8 +204,9 @@ class AudioKVAttention(nn.Module):
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
             weights = None
-            if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
-                weights = head_weights(self.head_prior, cfg.head_prior_strength)
+            if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0 and spans is not None:
+                audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]  # text-only rows: no audio prior
+                weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
             safeguard = cfg.safeguard if policy.head_budgets else 1.0  # 1.0: every head keeps the average
             budgets = head_budgets(scores, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:

@@ -88,7 +88,8 @@ def head_budgets(
             at most ``H`` times the row's valid tokens and at least ``H`` times
             its mandatory tokens.
         safeguard: each head gets at least ``ceil(safeguard * budget / H)``.
-        weights: optional ``[H]`` positive per-head weights on the scores.
+        weights: optional positive per-head weights on the scores, ``[H]`` for
+            every row or ``[B, H]`` per row.
 
     Returns:
         ``[B, H]`` int64 budgets; each row sums exactly to its layer budget and
@@ -106,9 +107,10 @@ def head_budgets(
             f"{mandatory.tolist()} and {num_heads}x the valid tokens {valid_count.tolist()}"
         )
     if weights is not None:
-        if weights.shape != (num_heads,) or (weights <= 0).any():
-            raise ValueError(f"weights must be [{num_heads}] and positive, got {tuple(weights.shape)}")
-        scores = scores * weights.to(scores.device)[None, :, None]
+        if weights.shape not in ((num_heads,), (bsz, num_heads)) or (weights <= 0).any():
+            raise ValueError(f"weights must be [{num_heads}] or [{bsz}, {num_heads}] and positive, "
+                             f"got {tuple(weights.shape)}")  # fmt: skip
+        scores = scores * weights.to(scores.device).expand(bsz, num_heads)[:, :, None]
 
     avg = budget.double() / num_heads
     floor = torch.ceil(safeguard * avg).long()

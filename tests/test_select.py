@@ -143,3 +143,18 @@ def test_audiokv_leaves_no_long_hole_in_the_audio_span():
         inside = [t for t in tokens if 8 <= t < 140]
         gaps = [b - a for a, b in zip([7, *inside], [*inside, 140], strict=True)]
         assert max(gaps) <= 2 * 132 / (len(inside) * cfg.coverage_floor) + 2
+
+
+def test_the_audio_prior_moves_budget_in_audio_rows_only():
+    """A batch mixing an audio prompt and a text-only prompt: the text row is budgeted as text."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, h, 120, 16, generator=gen) for h in (4, 2, 2))
+    cfg = AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, sinks=2, head_prior_strength=3.0)
+    budgets = {}
+    for prior in (torch.tensor([0.0, 1.0]), None):
+        layer = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, head_prior=prior, kernel="reference")
+        layer(q, k, v, audio_span=torch.tensor([[10, 100], [0, 0]]))
+        budgets[prior is None] = layer.budgets
+    with_prior, without = budgets[False], budgets[True]
+    assert with_prior[0, 1] > without[0, 1]  # the audio row favours the audio-critical head
+    assert torch.equal(with_prior[1], without[1])  # the text row ignores the prior
