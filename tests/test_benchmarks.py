@@ -17,8 +17,6 @@ def test_decode_benchmark_checks_correctness_and_counts_no_recompiles(tmp_path):
         assert row["audiokv_s"] > 0 and row["dense_sdpa_s"] > 0
         assert row["copies_rotated"] == 1 and row["dense_backend"] == "default"  # CPU: no L2 rotation, no flash
         assert row["audiokv_bandwidth_fraction"] > 0 and row["dense_bandwidth_fraction"] > 0
-        ideal = (1 - row["compression_ratio"]) * row["dense_sdpa_s"]
-        assert row["audiokv_vs_ideal"] == pytest.approx(row["audiokv_s"] / ideal)
     assert rows[1]["kv_bytes"] < 0.75 * rows[1]["kv_bytes_dense"]
 
 
@@ -115,4 +113,4 @@ def test_every_results_table_in_the_docs_is_the_report_of_its_committed_file():
             result = json.loads((PAGES[0].parent / "benchmarks" / "results" / f"{name}.json").read_text())
             assert body.strip() == table(result), f"{page.name}: block {name} is not its results file's table"
             blocks += 1
-    assert blocks >= 3
+    assert blocks >= 2
