@@ -94,9 +94,9 @@ def load_causal_lm(name: str):
     try:
         return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
     except OSError as err:
-        raise ValueError(
-            f"cannot load {name!r}: not a bundled model ({', '.join(CAUSAL_LMS)}), a model folder, or a reachable hub id"
-        ) from err
+        known = ", ".join(CAUSAL_LMS)
+        message = f"cannot load {name!r}: not a bundled model ({known}), a folder or a reachable hub id"
+        raise ValueError(message) from err
 
 
 __all__ = ["CAUSAL_LMS", "SPEECH_MODELS", "SpeechModel", "load_causal_lm", "load_speech_model"]
