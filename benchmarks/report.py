@@ -45,8 +45,8 @@ def table(result: dict) -> str:
             cells.append(f"{100 * row['wer']:.1f}{loops}")
         lines.append(f"| {policy} | {' | '.join(cells)} |")
     data = Path(result["data"])
-    if data.is_absolute() and data.is_relative_to(README.parent):
-        data = data.relative_to(README.parent)
+    if data.is_absolute() and "benchmarks" in data.parts:  # a checkout's own data, wherever it was run
+        data = Path(*data.parts[data.parts.index("benchmarks") :])
     caption = f"{result['model']}, `{data}`, WER % (commit {result['commit']}, {result['device']})"
     return caption + "\n\n" + "\n".join(lines)
 
