@@ -51,16 +51,22 @@ def table(result: dict) -> str:
     return caption + "\n\n" + "\n".join(lines)
 
 
-def _block(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- results:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /results -->)", re.S)
+def _block(name: str = r"\S+") -> re.Pattern:
+    """Results blocks whose name matches the regex ``name``: groups (name, body)."""
+    return re.compile(rf"<!-- results:({name}) -->\n((?:.*?\n)?)<!-- /results -->", re.S)
+
+
+def blocks(page: str) -> list[tuple[str, str]]:
+    """``(name, body)`` of every results block of a markdown page."""
+    return [(m[1], m[2]) for m in _block().finditer(page)]
 
 
 def fill(page: str, name: str, text: str) -> str:
     """``page`` with the block marked ``<!-- results:name -->`` ... ``<!-- /results -->`` replaced by ``text``."""
-    pattern = _block(name)
+    pattern = _block(re.escape(name))
     if not pattern.search(page):
         raise SystemExit(f"no <!-- results:{name} --> block")
-    return pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), page)
+    return pattern.sub(lambda m: f"<!-- results:{m[1]} -->\n{text}\n<!-- /results -->", page)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     tables = {f.stem: table(json.loads(f.read_text())) for f in args.files}
     if args.readme:
         for name, block in tables.items():
-            page = next((p for p in PAGES if _block(name).search(p.read_text())), None)
+            page = next((p for p in PAGES if name in dict(blocks(p.read_text()))), None)
             if page is None:
                 raise SystemExit(f"neither README.md nor docs/ has a <!-- results:{name} --> block")
             page.write_text(fill(page.read_text(), name, block))
