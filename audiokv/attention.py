@@ -83,11 +83,26 @@ class AudioKVAttention(nn.Module):
         self.budgets: Tensor | None = None  # [B, H_kv] tokens kept per head at compression
         self.kept_indices: Tensor | None = None  # [B, H_kv, K] kept prompt positions (see select_tokens)
         self.decoding = False  # the last call appended to the pool (False: it was the prefill)
+        self.compressions = 0  # compression calls so far: each draws its own random stream
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
         self.pool = self.block_mask = self.budgets = self.kept_indices = None
         self.decoding = False
+
+    def select_batch(self, indices: Tensor) -> None:
+        """Keep batch rows ``indices`` of the cached sequence, in that order (may repeat or drop rows).
+
+        Beam search reorders its beams this way; expanding or filtering a batch too.
+        Every resulting row owns a copy of its pages.
+        """
+        if self.pool is None:
+            return
+        idx = indices.long().to(self.pool.lengths.device)
+        rows = (idx[:, None] * self.num_kv_heads + torch.arange(self.num_kv_heads, device=idx.device)).flatten()
+        self.pool = self.pool.select_rows(rows)
+        self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
+        self.budgets, self.kept_indices = self.budgets[idx], self.kept_indices[idx]
 
     @property
     def kv_bytes(self) -> int:
@@ -188,8 +203,9 @@ class AudioKVAttention(nn.Module):
             budgets = valid.sum(-1)[:, None].expand(bsz, heads)
         else:
             cross = self.cross_attention
+            seed = hash((cfg.seed, self.layer_idx, self.compressions)) % 2**63  # ints hash the same in every run
             inp = ScoreInput(
-                query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel
+                query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel, seed
             )
             raw = policy.score(inp).float()
             if cross:  # every encoder frame is audio
@@ -229,6 +245,7 @@ class AudioKVAttention(nn.Module):
         )
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices
+        self.compressions += 1
 
 
 def prompt_attention(

@@ -50,21 +50,26 @@ class AudioKVLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    get_max_cache_shape = get_max_length  # the same method's name in transformers < 5.2x
+
     def reset(self) -> None:
         self.length = 0
         self.engine.reset()
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep batch rows ``indices`` (in that order; beam search and batch expansion go through here)."""
+        self.engine.select_batch(indices)
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("audiokv does not support beam search yet (pages cannot be reordered)")
+        self.batch_select_indices(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.engine.pool is not None:
+            rows = self.engine.pool.num_rows // self.engine.num_kv_heads
+            self.batch_select_indices(torch.arange(rows).repeat_interleave(repeats))
 
     def crop(self, max_length: int) -> None:
         raise NotImplementedError("audiokv cannot crop a compressed cache (assisted decoding is not supported)")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("audiokv does not support expanding a compressed cache (num_return_sequences > 1)")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("audiokv does not support selecting batch rows of a compressed cache")
 
 
 class AudioKVCache(DynamicCache):
@@ -109,6 +114,11 @@ class AudioKVCrossLayer(AudioKVLayer):
         self.keys = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
         self.values = self.keys
         return key_states, value_states
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.keys is not None:
+            self.keys = self.values = self.keys[indices.to(self.keys.device)]
 
 
 class AudioKVEncoderDecoderCache(EncoderDecoderCache):

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--limit", type=int, default=None, help="asr: first N utterances; passkey: N samples (8)")
     ev.add_argument("--context", type=int, default=2048, help="passkey: prompt length in tokens (default 2048)")
     ev.add_argument("--plot", default=None, help="also draw accuracy vs ratio (PNG)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the random policy (default 0)")
     demo = sub.add_parser("demo", help="full vs audiokv vs snapkv on the bundled Whisper tiny.en and clips")
     demo.add_argument("--out-dir", default="demo-output", help="where the JSON and the plot go")
     args = parser.parse_args(argv)
@@ -78,7 +79,9 @@ def _check_outputs(*paths: str | Path | None) -> None:
 def _run_eval(args: argparse.Namespace) -> list[dict]:
     """Run ``audiokv eval`` (also the demo); writes the JSON (and plot), returns the rows."""
     import json
+    from dataclasses import replace
 
+    from audiokv.config import AudioKVConfig
     from audiokv.data import shipped_calibration
     from audiokv.eval import environment, plot_results
     from audiokv.heads import HeadScores
@@ -92,11 +95,12 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         raise ValueError("--limit must be at least 1")
     if args.task == "passkey":
         from audiokv.models import load_causal_lm
-        from audiokv.passkey import evaluate_passkey
+        from audiokv.passkey import PASSKEY_CONFIG, evaluate_passkey
 
         model, tokenizer = load_causal_lm(args.model)
         n = args.limit or 8
-        rows = evaluate_passkey(model, tokenizer, policies, list(args.ratios), context=args.context, n=n)
+        config = replace(PASSKEY_CONFIG, seed=args.seed)
+        rows = evaluate_passkey(model, tokenizer, policies, list(args.ratios), context=args.context, n=n, config=config)
         name, data, what = args.model, f"{n} passkey prompts of {args.context} tokens", f"passkey @ {args.context}"
     else:
         from audiokv.dataset import load_speech_set
@@ -114,10 +118,12 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         _warn_uncalibrated(policies, calib, speech.name)
         with warnings.catch_warnings():  # the line above said it once
             warnings.simplefilter("ignore", NoCalibrationWarning)
-            rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib)
+            config = AudioKVConfig(seed=args.seed)
+            rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib, config=config)
         name, data, what = speech.name, str(args.data), f"{len(utterances)} clips"
     calibration = None if args.calibration is None else str(args.calibration)
-    result = {"model": name, "task": args.task, "data": data, "calibration": calibration, **environment()}
+    result = {"model": name, "task": args.task, "data": data, "calibration": calibration, "seed": config.seed}
+    result.update(environment())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({**result, "rows": rows}, indent=1))
     if args.plot:
@@ -165,7 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     run = argparse.Namespace(
         task="asr", model="whisper-tiny.en", data=EVAL_DIR, policies="full,audiokv,snapkv", ratios=(0.4, 0.7),
-        calibration=None, limit=None,
+        calibration=None, limit=None, seed=0,
         out=out / "demo.json", plot=out / "demo.png",
     )  # fmt: skip
     try:

@@ -51,6 +51,9 @@ class AudioKVConfig:
             as many tokens as were appended so far, whichever is more, so a long
             generation reallocates (and compiles a kernel for a new pool size)
             only O(log(steps)) times.
+        seed: seed of the randomized policies (``random``); each layer and each
+            compression call draws from its own stream derived from it, so a
+            run repeats exactly and no two layers or clips share a mask.
     """
 
     compression_ratio: float = 0.5
@@ -64,6 +67,7 @@ class AudioKVConfig:
     sinks: int = 4
     page_size: int = 128
     decode_reserve: int = 128
+    seed: int = 0
 
     def __post_init__(self) -> None:
         ratio = _require_float("compression_ratio", self.compression_ratio)
@@ -93,3 +97,4 @@ class AudioKVConfig:
         if self.page_size > 1024 or self.page_size & (self.page_size - 1):
             raise ValueError(f"page_size must be a power of two in [16, 1024], got {self.page_size}")
         _require_int("decode_reserve", self.decode_reserve, 0)
+        _require_int("seed", self.seed, 0)

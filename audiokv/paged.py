@@ -183,6 +183,32 @@ class PagedKVPool:
         self._lengths_host = [n + q_len for n in self._lengths_host]
         self._appended += q_len
 
+    def select_rows(self, rows: Tensor) -> PagedKVPool:
+        """A new pool whose row ``i`` is a copy of row ``rows[i]`` of this one (beam reordering, batch expansion).
+
+        Args:
+            rows: ``[R']`` int64 source rows; may repeat or drop rows.
+
+        Returns:
+            A pool with the same page size, reserve and growth state; every row
+            owns copies of its pages, so rows copied from one source diverge safely.
+        """
+        src = rows.tolist()
+        pages = [self._pages_per_row[r] for r in src]
+        ids = torch.cat([self.page_table[r, : self._pages_per_row[r]] for r in src]).long()
+        pages_t = torch.tensor(pages, device=self.page_table.device)
+        starts = torch.cumsum(pages_t, 0) - pages_t
+        col = torch.arange(max(pages), device=self.page_table.device)
+        table = torch.where(col[None, :] < pages_t[:, None], starts[:, None] + col[None, :], 0).int()
+        mass = None if self.mass_pages is None else self.mass_pages[ids]
+        lengths = self.lengths[rows.to(self.lengths.device)].clone()
+        pool = PagedKVPool(
+            self.key_pages[ids], self.value_pages[ids], table, lengths, pages, self.num_kv_heads, self.reserve, mass
+        )
+        pool._appended = self._appended
+        pool.version = self.version + 1
+        return pool
+
     def row_tokens(self, row: int) -> tuple[Tensor, Tensor]:
         """Keys and values held by one row, in logical order: two ``[len, D]`` tensors."""
         pages = self._row_pages(row)

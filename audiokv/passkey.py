@@ -63,6 +63,9 @@ def dense_kv_bytes(model: nn.Module, tokens: int, batch: int) -> int:
     return cfg.num_hidden_layers * 2 * kv_heads * head_dim * tokens * batch * element
 
 
+PASSKEY_CONFIG = AudioKVConfig(window=16, page_size=64)  # the question (~16 tokens) is the observation window
+
+
 @torch.no_grad()
 def evaluate_passkey(
     model: nn.Module,
@@ -78,6 +81,9 @@ def evaluate_passkey(
 ) -> list[dict]:
     """Passkey accuracy under every (policy, ratio); ``full`` runs once at ratio 0.
 
+    ``config`` sets every knob but the ratio and the decode reserve (``max_new_tokens``);
+    default :data:`PASSKEY_CONFIG`.
+
     Returns one row per run: ``policy``, ``compression_ratio``, ``accuracy``,
     ``kv_bytes`` and ``kv_bytes_full`` (per sample, after generation: what the
     compressed pools held, and what a dense cache holds), ``repetition_rate``,
@@ -89,11 +95,11 @@ def evaluate_passkey(
     ids = ids.to(next(model.parameters()).device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     runs = [(p, 0.0 if p == "full" else r) for p in policies for r in (ratios if p != "full" else [0.0])]
-    base = config or AudioKVConfig(window=16, page_size=64, decode_reserve=max_new_tokens)
     rows = []
     for policy, ratio in tqdm(runs, desc=f"passkey @ {context} tokens", unit="run", disable=not progress):
         start = time.perf_counter()
-        with apply_audiokv(model, replace(base, compression_ratio=ratio), policy=policy) as handle:
+        cfg = replace(config or PASSKEY_CONFIG, compression_ratio=ratio, decode_reserve=max_new_tokens)
+        with apply_audiokv(model, cfg, policy=policy) as handle:
             out = model.generate(
                 ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=pad,

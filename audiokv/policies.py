@@ -30,6 +30,7 @@ class ScoreInput:
         window: observation window (last queries).
         causal: False for cross-attention.
         pooling, pooling_kernel: score pooling.
+        seed: seed of this layer and call, for randomized policies.
     """
 
     query: Tensor
@@ -41,6 +42,7 @@ class ScoreInput:
     causal: bool
     pooling: str
     pooling_kernel: int
+    seed: int = 0
 
     def window_attention(self, all_queries: bool = False) -> Tensor:
         """``[B, H_kv, T]`` attention of the observation window (or of every prompt query)."""
@@ -153,10 +155,10 @@ class ExpectedAttention(Policy):
 
 
 class RandomScores(Policy):
-    """Random tokens (a floor every method must beat); seeded, so runs repeat."""
+    """Random tokens (a floor every method must beat), drawn from the layer's and call's seed."""
 
     def score(self, inp: ScoreInput) -> Tensor:
-        gen = torch.Generator(device=inp.key.device).manual_seed(0)
+        gen = torch.Generator(device=inp.key.device).manual_seed(inp.seed)
         return torch.rand(inp.key.shape[:3], generator=gen, device=inp.key.device)
 
 

@@ -196,6 +196,38 @@ def test_unsupported_model_and_wrong_calibration_are_clear_errors():
         apply_audiokv(tiny("llama"), AudioKVConfig(), HeadScores(torch.rand(4, 6), model="m", data="d"))
 
 
+def test_beam_search_and_several_samples_per_prompt_reorder_the_pages_like_the_dense_cache():
+    model = tiny("llama")
+    ids, mask = left_padded(2, 60, torch.Generator().manual_seed(4))
+    beams = dict(attention_mask=mask, max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=False)
+    samples = dict(attention_mask=mask, max_new_tokens=8, do_sample=True, num_return_sequences=3)
+    ref_beams = model.generate(ids, **beams)
+    torch.manual_seed(1)
+    ref_samples = model.generate(ids, **samples)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, page_size=16)):
+        assert torch.equal(model.generate(ids, **beams), ref_beams)  # a beam reading another beam's pages would differ
+        torch.manual_seed(1)
+        assert torch.equal(model.generate(ids, **samples), ref_samples)
+
+
+def test_sliding_window_layers_are_left_alone_never_compressed_as_full_attention():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    windowless = MistralForCausalLM(MistralConfig(**COMMON, sliding_window=None)).eval()
+    with apply_audiokv(windowless, AudioKVConfig(page_size=16)) as handle:
+        assert list(handle.engines) == [0, 1]  # Mistral v0.2+: full attention, compressed
+    windowed = MistralForCausalLM(MistralConfig(**COMMON, sliding_window=16)).eval()
+    with pytest.raises(ValueError, match=r"sliding-window \(sliding_window=16\).*nothing to compress"):
+        apply_audiokv(windowed, AudioKVConfig(page_size=16))
+    mixed = Qwen2ForCausalLM(Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=16, max_window_layers=1))
+    ids = torch.randint(3, 97, (1, 60), generator=torch.Generator().manual_seed(2))
+    ref = mixed.eval().generate(ids, max_new_tokens=6, do_sample=False)
+    with apply_audiokv(mixed, AudioKVConfig(compression_ratio=0.0, page_size=16)) as handle:
+        assert list(handle.engines) == [0]  # layer 1 slides: kept as it is
+        assert torch.equal(mixed.generate(ids, max_new_tokens=6, do_sample=False), ref)
+
+
 TEXT = {k: v for k, v in COMMON.items() if k != "vocab_size"} | {"vocab_size": 200}
 MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
 AUDIO = dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=32)

@@ -73,3 +73,22 @@ def test_long_decoding_reallocates_a_logarithmic_number_of_times():
     assert pool.version == 7
     assert pool.tokens_allocated <= 2 * (32 + 2000) * 2  # never more than twice what the rows hold
     assert torch.equal(pool.row_tokens(1)[0][:32], key[0, 1, :32])
+
+
+@given(selections(), st.data())
+def test_selected_rows_are_copies_that_diverge_independently(sel, data):
+    key, value, indices, counts, page, reserve = sel
+    bsz, heads, _, dim = key.shape
+    log_mass = torch.randn(bsz, heads, key.shape[2])
+    pool = PagedKVPool.from_selection(key, value, indices, counts, page_size=page, reserve=reserve, log_mass=log_mass)
+    rows = torch.tensor(data.draw(st.lists(st.integers(0, bsz * heads - 1), min_size=1, max_size=8)))
+    picked = pool.select_rows(rows)
+    for new, old in enumerate(rows.tolist()):
+        assert all(torch.equal(a, b) for a, b in zip(picked.row_tokens(new), pool.row_tokens(old), strict=True))
+        assert torch.equal(picked.row_mass(new), pool.row_mass(old))
+    extra = torch.randn(len(rows), 1, 3, dim)  # one head per "batch row"
+    picked.append(extra, extra)
+    for new, old in enumerate(rows.tolist()):  # each copy got its own tokens; the source is untouched
+        assert torch.equal(picked.row_tokens(new)[0][-3:], extra[new, 0])
+        assert picked.row_lengths[new] == pool.row_lengths[old] + 3
+    assert pool.row_lengths == counts.flatten().tolist()

@@ -106,3 +106,23 @@ def test_expected_attention_equals_window_attention_times_value_norm_when_the_qu
     mean = spread.mean(2, keepdim=True)
     assert not torch.allclose(ExpectedAttention("e").score(inp), window_scores(mean, k, scaling=0.35, causal=False)
                               * v.norm(dim=-1), atol=1e-4)  # fmt: skip
+
+
+def test_random_draws_a_new_mask_per_layer_and_call_and_repeats_from_its_seed():
+    q, k, v = torch.randn(1, 2, 200, 8), torch.randn(1, 1, 200, 8), torch.randn(1, 1, 200, 8)
+
+    def kept(seed: int, layer_idx: int, calls: int) -> list[list[int]]:
+        cfg = AudioKVConfig(compression_ratio=0.8, window=4, page_size=16, sinks=0, seed=seed)
+        layer = AudioKVAttention(cfg, num_heads=2, num_kv_heads=1, head_dim=8, policy="random", layer_idx=layer_idx)
+        masks = []
+        for _ in range(calls):
+            layer.reset()
+            layer(q, k, v)
+            masks.append(layer.kept_indices[0, 0].tolist())
+        return masks
+
+    first, second = kept(0, 0, 2)
+    assert first != second  # a new clip gets a new mask
+    assert kept(0, 1, 1)[0] != first  # so does another layer
+    assert kept(1, 0, 1)[0] != first  # and another seed
+    assert kept(0, 0, 2) == [first, second]  # the same seed repeats the run

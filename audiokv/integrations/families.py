@@ -79,13 +79,24 @@ class LayerRoles:
     kept: list[int]
 
 
+def is_sliding(module: nn.Module, idx: int, text_config) -> bool:
+    """Whether layer ``idx`` attends over a sliding window: by the module, ``layer_types``, or (Mistral) the config."""
+    if getattr(module, "is_sliding", False) or getattr(module, "sliding_window", None):
+        return True
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is not None:
+        return layer_types[idx] == "sliding_attention"
+    window = getattr(text_config, "sliding_window", None)
+    return window is not None and getattr(text_config, "use_sliding_window", True)  # one window for all layers
+
+
 def layer_roles(modules: dict[int, nn.Module], text_config) -> LayerRoles:
     """Sort ``modules`` (``{layer_idx: attention}``) into compressed, shared and kept layers."""
     roles = LayerRoles([], {}, [])
     layer_types = getattr(text_config, "layer_types", None)
     modes = getattr(text_config, "kv_sharing_modes", None) or [None] * len(layer_types or modules)
     for idx, module in modules.items():
-        if getattr(module, "is_sliding", False) or getattr(module, "sliding_window", None):
+        if is_sliding(module, idx, text_config):
             roles.kept.append(idx)
         elif modes[idx] == "reuse":  # read the last layer of the same type that stores its K/V
             source = max(i for i in range(idx) if modes[i] == "store" and layer_types[i] == layer_types[idx])
@@ -93,5 +104,10 @@ def layer_roles(modules: dict[int, nn.Module], text_config) -> LayerRoles:
         else:
             roles.compressed.append(idx)
     if not roles.compressed:
-        raise ValueError("every attention layer of this model is sliding-window or shared: nothing to compress")
+        window = getattr(text_config, "sliding_window", None)
+        raise ValueError(
+            f"every attention layer of this model is sliding-window (sliding_window={window}) or shares another "
+            "layer's K/V: nothing to compress (audiokv leaves sliding-window layers as they are: their window "
+            "already bounds them)"
+        )
     return roles
