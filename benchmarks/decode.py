@@ -56,14 +56,15 @@ def dense_backend(query: torch.Tensor, key: torch.Tensor) -> tuple[str, Callable
 
 
 def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: float, steps: int,
-          device: torch.device, dtype: torch.dtype, bandwidth: float) -> dict:  # fmt: skip
+          device: torch.device, dtype: torch.dtype, bandwidth: float, reserve: int | None = None) -> dict:  # fmt: skip
     """One row: median decode-step times, achieved bandwidth and recompiles for one shape and ratio."""
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(device, dtype)
 
-    cfg = AudioKVConfig(compression_ratio=ratio, window=32, page_size=128, decode_reserve=steps + 8)
+    reserve = steps + 8 if reserve is None else reserve
+    cfg = AudioKVConfig(compression_ratio=ratio, window=32, page_size=128, decode_reserve=reserve)
     prior = torch.linspace(0, 1, kv_heads)
     q, k, v = rand(batch, heads, context, dim), rand(batch, kv_heads, context, dim), rand(batch, kv_heads, context, dim)
     k[:, :, : context // 2] *= 0.5  # skew the scores so head budgets differ
@@ -125,7 +126,8 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
         "dense_bandwidth_fraction": dense_read / d / bandwidth,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "kv_bytes": layers[0].kv_bytes, "kv_bytes_dense": batch * kv_heads * (context + steps) * token_bytes,
-        "recompiles_during_decode": recompiles,
+        "recompiles_during_decode": recompiles, "decode_reserve": cfg.decode_reserve,
+        "pool_growths": layers[0].pool.version,
     }  # fmt: skip
 
 
@@ -136,11 +138,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cli.add_argument("--shape", nargs="+", default=["28,4,64"], help="query heads, KV heads, head_dim")
     cli.add_argument("--batch", type=int, nargs="+", default=[1])
     cli.add_argument("--steps", type=int, default=40)
+    cli.add_argument(
+        "--reserve",
+        type=int,
+        default=None,
+        help="decode reserve per row (default: steps + 8, so the pool never grows while timed)",
+    )
     args = cli.parse_args(argv)
     device, dtype = device_and_dtype(args)
     bandwidth = copy_bandwidth(device, dtype)
     rows = [
-        bench(*(int(x) for x in shape.split(",")), bsz, ctx, r, args.steps, device, dtype, bandwidth)
+        bench(*(int(x) for x in shape.split(",")), bsz, ctx, r, args.steps, device, dtype, bandwidth, args.reserve)
         for shape in args.shape
         for bsz in args.batch
         for ctx in args.context

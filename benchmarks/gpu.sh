@@ -19,7 +19,7 @@ case "$1" in
   prefill) python -m benchmarks.prefill --device cuda --context 4096 16384 32768 65536 ;;
   generate) python -m benchmarks.generate --device cuda --context 16384 65536 ;;
   recompiles) python -m benchmarks.decode --device cuda --shape 28,4,128 --context 16384 --ratios 0.7 \
-    --steps 2000 --out "$R/decode-cuda-2000steps.json" ;;
+    --steps 2000 --reserve 16 --out "$R/decode-cuda-2000steps.json" ;;
   *) echo "unknown part: $1" >&2; exit 2 ;;
 esac
 if [ -n "${OUT:-}" ]; then cp "$R"/*cuda*.json "$OUT"/; fi

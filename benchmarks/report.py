@@ -1,7 +1,8 @@
 """Markdown tables from results files: ``python -m benchmarks.report FILE.json [FILE.json ...] [--readme]``.
 
 One table per file: a row per policy, a column per compression ratio, WER
-(%) with the share of looping outputs in brackets when there are any. The
+(%) or passkey accuracy (%) with the share of looping outputs in brackets
+when there are any. The
 README's result tables are this script's output, never typed by hand:
 ``--readme`` rewrites the block between ``<!-- results:NAME -->`` and
 ``<!-- /results -->`` (NAME the file's stem) in README.md or the page of
@@ -25,15 +26,22 @@ def _label(row: dict) -> str:
     return " ".join([row["policy"], *(f"{k}={v}" for k, v in knobs.items())])
 
 
+def render(name: str, result: dict) -> str:
+    """The table of the results file named ``name`` (its stem): a benchmark's columns, or policies by ratio."""
+    kind = name.split("-")[0]
+    return benchmark_table(kind, result) if kind in BENCHMARKS else table(result)
+
+
 def table(result: dict) -> str:
-    """A markdown table of one ``audiokv eval`` results file."""
+    """A markdown table of one ``audiokv eval`` results file (ASR or passkey)."""
     rows = result["rows"]
+    metric, unit = ("wer", "WER %") if "wer" in rows[0] else ("accuracy", "passkey accuracy %")
     ratios = sorted({r["compression_ratio"] for r in rows if r["policy"] != "full"})
     full = next((r for r in rows if r["policy"] == "full"), None)
     head = f"| policy | {' | '.join(f'{x:g}' for x in ratios)} |"
     lines = [head, "|---" * (len(ratios) + 1) + "|"]
     if full is not None:
-        lines.append(f"| full cache | {100 * full['wer']:.1f} (every ratio) |" + " |" * (len(ratios) - 1))
+        lines.append(f"| full cache | {100 * full[metric]:.1f} (every ratio) |" + " |" * (len(ratios) - 1))
     for policy in dict.fromkeys(_label(r) for r in rows if r["policy"] != "full"):
         cells = []
         for ratio in ratios:
@@ -42,18 +50,72 @@ def table(result: dict) -> str:
                 cells.append("")
                 continue
             loops = f" ({row['repetition_rate']:.0%} loops)" if row["repetition_rate"] else ""
-            cells.append(f"{100 * row['wer']:.1f}{loops}")
+            cells.append(f"{100 * row[metric]:.1f}{loops}")
         lines.append(f"| {policy} | {' | '.join(cells)} |")
     data = Path(result["data"])
     if data.is_absolute() and "benchmarks" in data.parts:  # a checkout's own data, wherever it was run
         data = Path(*data.parts[data.parts.index("benchmarks") :])
-    caption = f"{result['model']}, `{data}`, WER % (commit {result['commit']}, {result['device']})"
+    caption = f"{result['model']}, `{data}`, {unit} (commit {result['commit']}, {result['device']})"
+    return caption + "\n\n" + "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+# benchmark files (no ``policy`` column): the columns of each kind, (header, value of a row)
+BENCHMARKS = {
+    "decode": [
+        ("batch", lambda r: r["batch"]),
+        ("context", lambda r: r["context"]),
+        ("ratio", lambda r: r["compression_ratio"]),
+        ("kept per head", lambda r: "{}–{}".format(*r["kept_per_head_min_max"])),
+        ("audiokv / dense SDPA", lambda r: f"{r['audiokv_s'] / r['dense_sdpa_s']:.2f}"),
+        ("vs ideal", lambda r: f"{r['audiokv_vs_ideal']:.2f}"),
+        ("cut SDPA / dense", lambda r: f"{r['uniform_cut_sdpa_s'] / r['dense_sdpa_s']:.2f}"),
+        ("KV held", lambda r: _pct(r["kv_bytes"] / r["kv_bytes_dense"])),
+        ("recompiles", lambda r: r["recompiles_during_decode"]),
+        ("pool growths", lambda r: r.get("pool_growths", "")),
+        ("max error", lambda r: f"{r['max_abs_error']:.1e}"),
+    ],
+    "prefill": [
+        ("context", lambda r: r["context"]),
+        ("ratio", lambda r: r["compression_ratio"]),
+        ("compression / prefill attention", lambda r: _pct(r["overhead_share"])),
+    ],
+    "generate": [
+        ("context", lambda r: r["context"]),
+        ("cache", lambda r: r["cache"]),
+        ("ratio", lambda r: r["compression_ratio"]),
+        ("KV held vs dense", lambda r: _pct(r["kv_bytes"] / r["dense"]["kv_bytes"])),
+        ("tokens/s vs dense", lambda r: f"{r['decode_tokens_per_s'] / r['dense']['decode_tokens_per_s']:.2f}"),
+        (
+            "max logit diff vs masked",
+            lambda r: f"{r['max_logit_diff_vs_masked']:.1e}" if r["cache"] == "audiokv" else "",
+        ),
+    ],
+}
+
+
+def benchmark_table(kind: str, result: dict) -> str:
+    """A markdown table of a ``benchmarks.decode`` / ``prefill`` / ``generate`` results file."""
+    columns = BENCHMARKS[kind]
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|---" * len(columns) + "|"]
+    rows = result["rows"]
+    if kind == "generate":  # each row against the dense cache of its context, measured in the same run
+        dense = {r["context"]: r for r in rows if r["cache"] == "dense"}
+        rows = [{**r, "dense": dense[r["context"]]} for r in rows]
+    lines += ["| " + " | ".join(str(f(r)) for _, f in columns) + " |" for r in rows]
+    first = result["rows"][0]
+    shape = f"{first['heads']}/{first['kv_heads']} heads, head_dim {first['head_dim']}, " if "heads" in first else ""
+    where = f"commit {result['commit']}, {result['device']}, {result['threads']} threads"
+    caption = f"`benchmarks.{kind}`: {shape}{result['dtype']} ({where})"
     return caption + "\n\n" + "\n".join(lines)
 
 
 def _block(name: str = r"\S+") -> re.Pattern:
     """Results blocks whose name matches the regex ``name``: groups (name, body)."""
-    return re.compile(rf"<!-- results:({name}) -->\n((?:.*?\n)?)<!-- /results -->", re.S)
+    return re.compile(rf"<!-- results:({name}) -->\n(.*?)<!-- /results -->", re.S)  # each body up to its own end
 
 
 def blocks(page: str) -> list[tuple[str, str]]:
@@ -74,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--readme", action="store_true", help="rewrite the marked blocks of README.md and docs/")
     args = parser.parse_args(argv)
-    tables = {f.stem: table(json.loads(f.read_text())) for f in args.files}
+    tables = {f.stem: render(f.stem, json.loads(f.read_text())) for f in args.files}
     if args.readme:
         for name, block in tables.items():
             page = next((p for p in PAGES if name in dict(blocks(p.read_text()))), None)
