@@ -109,7 +109,7 @@ def _masked_reference(kept):
     """
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        if module.layer_idx not in kept:
+        if getattr(module, "layer_idx", None) not in kept:  # e.g. an audio encoder's attention (transformers 5.2)
             return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
         bsz, heads, q_len, _ = query.shape
         total, kv_heads = key.shape[2], key.shape[1]
@@ -577,7 +577,12 @@ def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
     model = tiny_gemma3n()
     gen = torch.Generator().manual_seed(3)
     inputs = gemma3n_inputs(gen, bsz)
-    ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    try:
+        ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    except AttributeError as err:  # transformers 5.2's own Gemma 3n audio path, before audiokv is applied
+        if "audio_mel_mask" not in str(err):
+            raise
+        pytest.skip(f"this transformers' Gemma 3n fails on audio input by itself: {err}")
     with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, page_size=16)) as handle:
         assert list(handle.engines) == [2]  # the only full-attention layer with K/V of its own
         layers = model.model.language_model.layers
