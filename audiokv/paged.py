@@ -16,6 +16,18 @@ import torch
 from torch import Tensor
 
 
+def _consecutive_pages(pages: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Page tables for rows owning ``pages[r]`` consecutive fresh pages each, rows one after another.
+
+    Returns:
+        ``([R, max(pages)] int32 table, [R] int64 first page of each row)``; unused entries are 0.
+    """
+    counts = torch.tensor(pages, device=device)
+    starts = torch.cumsum(counts, 0) - counts
+    col = torch.arange(max(pages), device=device)
+    return torch.where(col[None, :] < counts[:, None], starts[:, None] + col[None, :], 0).int(), starts
+
+
 class PagedKVPool:
     """Per-layer page pool.
 
@@ -101,11 +113,7 @@ class PagedKVPool:
         counts_host = counts.reshape(rows).tolist()
         pages = [max(1, math.ceil((c + reserve) / page_size)) for c in counts_host]
         total = sum(pages)
-        pages_t = torch.tensor(pages, device=device)
-        starts = torch.cumsum(pages_t, 0) - pages_t
-        width = max(pages)
-        col = torch.arange(width, device=device)
-        table = torch.where(col[None, :] < pages_t[:, None], starts[:, None] + col[None, :], 0)
+        table, starts = _consecutive_pages(pages, device)
 
         k_pages = key.new_zeros(total, page_size, dim)
         v_pages = value.new_zeros(total, page_size, dim)
@@ -121,7 +129,7 @@ class PagedKVPool:
             mass = torch.zeros(total, page_size, device=device)
             mass.view(-1)[slots] = log_mass.reshape(rows * length).float()[src]
         lengths = counts.reshape(rows).to(device=device, dtype=torch.int32)
-        return cls(k_pages, v_pages, table.int(), lengths, pages, heads, reserve, mass)
+        return cls(k_pages, v_pages, table, lengths, pages, heads, reserve, mass)
 
     def _index_pages(self) -> None:
         rows = torch.arange(self.num_rows, device=self.page_table.device)
@@ -196,10 +204,7 @@ class PagedKVPool:
         src = rows.tolist()
         pages = [self._pages_per_row[r] for r in src]
         ids = torch.cat([self.page_table[r, : self._pages_per_row[r]] for r in src]).long()
-        pages_t = torch.tensor(pages, device=self.page_table.device)
-        starts = torch.cumsum(pages_t, 0) - pages_t
-        col = torch.arange(max(pages), device=self.page_table.device)
-        table = torch.where(col[None, :] < pages_t[:, None], starts[:, None] + col[None, :], 0).int()
+        table, _ = _consecutive_pages(pages, self.page_table.device)
         mass = None if self.mass_pages is None else self.mass_pages[ids]
         lengths = self.lengths[rows.to(self.lengths.device)].clone()
         pool = PagedKVPool(
