@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--context", type=int, default=2048, help="passkey: prompt length in tokens (default 2048)")
     ev.add_argument("--plot", default=None, help="also draw accuracy vs ratio (PNG)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the random policy (default 0)")
+    ev.add_argument("--update", action="store_true",
+                    help="rerun --policies into the existing --out, keeping its other rows")  # fmt: skip
     demo = sub.add_parser("demo", help="full vs audiokv vs snapkv on the bundled Whisper tiny.en and clips")
     demo.add_argument("--out-dir", default="demo-output", help="where the JSON and the plot go")
     args = parser.parse_args(argv)
@@ -83,11 +85,12 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
 
     from audiokv.config import AudioKVConfig
     from audiokv.data import shipped_calibration
-    from audiokv.eval import environment, plot_results
+    from audiokv.eval import environment, merge_results, plot_results
     from audiokv.heads import HeadScores
     from audiokv.policies import get_policy
 
     _check_outputs(args.out, args.plot)
+    previous = _previous_results(args.out) if args.update else None
     policies = args.policies.split(",")
     for name in policies:
         get_policy(name)
@@ -124,11 +127,26 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     calibration = None if args.calibration is None else str(args.calibration)
     result = {"model": name, "task": args.task, "data": data, "calibration": calibration, "seed": config.seed}
     result.update(environment())
+    result["rows"] = [{**row, "commit": result["commit"]} for row in rows]
+    if previous is not None:
+        result = merge_results(previous, result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({**result, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps(result, indent=1))
     if args.plot:
-        plot_results(rows, args.plot, f"{name}, {what}")
+        plot_results(result["rows"], args.plot, f"{name}, {what}")
     return rows
+
+
+def _previous_results(path: str | Path) -> dict:
+    """The results file ``--update`` adds to (read before any work, so a bad one fails at once)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--update: {path} does not exist yet (run without --update first)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--update: {path} is not a results file ({err})") from None
 
 
 def _warn_uncalibrated(policies: list[str], calibration: object, model: str) -> None:
@@ -171,7 +189,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     run = argparse.Namespace(
         task="asr", model="whisper-tiny.en", data=EVAL_DIR, policies="full,audiokv,snapkv", ratios=(0.4, 0.7),
-        calibration=None, limit=None, seed=0,
+        calibration=None, limit=None, seed=0, update=False,
         out=out / "demo.json", plot=out / "demo.png",
     )  # fmt: skip
     try:

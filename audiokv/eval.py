@@ -119,6 +119,42 @@ def evaluate_speech(
     return rows
 
 
+def checkout_relative(path: str | None) -> str | None:
+    """A path inside a checkout (``.../benchmarks/...`` or ``.../audiokv/...``) from that folder on, wherever it ran."""
+    if path is None:
+        return None
+    parts = Path(path).parts
+    roots = [i for i, part in enumerate(parts) if part in ("benchmarks", "audiokv")]
+    return str(Path(*parts[roots[0] :])) if roots and Path(path).is_absolute() else path
+
+
+# what must agree for two runs' rows to share one results file
+SAME_RUN = ("model", "task", "data", "calibration", "seed")
+
+
+def merge_results(previous: dict, new: dict) -> dict:
+    """``new`` with the rows of ``previous`` whose policy it did not rerun (``audiokv eval --update``).
+
+    Each row keeps the commit it was made at (rows of files written before rows
+    carried one get their file's). Refuses files of another model, task, data,
+    calibration or seed. Rows come out in the previous file's policy order,
+    new policies last.
+    """
+
+    def key(result: dict, k: str) -> object:
+        return checkout_relative(result.get(k)) if k in ("data", "calibration") else result.get(k)
+
+    differ = [k for k in SAME_RUN if key(previous, k) != key(new, k)]
+    if differ:
+        what = ", ".join(f"{k} {key(previous, k)!r} != {key(new, k)!r}" for k in differ)
+        raise ValueError(f"--update: the results file is of another run ({what})")
+    rerun = {r["policy"] for r in new["rows"]}
+    kept = [{"commit": previous["commit"], **r} for r in previous["rows"] if r["policy"] not in rerun]
+    order = list(dict.fromkeys(r["policy"] for r in previous["rows"] + new["rows"]))
+    rows = sorted(kept + new["rows"], key=lambda r: order.index(r["policy"]))  # stable: ratios stay in order
+    return {**new, "rows": rows}
+
+
 def plot_results(rows: list[dict], path: str | Path, title: str) -> None:
     """WER (or passkey accuracy) against compression ratio, one line per policy (full dashed)."""
     from audiokv.plots import _pyplot

@@ -16,6 +16,8 @@ import json
 import re
 from pathlib import Path
 
+from audiokv.eval import checkout_relative
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 PAGES = [README, *sorted((README.parent / "docs").glob("*.md"))]  # where result blocks may live
 
@@ -52,11 +54,19 @@ def table(result: dict) -> str:
             loops = f" ({row['repetition_rate']:.0%} loops)" if row["repetition_rate"] else ""
             cells.append(f"{100 * row[metric]:.1f}{loops}")
         lines.append(f"| {policy} | {' | '.join(cells)} |")
-    data = Path(result["data"])
-    if data.is_absolute() and "benchmarks" in data.parts:  # a checkout's own data, wherever it was run
-        data = Path(*data.parts[data.parts.index("benchmarks") :])
-    caption = f"{result['model']}, `{data}`, {unit} (commit {result['commit']}, {result['device']})"
+    data = checkout_relative(result["data"])
+    caption = f"{result['model']}, `{data}`, {unit} ({_commits(result)}, {result['device']})"
     return caption + "\n\n" + "\n".join(lines)
+
+
+def _commits(result: dict) -> str:
+    """``commit X``, or which policies were made at which commit when rows were rerun (``eval --update``)."""
+    made = {}
+    for row in result["rows"]:
+        made.setdefault(row.get("commit", result["commit"]), {})[_label(row)] = None
+    if len(made) == 1:
+        return f"commit {next(iter(made))}"
+    return "; ".join(f"{', '.join(policies)} at commit {commit}" for commit, policies in made.items())
 
 
 def _pct(x: float) -> str:

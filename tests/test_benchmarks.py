@@ -88,6 +88,33 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
     assert "| audiokv safeguard=1 |  | 20.0 |" in lines
 
 
+def test_update_replaces_the_rerun_policies_and_the_caption_names_each_commit():
+    from audiokv.eval import merge_results
+    from benchmarks.report import table
+
+    def row(policy, ratio, wer, **extra):
+        return {"policy": policy, "compression_ratio": ratio, "wer": wer, "repetition_rate": 0.0, **extra}
+
+    run = {"model": "m", "task": "asr", "calibration": None, "seed": 0, "device": "cpu"}
+    old = {**run, "data": "/a/benchmarks/d.jsonl", "commit": "aaa",  # rows made before rows carried a commit
+           "rows": [row("full", 0.0, 0.1), row("audiokv", 0.4, 0.3), row("audiokv", 0.8, 0.5),
+                    row("stride", 0.4, 0.2)]}  # fmt: skip
+    new = {
+        **run,
+        "data": "/b/benchmarks/d.jsonl",
+        "commit": "bbb",  # the same data from another checkout
+        "rows": [row("audiokv", 0.4, 0.11, commit="bbb"), row("audiokv", 0.8, 0.12, commit="bbb")],
+    }
+    merged = merge_results(old, new)
+    assert [(r["policy"], r["wer"], r["commit"]) for r in merged["rows"]] == [
+        ("full", 0.1, "aaa"), ("audiokv", 0.11, "bbb"), ("audiokv", 0.12, "bbb"), ("stride", 0.2, "aaa"),
+    ]  # fmt: skip
+    assert "(full, stride at commit aaa; audiokv at commit bbb, cpu)" in table(merged).splitlines()[0]
+    assert "(commit aaa, cpu)" in table(old).splitlines()[0]
+    with pytest.raises(ValueError, match=r"another run \(seed 0 != 1\)"):
+        merge_results(old, {**new, "seed": 1})
+
+
 def test_report_rewrites_only_the_marked_readme_block():
     from benchmarks.report import fill
 

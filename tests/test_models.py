@@ -196,6 +196,8 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         (["--out", "{tmp}/a-file/r.json"], "cannot write"),  # checked before any work
         (["--plot", "{tmp}"], "cannot write"),
         (["--task", "passkey", "--model", "{tmp}/no-model"], "cannot load"),
+        (["--update"], "does not exist yet"),  # nothing to add to: fails before any work
+        (["--update", "--out", "{tmp}/a-file"], "not a results file"),
     ],
 )
 def test_eval_cli_bad_input_is_one_line_and_nonzero(extra, message, capsys, tmp_path):
