@@ -126,3 +126,18 @@ def test_random_draws_a_new_mask_per_layer_and_call_and_repeats_from_its_seed():
     assert kept(0, 1, 1)[0] != first  # so does another layer
     assert kept(1, 0, 1)[0] != first  # and another seed
     assert kept(0, 0, 2) == [first, second]  # the same seed repeats the run
+
+
+@pytest.mark.parametrize("kernel", [1, 7])
+def test_pooling_keeps_the_neighbours_of_a_heavy_hitter(kernel):
+    """The window's attention peaks on token 50; max pooling over 7 keeps the 3 tokens on each side too."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, h, 160, 16, generator=gen) for h in (4, 2, 2))
+    k[:, :, 50] = 4 * q[:, :, -8:].reshape(1, 2, -1, 16).mean(2)  # each KV head's queries agree on key 50
+    cfg = AudioKVConfig(compression_ratio=0.8, window=8, page_size=16, sinks=2, pooling_kernel=kernel)
+    layer = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, policy="snapkv", kernel="reference")
+    layer(q, k, v)
+    for h in range(2):
+        kept = set(layer.kept_indices[0, h, : layer.budgets[0, h]].tolist())
+        assert 50 in kept
+        assert (set(range(47, 54)) <= kept) == (kernel == 7)  # unpooled, the neighbours are random picks
