@@ -22,7 +22,7 @@ demo: $(STAMP)
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 
-WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-no-sss,audiokv-no-heads,audiokv-no-merge
+WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-no-sss,audiokv-no-heads,audiokv-no-merge,audiokv-score-split
 # Whisper results on the test split (tiny.en; MODEL=whisper-base for base; POLICIES=... for a subset),
 # then their table in the README.
 MODEL ?= whisper-tiny.en

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiokv.budget import head_budgets, head_weights, layer_budget, mark_mandatory
+from audiokv.budget import demand_scores, head_budgets, head_weights, layer_budget, mark_mandatory
 from audiokv.config import AudioKVConfig
 from audiokv.kernel import paged_attention, reference_paged_attention
 from audiokv.mask import PagedBlockMask
@@ -224,7 +224,12 @@ class AudioKVAttention(nn.Module):
                 audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]  # text-only rows: no audio prior
                 weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
             safeguard = cfg.safeguard if policy.head_budgets else 1.0  # 1.0: every head keeps the average
-            budgets = head_budgets(scores, budget, safeguard=safeguard, weights=weights)
+            split = scores
+            demand = None if spans is None else policy.head_demand(inp, spans)
+            if demand is not None:  # audio rows split by the heads' demand, text-only rows by their scores
+                audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None, None]
+                split = torch.where(audio, demand_scores(scores, demand), scores)
+            budgets = head_budgets(split, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:
                 scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)
         indices = select_tokens(scores, budgets)

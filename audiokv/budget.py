@@ -73,6 +73,29 @@ def layer_budget(valid_tokens: Tensor, num_heads: int, ratio: float, mandatory: 
     return num_heads * torch.maximum(keep, mandatory.long())
 
 
+def demand_scores(scores: Tensor, demand: Tensor) -> Tensor:
+    """Scores whose global top-k (:func:`head_budgets`) splits a budget in proportion to ``demand``.
+
+    Each head's tokens keep their order, but the ``r``-th best (from 0) now scores
+    ``demand / (1 + r)``: a threshold ``theta`` admits about ``demand / theta``
+    tokens of every head, so heads share what is above their floors in proportion
+    to their demand (water-filling: a head with fewer tokens than its share keeps
+    them all and the rest goes to the others). Must-keep and padding marks stay.
+
+    Args:
+        scores: ``[B, H, T]`` marked scores (+inf must keep, -inf padding).
+        demand: ``[B, H]`` positive demand per head.
+
+    Returns:
+        ``[B, H, T]`` float32 scores with the same marks and per-head order.
+    """
+    if demand.shape != scores.shape[:2] or not (demand > 0).all():
+        raise ValueError(f"demand must be positive and {tuple(scores.shape[:2])}, got {tuple(demand.shape)}")
+    rank = scores.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    out = demand.float()[..., None] / (1 + rank.float())
+    return torch.where(torch.isinf(scores), scores.float(), out)
+
+
 def head_budgets(
     scores: Tensor,
     budget: Tensor | int,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
 # --method names; each maps to its HeadScores method id (audiokv.heads) once torch is imported
@@ -116,13 +115,12 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         speech = load_speech_model(args.model)
         args.calibration = args.calibration or shipped_calibration(speech.name)
         calib = HeadScores.load(args.calibration, model=speech.name) if args.calibration else None
-        from audiokv.integrations.apply import NoCalibrationWarning
+        if calib is None and any(get_policy(p).use_prior for p in policies):
+            from audiokv.calibrate import cached_whisper_calibration
 
-        _warn_uncalibrated(policies, calib, speech.name)
-        with warnings.catch_warnings():  # the line above said it once
-            warnings.simplefilter("ignore", NoCalibrationWarning)
-            config = AudioKVConfig(seed=args.seed)
-            rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib, config=config)
+            calib, args.calibration = cached_whisper_calibration(speech)  # the prior policies need one
+        config = AudioKVConfig(seed=args.seed)
+        rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib, config=config)
         name, data, what = speech.name, str(args.data), f"{len(utterances)} clips"
     calibration = None if args.calibration is None else str(args.calibration)
     result = {"model": name, "task": args.task, "data": data, "calibration": calibration, "seed": config.seed}
@@ -147,19 +145,6 @@ def _previous_results(path: str | Path) -> dict:
         raise ValueError(f"--update: {path} does not exist yet (run without --update first)") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"--update: {path} is not a results file ({err})") from None
-
-
-def _warn_uncalibrated(policies: list[str], calibration: object, model: str) -> None:
-    """One line on stderr when a head-prior policy runs without calibration."""
-    from audiokv.policies import get_policy
-
-    uncalibrated = [p for p in policies if get_policy(p).use_prior] if calibration is None else []
-    if uncalibrated:
-        print(
-            f"audiokv: warning: no calibration for {model}: {', '.join(uncalibrated)} will run without the "
-            "audio-critical head prior (pass --calibration FILE)",
-            file=sys.stderr,
-        )
 
 
 def _print_rows(rows: list[dict]) -> None:

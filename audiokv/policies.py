@@ -63,6 +63,8 @@ class Policy:
             instead of by top scores.
         merge: fold each dropped audio token into a kept neighbour (:mod:`audiokv.merge`)
             instead of evicting it.
+        path_budgets: split an audio row's budget across heads by :meth:`head_demand`
+            (query-free) instead of by the scores.
     """
 
     name: str
@@ -71,6 +73,7 @@ class Policy:
     use_prior: bool = False
     coverage: bool = False
     merge: bool = False
+    path_budgets: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -84,6 +87,10 @@ class Policy:
         """``[B, H_kv, T]`` how many tokens each stretch of audio deserves (coverage policies); ``raw`` by default."""
         return raw
 
+    def head_demand(self, inp: ScoreInput, spans: Tensor) -> Tensor | None:
+        """``[B, H_kv]`` how much of an audio row's budget each head deserves; None: split by the scores."""
+        return None
+
 
 class AudioKV(Policy):
     """AudioKV: window scores pick tokens; the audio span is covered by a density of key novelty.
@@ -92,10 +99,28 @@ class AudioKV(Policy):
     (:func:`audiokv.scoring.key_novelty`), so silence, padding and held sounds
     get few tokens and changing sound gets many, whatever the queries;
     SSS turns it into a trend over time before the coverage selection.
+
+    With ``path_budgets`` a head's share of the budget follows the length of
+    its keys' path over the audio span (summed novelty) to the power 2/3: a
+    merged group stands for its keys by their mean, so a head whose keys barely
+    move loses little with few tokens and one whose keys move a lot needs many.
+    Approximating a path of length ``L`` by ``k`` group means errs by about
+    ``(L / k)^2`` per token; the sum over heads is smallest when ``k ∝ L^(2/3)``.
     """
 
     def density(self, inp: ScoreInput, raw: Tensor) -> Tensor:
         return key_novelty(inp.key)
+
+    def head_demand(self, inp: ScoreInput, spans: Tensor) -> Tensor | None:
+        if not self.path_budgets:
+            return None
+        pos = torch.arange(inp.key.shape[2], device=inp.key.device)
+        spans = spans.to(inp.key.device)
+        inside = (pos >= spans[:, :1]) & (pos < spans[:, 1:])  # [B, T]
+        if inp.key_mask is not None:
+            inside = inside & inp.key_mask.bool()
+        path = (key_novelty(inp.key) * inside[:, None, :]).sum(-1)  # [B, H_kv]
+        return path.clamp_min(1e-6) ** (2 / 3)
 
 
 class Full(Policy):
@@ -196,6 +221,9 @@ class PyramidKV(Policy):
         return 1.0 - keep * (1 + slope * (1 - 2 * depth))
 
 
+# AudioKV's parts; each ablation switches one off
+AUDIOKV = dict(head_budgets=True, smooth=True, use_prior=True, coverage=True, merge=True, path_budgets=True)
+
 POLICIES: dict[str, Policy] = {
     p.name: p
     for p in (
@@ -210,11 +238,12 @@ POLICIES: dict[str, Policy] = {
         Stride("stride"),
         TOVA("tova"),
         ExpectedAttention("expected-attention"),
-        AudioKV("audiokv", head_budgets=True, smooth=True, use_prior=True, coverage=True, merge=True),
-        AudioKV("audiokv-no-sss", head_budgets=True, use_prior=True, coverage=True, merge=True),
-        AudioKV("audiokv-no-heads", head_budgets=True, smooth=True, coverage=True, merge=True),
-        AudioKV("audiokv-no-coverage", head_budgets=True, smooth=True, use_prior=True, merge=True),
-        AudioKV("audiokv-no-merge", head_budgets=True, smooth=True, use_prior=True, coverage=True),
+        AudioKV("audiokv", **AUDIOKV),
+        AudioKV("audiokv-no-sss", **{**AUDIOKV, "smooth": False}),
+        AudioKV("audiokv-no-heads", **{**AUDIOKV, "use_prior": False}),
+        AudioKV("audiokv-no-coverage", **{**AUDIOKV, "coverage": False}),
+        AudioKV("audiokv-no-merge", **{**AUDIOKV, "merge": False}),
+        AudioKV("audiokv-score-split", **{**AUDIOKV, "path_budgets": False}),
     )
 }
 

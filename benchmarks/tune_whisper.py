@@ -30,6 +30,7 @@ GRID: list[tuple[str, dict]] = [
     ("audiokv-no-sss", {}),
     ("audiokv-no-heads", {}),
     ("audiokv-no-merge", {}),
+    ("audiokv-score-split", {}),
     ("audiokv", {"coverage_floor": 0.25}),
     ("audiokv", {"coverage_floor": 0.5}),
     ("audiokv", {"sss_cutoff": 0.3}),

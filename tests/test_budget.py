@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audiokv.budget import head_budgets, head_weights, layer_budget, mark_mandatory
+from audiokv.budget import demand_scores, head_budgets, head_weights, layer_budget, mark_mandatory
 from audiokv.select import select_tokens
 
 
@@ -76,6 +76,35 @@ def test_selection_keeps_exactly_the_budget_and_every_mandatory_token(problem):
         rest[kept] = False
         if rest.any() and kept.numel():
             assert scores[0, h, kept].min() >= scores[0, h, rest].max()
+
+
+def water_filling(demand, low, high, total):
+    """Continuous reference: head ``h`` keeps ``clip(demand[h] / theta, low, high)``, summing to ``total``."""
+    lo, hi = 1e-12, 1e12
+    for _ in range(200):  # bisection on log(theta)
+        theta = math.sqrt(lo * hi)
+        if sum(min(max(d / theta, a), b) for d, a, b in zip(demand, low, high, strict=True)) > total:
+            lo = theta
+        else:
+            hi = theta
+    return [min(max(d / theta, a), b) for d, a, b in zip(demand, low, high, strict=True)]
+
+
+@given(problems(), st.lists(st.floats(0.01, 100), min_size=8, max_size=8))
+def test_demand_scores_split_the_budget_in_proportion_to_demand_above_the_floors(problem, demand):
+    scores, budget, safeguard, mandatory = problem
+    heads = scores.shape[1]
+    demand = torch.tensor(demand[:heads])
+    split = demand_scores(scores, demand[None])
+    assert torch.equal(torch.isposinf(split), torch.isposinf(scores))  # marks stay
+    assert torch.equal(torch.isneginf(split), torch.isneginf(scores))
+    assert torch.equal(split.argsort(dim=-1, stable=True), scores.argsort(dim=-1, stable=True))  # so does the order
+    got = head_budgets(split, budget, safeguard=safeguard)[0]
+    valid = int((~torch.isneginf(scores[0, 0])).sum())
+    floor = min(max(math.ceil(safeguard * budget.item() / heads), mandatory.item()), budget.item() // heads)
+    want = water_filling(demand.tolist(), [floor] * heads, [valid] * heads, budget.item())
+    assert got.sum() == budget.item()
+    assert all(abs(g - w) <= 1 for g, w in zip(got.tolist(), want, strict=True)), (got.tolist(), want)
 
 
 def test_prior_moves_budget_to_audio_heads():

@@ -253,9 +253,29 @@ def test_eval_loads_the_shipped_calibration_by_itself_and_warns_without_one(tmp_
     args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--limit", "1", "--ratios", "0.4"]
     assert main([*args, "--policies", "audiokv", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["calibration"].endswith("whisper-tiny.en.safetensors")
-    assert "no calibration" not in capsys.readouterr().err
+    assert "calibrating" not in capsys.readouterr().err
     with pytest.warns(NoCalibrationWarning, match="without a calibration"):
         apply_audiokv(load_speech_model("whisper-tiny.en").model, AudioKVConfig(), None, "audiokv").remove()
+
+
+def test_eval_calibrates_a_model_that_ships_no_calibration_once_and_gets_the_shipped_scores(
+    tmp_path, capsys, monkeypatch
+):
+    """Another Whisper size has no shipped file: eval calibrates it on the bundled clips and caches the scores."""
+    import audiokv.data
+
+    shipped = HeadScores.load(audiokv.data.shipped_calibration("whisper-tiny.en"), model="whisper-tiny.en")
+    monkeypatch.setattr(audiokv.data, "shipped_calibration", lambda name: None)
+    monkeypatch.setenv("AUDIOKV_CACHE", str(tmp_path / "cache"))
+    args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--limit", "1", "--ratios", "0.4"]
+    args += ["--policies", "audiokv", "--out", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    assert "calibrating it on the 12 bundled clips" in capsys.readouterr().err
+    cached = json.loads((tmp_path / "r.json").read_text())["calibration"]
+    assert cached.startswith(str(tmp_path / "cache"))
+    made = HeadScores.load(cached, model="whisper-tiny.en")
+    torch.testing.assert_close(made.scores, shipped.scores, atol=1e-4, rtol=0)  # the shipped file's recipe
+    assert main(args) == 0 and "calibrating" not in capsys.readouterr().err  # read back, not remade
 
 
 def test_demo_uses_the_shipped_calibration_and_reports_every_run(tmp_path, capsys):

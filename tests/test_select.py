@@ -3,6 +3,7 @@
 import itertools
 
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -158,3 +159,28 @@ def test_the_audio_prior_moves_budget_in_audio_rows_only():
     with_prior, without = budgets[False], budgets[True]
     assert with_prior[0, 1] > without[0, 1]  # the audio row favours the audio-critical head
     assert torch.equal(with_prior[1], without[1])  # the text row ignores the prior
+
+
+def test_path_budgets_follow_how_far_each_heads_keys_move_not_where_its_queries_look():
+    """Two heads whose audio keys move alike; head 0's queries look only at a sink.
+
+    A split by the window scores starves head 0 (12 of 80 tokens); the path split
+    gives both heads about half, and a head whose keys stand still gets only its floor.
+    """
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, h, 160, 16, generator=gen) for h in (4, 2, 2))
+    k[0, 0, 0] = 60 * F.normalize(q[0, :2, -8:].mean((0, 1)), dim=0)  # head 0's queries all go to sink 0
+    cfg = AudioKVConfig(compression_ratio=0.75, window=8, page_size=16, sinks=2, safeguard=0.2)
+
+    def budgets(policy, keys):
+        layer = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, policy=policy, kernel="reference")
+        layer(q, keys, v, audio_span=(8, 140))
+        return layer.budgets[0].tolist()
+
+    floor = 2 + 8  # sinks and window must stay: more than the safeguard's 0.2 x 40 tokens
+    assert budgets("audiokv-score-split", k)[0] < 16
+    path = budgets("audiokv-no-heads", k)
+    assert sum(path) == 80 and abs(path[0] - path[1]) <= 8
+    still = k.clone()
+    still[0, 0, 8:140] = k[0, 0, 8]  # head 0's audio keys stop moving
+    assert budgets("audiokv-no-heads", still) == [floor, 80 - floor]

@@ -5,6 +5,7 @@ from pathlib import Path
 SPEECH_DIR = Path(__file__).parent / "speech"
 CALIB_DIR = SPEECH_DIR / "calib"
 EVAL_DIR = SPEECH_DIR / "eval"
+CALIB_TIMED_DIR = SPEECH_DIR / "calib_timed"  # what the shipped head scores were calibrated on
 CALIBRATION_DIR = Path(__file__).parent / "calib"  # shipped head scores, one file per bundled model
 
 
