@@ -22,7 +22,7 @@ demo: $(STAMP)
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 
-WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-no-sss,audiokv-no-heads,audiokv-no-merge,audiokv-score-split
+WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-no-merge,audiokv-score-split
 # Whisper results on the test split (tiny.en; MODEL=whisper-base for base; POLICIES=... for a subset),
 # then their table in the README.
 MODEL ?= whisper-tiny.en
@@ -35,7 +35,7 @@ results-whisper: $(STAMP)
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
 # commit (about 1.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
-BASE_POLICIES := full,random,stride,audiokv,audiokv-no-sss,audiokv-no-heads
+BASE_POLICIES := full,random,stride,audiokv,audiokv-sss,audiokv-no-heads
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv
 R := benchmarks/results
 results: $(STAMP)

@@ -35,7 +35,8 @@ class AudioKVConfig:
         pooling_kernel: odd kernel size of that pooling; 1 disables it.
         sss_cutoff: Spectral Score Smoothing cutoff, the fraction of the
             frequency band (0..Nyquist) kept over the audio span, in (0, 1];
-            1 disables smoothing.
+            1 disables smoothing. Read by the policies that smooth
+            (``audiokv-sss``; the default ``audiokv`` does not).
         coverage_floor: share of the audio span's budget spread evenly over time
             by the coverage selection; the rest follows the policy's smoothed
             density (for AudioKV, key novelty). In [0, 1].

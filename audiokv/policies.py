@@ -97,8 +97,10 @@ class AudioKV(Policy):
 
     The density is the novelty of each key against its neighbours
     (:func:`audiokv.scoring.key_novelty`), so silence, padding and held sounds
-    get few tokens and changing sound gets many, whatever the queries;
-    SSS turns it into a trend over time before the coverage selection.
+    get few tokens and changing sound gets many, whatever the queries.
+    With ``smooth`` (``audiokv-sss``) SSS turns it into a trend over time before
+    the coverage selection; that is off by default: on the tune split it did
+    not help tiny.en and hurt base (docs/results.md).
 
     With ``path_budgets`` a head's share of the budget follows the length of
     its keys' path over the audio span (summed novelty) to the power 2/3: a
@@ -222,7 +224,7 @@ class PyramidKV(Policy):
 
 
 # AudioKV's parts; each ablation switches one off
-AUDIOKV = dict(head_budgets=True, smooth=True, use_prior=True, coverage=True, merge=True, path_budgets=True)
+AUDIOKV = dict(head_budgets=True, smooth=False, use_prior=True, coverage=True, merge=True, path_budgets=True)
 
 POLICIES: dict[str, Policy] = {
     p.name: p
@@ -239,7 +241,7 @@ POLICIES: dict[str, Policy] = {
         TOVA("tova"),
         ExpectedAttention("expected-attention"),
         AudioKV("audiokv", **AUDIOKV),
-        AudioKV("audiokv-no-sss", **{**AUDIOKV, "smooth": False}),
+        AudioKV("audiokv-sss", **{**AUDIOKV, "smooth": True}),
         AudioKV("audiokv-no-heads", **{**AUDIOKV, "use_prior": False}),
         AudioKV("audiokv-no-coverage", **{**AUDIOKV, "coverage": False}),
         AudioKV("audiokv-no-merge", **{**AUDIOKV, "merge": False}),

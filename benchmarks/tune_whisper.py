@@ -27,13 +27,13 @@ GRID: list[tuple[str, dict]] = [
     ("stride", {}),
     ("random", {}),
     ("audiokv", {}),
-    ("audiokv-no-sss", {}),
+    ("audiokv-sss", {}),
     ("audiokv-no-heads", {}),
     ("audiokv-no-merge", {}),
     ("audiokv-score-split", {}),
     ("audiokv", {"coverage_floor": 0.25}),
     ("audiokv", {"coverage_floor": 0.5}),
-    ("audiokv", {"sss_cutoff": 0.3}),
+    ("audiokv-sss", {"sss_cutoff": 0.3}),
     ("audiokv", {"safeguard": 1.0}),
 ]
 

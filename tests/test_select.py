@@ -133,7 +133,7 @@ def test_coverage_sss_and_prior_each_change_what_the_engine_keeps():
     prior = torch.tensor([0.0, 1.0])
     audiokv = _kept_set("audiokv", cfg, prior)
     assert audiokv != _kept_set("audiokv-no-coverage", cfg, prior)
-    assert audiokv != _kept_set("audiokv-no-sss", cfg, prior)
+    assert audiokv != _kept_set("audiokv-sss", cfg, prior)
     assert audiokv != _kept_set("audiokv-no-heads", cfg, prior)
     assert audiokv != _kept_set("audiokv", AudioKVConfig(**{**cfg.__dict__, "coverage_floor": 1.0}), prior)
 
