@@ -17,7 +17,7 @@ from audiokv.heads import HeadScores
 from audiokv.integrations import apply_audiokv
 from audiokv.metrics import normalize_text, word_error_rate
 from audiokv.models.whisper import SpeechModel
-from audiokv.policies import get_policy
+from audiokv.policies import POLICIES, get_policy
 from audiokv.transcribe import greedy_transcribe
 
 
@@ -136,9 +136,10 @@ def merge_results(previous: dict, new: dict) -> dict:
     """``new`` with the rows of ``previous`` whose policy it did not rerun (``audiokv eval --update``).
 
     Each row keeps the commit it was made at (rows of files written before rows
-    carried one get their file's). Refuses files of another model, task, data,
-    calibration or seed. Rows come out in the previous file's policy order,
-    new policies last.
+    carried one get their file's). Rows of policies that no longer exist are
+    dropped: nobody could remake them. Refuses files of another model, task,
+    data, calibration or seed. Rows come out in the previous file's policy
+    order, new policies last.
     """
 
     def key(result: dict, k: str) -> object:
@@ -149,7 +150,11 @@ def merge_results(previous: dict, new: dict) -> dict:
         what = ", ".join(f"{k} {key(previous, k)!r} != {key(new, k)!r}" for k in differ)
         raise ValueError(f"--update: the results file is of another run ({what})")
     rerun = {r["policy"] for r in new["rows"]}
-    kept = [{"commit": previous["commit"], **r} for r in previous["rows"] if r["policy"] not in rerun]
+    kept = [
+        {"commit": previous["commit"], **r}
+        for r in previous["rows"]
+        if r["policy"] not in rerun and r["policy"] in POLICIES
+    ]
     order = list(dict.fromkeys(r["policy"] for r in previous["rows"] + new["rows"]))
     rows = sorted(kept + new["rows"], key=lambda r: order.index(r["policy"]))  # stable: ratios stay in order
     return {**new, "rows": rows}

@@ -98,7 +98,7 @@ def test_update_replaces_the_rerun_policies_and_the_caption_names_each_commit():
     run = {"model": "m", "task": "asr", "calibration": None, "seed": 0, "device": "cpu"}
     old = {**run, "data": "/a/benchmarks/d.jsonl", "commit": "aaa",  # rows made before rows carried a commit
            "rows": [row("full", 0.0, 0.1), row("audiokv", 0.4, 0.3), row("audiokv", 0.8, 0.5),
-                    row("stride", 0.4, 0.2)]}  # fmt: skip
+                    row("stride", 0.4, 0.2), row("audiokv-no-more", 0.4, 0.2)]}  # fmt: skip
     new = {
         **run,
         "data": "/b/benchmarks/d.jsonl",
@@ -106,7 +106,7 @@ def test_update_replaces_the_rerun_policies_and_the_caption_names_each_commit():
         "rows": [row("audiokv", 0.4, 0.11, commit="bbb"), row("audiokv", 0.8, 0.12, commit="bbb")],
     }
     merged = merge_results(old, new)
-    assert [(r["policy"], r["wer"], r["commit"]) for r in merged["rows"]] == [
+    assert [(r["policy"], r["wer"], r["commit"]) for r in merged["rows"]] == [  # a policy that is gone goes
         ("full", 0.1, "aaa"), ("audiokv", 0.11, "bbb"), ("audiokv", 0.12, "bbb"), ("stride", 0.2, "aaa"),
     ]  # fmt: skip
     assert "(full, stride at commit aaa; audiokv at commit bbb, cpu)" in table(merged).splitlines()[0]
