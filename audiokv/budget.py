@@ -77,10 +77,13 @@ def demand_scores(scores: Tensor, demand: Tensor) -> Tensor:
     """Scores whose global top-k (:func:`head_budgets`) splits a budget in proportion to ``demand``.
 
     Each head's tokens keep their order, but the ``r``-th best (from 0) now scores
-    ``demand / (1 + r)``: a threshold ``theta`` admits about ``demand / theta``
-    tokens of every head, so heads share what is above their floors in proportion
-    to their demand (water-filling: a head with fewer tokens than its share keeps
-    them all and the rest goes to the others). Must-keep and padding marks stay.
+    ``demand / (1 + r)``: a threshold ``theta`` admits ``floor(demand / theta)``
+    tokens of every head, so each head keeps ``clip(demand / theta, its floor,
+    its valid tokens)`` (water-filling: a head whose share is below its floor
+    keeps the floor, one with fewer tokens than its share keeps them all, the
+    rest goes to the others). The rounding is D'Hondt's: a head with a large
+    demand may get a token or two more than its exact share. Must-keep and
+    padding marks stay.
 
     Args:
         scores: ``[B, H, T]`` marked scores (+inf must keep, -inf padding).

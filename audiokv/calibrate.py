@@ -11,6 +11,7 @@ Two runners feed the same score (:func:`audiokv.heads.alignment_score`):
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import os
 import re
@@ -33,6 +34,7 @@ from audiokv.models.whisper import SpeechModel
 from audiokv.transcribe import log_mel
 
 FRAMES_PER_SECOND = 50  # Whisper's encoder output rate: 1,500 frames for 30 s
+CALIBRATION_RECIPE = "calib_timed clips, v1"  # what cached_whisper_calibration runs: a new recipe, a new cache file
 
 
 @torch.no_grad()
@@ -208,11 +210,21 @@ def calibrate_decoder(
     return HeadScores(group_heads(mean, kv_heads), model=name, data=f"{len(samples)} samples")
 
 
-def calibration_cache(model: str) -> Path:
-    """The file a model's scores are cached in: under ``$AUDIOKV_CACHE``, else ``~/.cache/audiokv``."""
+def calibration_cache(speech: SpeechModel) -> Path:
+    """The file a model's scores are cached in, under ``$AUDIOKV_CACHE`` (else ``~/.cache/audiokv``).
+
+    Named after the model and a fingerprint of its decoder weights and of the
+    recipe, so two models called ``model`` (two CTranslate2 folders) or a new
+    recipe never share a file.
+    """
+    digest = hashlib.sha1(f"{METHOD} {CALIBRATION_RECIPE}".encode())
+    for name, param in speech.model.get_decoder().named_parameters():
+        digest.update(f"{name}{tuple(param.shape)}".encode())
+        digest.update(param.detach().flatten()[:64].float().numpy().tobytes())
     cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     root = Path(os.environ.get("AUDIOKV_CACHE") or cache_home / "audiokv")
-    return root / "calibration" / (re.sub(r"[^\w.-]+", "--", model.strip("/")) + ".safetensors")
+    slug = re.sub(r"[^\w.-]+", "--", speech.name.strip("/"))
+    return root / "calibration" / f"{slug}-{digest.hexdigest()[:12]}.safetensors"
 
 
 def cached_whisper_calibration(speech: SpeechModel, *, progress: bool = True) -> tuple[HeadScores, Path]:
@@ -225,14 +237,18 @@ def cached_whisper_calibration(speech: SpeechModel, *, progress: bool = True) ->
     from audiokv.data import CALIB_TIMED_DIR
     from audiokv.dataset import load_speech_set
 
-    path = calibration_cache(speech.name)
+    path = calibration_cache(speech)
+    cfg = speech.model.config
+    shape = dict(num_layers=cfg.decoder_layers, num_kv_heads=cfg.decoder_attention_heads)
     if path.is_file():
-        return HeadScores.load(path, model=speech.name), path
+        return HeadScores.load(path, model=speech.name, **shape), path
     data = load_speech_set(CALIB_TIMED_DIR / "manifest.jsonl")
     print(f"audiokv: no calibration ships for {speech.name}: calibrating it on the {len(data)} bundled clips "
           f"(once; saved to {path})", file=sys.stderr)  # fmt: skip
     scores = calibrate_whisper(speech, data, progress=progress)
     scores.data = f"{len(data)} utterances from the bundled {CALIB_TIMED_DIR.name} clips"
     path.parent.mkdir(parents=True, exist_ok=True)
-    scores.save(path)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
+    scores.save(partial)
+    os.replace(partial, path)  # another process never reads half a file
     return scores, path

@@ -81,10 +81,11 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     """Run ``audiokv eval`` (also the demo); writes the JSON (and plot), returns the rows."""
     import json
     from dataclasses import replace
+    from functools import partial
 
     from audiokv.config import AudioKVConfig
     from audiokv.data import shipped_calibration
-    from audiokv.eval import environment, merge_results, plot_results
+    from audiokv.eval import check_same_run, environment, merge_results, plot_results
     from audiokv.heads import HeadScores
     from audiokv.policies import get_policy
 
@@ -102,8 +103,9 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         model, tokenizer = load_causal_lm(args.model)
         n = args.limit or 8
         config = replace(PASSKEY_CONFIG, seed=args.seed)
-        rows = evaluate_passkey(model, tokenizer, policies, list(args.ratios), context=args.context, n=n, config=config)
         name, data, what = args.model, f"{n} passkey prompts of {args.context} tokens", f"passkey @ {args.context}"
+        run = partial(evaluate_passkey, model, tokenizer, policies, list(args.ratios), context=args.context, n=n,
+                      config=config)  # fmt: skip
     else:
         from audiokv.dataset import load_speech_set
         from audiokv.eval import evaluate_speech
@@ -120,10 +122,14 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
 
             calib, args.calibration = cached_whisper_calibration(speech)  # the prior policies need one
         config = AudioKVConfig(seed=args.seed)
-        rows = evaluate_speech(speech, utterances, policies, list(args.ratios), calibration=calib, config=config)
-        name, data, what = speech.name, str(args.data), f"{len(utterances)} clips"
+        n, name, data, what = len(utterances), speech.name, str(args.data), f"{len(utterances)} clips"
+        ratios = list(args.ratios)
+        run = partial(evaluate_speech, speech, utterances, policies, ratios, calibration=calib, config=config)
     calibration = None if args.calibration is None else str(args.calibration)
     result = {"model": name, "task": args.task, "data": data, "calibration": calibration, "seed": config.seed}
+    if previous is not None:
+        check_same_run(previous, {**result, "n": n})  # before the long work
+    rows = run()
     result.update(environment())
     result["rows"] = [{**row, "commit": result["commit"]} for row in rows]
     if previous is not None:

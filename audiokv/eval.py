@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from audiokv.config import AudioKVConfig
+from audiokv.data import checkout_relative
 from audiokv.dataset import Utterance
 from audiokv.heads import HeadScores
 from audiokv.integrations import apply_audiokv
@@ -119,39 +120,43 @@ def evaluate_speech(
     return rows
 
 
-def checkout_relative(path: str | None) -> str | None:
-    """A path inside a checkout (``.../benchmarks/...`` or ``.../audiokv/...``) from that folder on, wherever it ran."""
-    if path is None:
-        return None
-    parts = Path(path).parts
-    roots = [i for i, part in enumerate(parts) if part in ("benchmarks", "audiokv")]
-    return str(Path(*parts[roots[0] :])) if roots and Path(path).is_absolute() else path
-
-
 # what must agree for two runs' rows to share one results file
-SAME_RUN = ("model", "task", "data", "calibration", "seed")
+SAME_RUN = ("model", "task", "data", "calibration", "seed", "n")
+
+
+def check_same_run(previous: object, new: dict) -> None:
+    """Refuse to add ``new`` run's rows to ``previous`` (a results file) unless they come from the same run.
+
+    ``new`` holds the :data:`SAME_RUN` keys; ``n`` (clips or prompts) is read from
+    ``previous``'s rows. A calibration only counts when both runs had one.
+    """
+    if not isinstance(previous, dict) or not isinstance(previous.get("rows"), list) or "commit" not in previous:
+        raise ValueError("--update: the file is not an audiokv eval results file")
+    old = {**previous, "n": previous["rows"][0]["n"] if previous["rows"] else None}
+
+    def key(result: dict, k: str) -> object:
+        return checkout_relative(result.get(k)) if k in ("data", "calibration") else result.get(k)
+
+    both_calibrated = old.get("calibration") is not None and new.get("calibration") is not None
+    differ = [k for k in SAME_RUN if key(old, k) != key(new, k) and (k != "calibration" or both_calibrated)]
+    if differ:
+        what = ", ".join(f"{k} {key(old, k)!r} != {key(new, k)!r}" for k in differ)
+        raise ValueError(f"--update: the results file is of another run ({what})")
 
 
 def merge_results(previous: dict, new: dict) -> dict:
     """``new`` with the rows of ``previous`` whose policy it did not rerun (``audiokv eval --update``).
 
-    Each row keeps the commit it was made at (rows of files written before rows
-    carried one get their file's). Rows of policies that no longer exist are
-    dropped: nobody could remake them. Refuses files of another model, task,
-    data, calibration or seed. Rows come out in the previous file's policy
+    Each row keeps the commit and device it was made on (rows of files written
+    before rows carried them get their file's). Rows of policies that no longer
+    exist are dropped: nobody could remake them. Refuses another run's file
+    (:func:`check_same_run`). Rows come out in the previous file's policy
     order, new policies last.
     """
-
-    def key(result: dict, k: str) -> object:
-        return checkout_relative(result.get(k)) if k in ("data", "calibration") else result.get(k)
-
-    differ = [k for k in SAME_RUN if key(previous, k) != key(new, k)]
-    if differ:
-        what = ", ".join(f"{k} {key(previous, k)!r} != {key(new, k)!r}" for k in differ)
-        raise ValueError(f"--update: the results file is of another run ({what})")
+    check_same_run(previous, {**new, "n": new["rows"][0]["n"]})
     rerun = {r["policy"] for r in new["rows"]}
     kept = [
-        {"commit": previous["commit"], **r}
+        {"commit": previous["commit"], "device": previous.get("device"), **r}
         for r in previous["rows"]
         if r["policy"] not in rerun and r["policy"] in POLICIES
     ]

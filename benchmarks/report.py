@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from audiokv.eval import checkout_relative
+from audiokv.data import checkout_relative
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PAGES = [README, *sorted((README.parent / "docs").glob("*.md"))]  # where result blocks may live

@@ -89,11 +89,11 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
 
 
 def test_update_replaces_the_rerun_policies_and_the_caption_names_each_commit():
-    from audiokv.eval import merge_results
+    from audiokv.eval import check_same_run, merge_results
     from benchmarks.report import table
 
     def row(policy, ratio, wer, **extra):
-        return {"policy": policy, "compression_ratio": ratio, "wer": wer, "repetition_rate": 0.0, **extra}
+        return {"policy": policy, "compression_ratio": ratio, "wer": wer, "repetition_rate": 0.0, "n": 4, **extra}
 
     run = {"model": "m", "task": "asr", "calibration": None, "seed": 0, "device": "cpu"}
     old = {**run, "data": "/a/benchmarks/d.jsonl", "commit": "aaa",  # rows made before rows carried a commit
@@ -113,6 +113,11 @@ def test_update_replaces_the_rerun_policies_and_the_caption_names_each_commit():
     assert "(commit aaa, cpu)" in table(old).splitlines()[0]
     with pytest.raises(ValueError, match=r"another run \(seed 0 != 1\)"):
         merge_results(old, {**new, "seed": 1})
+    with pytest.raises(ValueError, match=r"another run \(n 4 != 2\)"):  # --limit 2
+        check_same_run(old, {**new, "n": 2})
+    check_same_run(old, {**new, "n": 4, "calibration": "c.safetensors"})  # a run without prior policies had none
+    with pytest.raises(ValueError, match="not an audiokv eval results file"):
+        check_same_run([], new)
 
 
 def test_report_rewrites_only_the_marked_readme_block():

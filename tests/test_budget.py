@@ -78,16 +78,14 @@ def test_selection_keeps_exactly_the_budget_and_every_mandatory_token(problem):
             assert scores[0, h, kept].min() >= scores[0, h, rest].max()
 
 
-def water_filling(demand, low, high, total):
-    """Continuous reference: head ``h`` keeps ``clip(demand[h] / theta, low, high)``, summing to ``total``."""
-    lo, hi = 1e-12, 1e12
-    for _ in range(200):  # bisection on log(theta)
-        theta = math.sqrt(lo * hi)
-        if sum(min(max(d / theta, a), b) for d, a, b in zip(demand, low, high, strict=True)) > total:
-            lo = theta
-        else:
-            hi = theta
-    return [min(max(d / theta, a), b) for d, a, b in zip(demand, low, high, strict=True)]
+def greedy_split(demand, floor, valid, total):
+    """Discrete reference: from the floors, each next token goes to the head with the largest ``d / (kept + 1)``."""
+    kept = [floor] * len(demand)
+    for _ in range(total - sum(kept)):
+        room = [h for h in range(len(demand)) if kept[h] < valid]
+        best = max(room, key=lambda h: demand[h] / (kept[h] + 1))
+        kept[best] += 1
+    return kept
 
 
 @given(problems(), st.lists(st.floats(0.01, 100), min_size=8, max_size=8))
@@ -99,12 +97,16 @@ def test_demand_scores_split_the_budget_in_proportion_to_demand_above_the_floors
     assert torch.equal(torch.isposinf(split), torch.isposinf(scores))  # marks stay
     assert torch.equal(torch.isneginf(split), torch.isneginf(scores))
     assert torch.equal(split.argsort(dim=-1, stable=True), scores.argsort(dim=-1, stable=True))  # so does the order
-    got = head_budgets(split, budget, safeguard=safeguard)[0]
+    got = head_budgets(split, budget, safeguard=safeguard)[0].tolist()
     valid = int((~torch.isneginf(scores[0, 0])).sum())
     floor = min(max(math.ceil(safeguard * budget.item() / heads), mandatory.item()), budget.item() // heads)
-    want = water_filling(demand.tolist(), [floor] * heads, [valid] * heads, budget.item())
-    assert got.sum() == budget.item()
-    assert all(abs(g - w) <= 1 for g, w in zip(got.tolist(), want, strict=True)), (got.tolist(), want)
+    want = greedy_split(demand.tolist(), floor, valid, budget.item())
+    assert sum(got) == budget.item()
+    assert all(abs(g - w) <= 1 for g, w in zip(got, want, strict=True)), (got, want)  # 1: fp32 near-ties
+    # the greedy split is water-filling: past its floor, each head's last token beats every next one
+    theta = max((d / (k + 1) for d, k in zip(demand.tolist(), want, strict=True) if k < valid), default=0.0)
+    for d, k in zip(demand.tolist(), want, strict=True):
+        assert k in (floor, valid) or d / (k + 1) <= theta <= d / k
 
 
 def test_prior_moves_budget_to_audio_heads():
