@@ -22,13 +22,22 @@ from audiokv.policies import POLICIES, get_policy
 from audiokv.transcribe import greedy_transcribe
 
 
-def has_repetition(text: str, n: int = 3, times: int = 3) -> bool:
-    """True when some ``n``-gram of words occurs ``times`` times in a row (a decoding loop)."""
+def has_repetition(text: str, times: int = 3, min_words: int = 9, max_period: int = 20) -> bool:
+    """True when a phrase of 1 to ``max_period`` words repeats ``times`` times in a row (a decoding loop).
+
+    That is, some stretch of at least ``max(min_words, times * p)`` words is
+    periodic with period ``p``: "the sound is very nice, the sound is very
+    nice, the sound is very nice" (period 5) as well as "and and and ...".
+    Stretches under ``min_words`` ("no, no, no") are speech, not loops.
+    """
     words = normalize_text(text).split()
-    for start in range(len(words) - n * times + 1):
-        gram = words[start : start + n]
-        if all(words[start + k * n : start + (k + 1) * n] == gram for k in range(1, times)):
-            return True
+    for period in range(1, max_period + 1):
+        span = max(min_words, times * period)
+        run = 0  # how many words in a row equal the word one period earlier
+        for i in range(period, len(words)):
+            run = run + 1 if words[i] == words[i - period] else 0
+            if run + period >= span:
+                return True
     return False
 
 

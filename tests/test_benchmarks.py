@@ -148,3 +148,17 @@ def test_every_results_table_in_the_docs_is_the_report_of_its_committed_file():
             assert body.strip() == render(name, result), f"{page.name}: block {name} is not its file's table"
             found.add(name)
     assert found == {f.stem for f in results.glob("*.json")}  # and every committed file is shown
+
+
+def test_rescore_recounts_loops_from_the_stored_outputs_only():
+    from benchmarks.rescore import rescore
+
+    loop = "the sound is very nice, " * 4  # period 5: the 3-word detector of earlier files missed it
+    rows = [
+        {"policy": "a", "wer": 0.5, "repetition_rate": 0.0, "hypotheses": [loop, "a clean line"]},
+        {"policy": "passkey", "accuracy": 1.0, "repetition_rate": 0.0},  # nothing stored: left alone
+    ]
+    result = {"rows": rows}
+    assert rescore(result, "abc") == 1
+    assert [r["repetition_rate"] for r in rows] == [0.5, 0.0] and rows[0]["wer"] == 0.5
+    assert result["loops_counted_at"] == "abc"

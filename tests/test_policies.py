@@ -52,7 +52,15 @@ def test_unknown_policy():
 
 @pytest.mark.parametrize(
     ("text", "loop"),
-    [("the cat sat on the mat", False), ("and then and then and then it ended", False), ("a b c a b c a b c", True)],
+    [
+        ("the cat sat on the mat", False),
+        ("and then and then and then it ended", False),  # 6 words: speech
+        ("a b c a b c a b c", True),
+        ("no no no no no no no no no", True),
+        ("the sound is very nice, the sound is very nice, the sound is very nice, the", True),  # period 5
+        ("we walk, we walk, we walk, we walk, we walk, and then", True),  # period 2, 10 words
+        ("one two three four five six seven eight nine ten " * 2, False),  # twice is not a loop
+    ],
 )
 def test_repetition_detection(text, loop):
     assert has_repetition(text) is loop
