@@ -42,6 +42,7 @@ results: $(STAMP)
 	$(MAKE) results-whisper MODEL=whisper-tiny.en POLICIES=$(WHISPER_POLICIES)
 	$(MAKE) results-whisper MODEL=whisper-base POLICIES=$(BASE_POLICIES)
 	$(BIN)/python -m benchmarks.tune_whisper
+	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
 	$(BIN)/python -m benchmarks.decode

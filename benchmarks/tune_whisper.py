@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data", type=Path, default=DEFAULT_OUT / "tune" / "manifest.jsonl")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.8, 0.9])
     parser.add_argument("--out", default=None)
+    parser.add_argument("--only", default=None, help="comma-separated policies: run only their knob-free rows")
     args = parser.parse_args(argv)
     speech = load_speech_model(args.model)
     path = shipped_calibration(speech.name)
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     calibration = HeadScores.load(path, model=speech.name)
     data = load_speech_set(args.data)
     rows = evaluate_speech(speech, data, ["full"], [0.0], calibration=calibration, progress=False)
-    for policy, knobs in GRID:
+    grid = GRID if args.only is None else [(p, {}) for p in args.only.split(",")]
+    for policy, knobs in grid:
         config = AudioKVConfig(**knobs)
         for row in evaluate_speech(speech, data, [policy], args.ratios, calibration=calibration, config=config,
                                    progress=False):  # fmt: skip
