@@ -219,16 +219,15 @@ class AudioKVAttention(nn.Module):
             scores = mark_mandatory(ranked, sinks=cfg.sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
-            weights = None
-            if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0 and spans is not None:
-                audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]  # text-only rows: no audio prior
-                weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
+            weights, split = None, scores
+            if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
+                audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]  # [B, 1]
+                if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
+                    weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
+                demand = policy.head_demand(inp, spans)
+                if demand is not None:
+                    split = torch.where(audio[..., None], demand_scores(scores, demand), scores)
             safeguard = cfg.safeguard if policy.head_budgets else 1.0  # 1.0: every head keeps the average
-            split = scores
-            demand = None if spans is None else policy.head_demand(inp, spans)
-            if demand is not None:  # audio rows split by the heads' demand, text-only rows by their scores
-                audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None, None]
-                split = torch.where(audio, demand_scores(scores, demand), scores)
             budgets = head_budgets(split, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:
                 scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)

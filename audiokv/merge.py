@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from audiokv.spectral import span_mask
+
 
 def _nearest_kept(kept: Tensor, forward: bool) -> Tensor:
     """``[R, T]`` position of the nearest kept token at or before (after, if not ``forward``) each token; -1 if none."""
@@ -46,11 +48,7 @@ def merge_spans(
     """
     bsz, heads, length, dim = key.shape
     pos = torch.arange(length, device=key.device)
-    spans = spans.to(key.device)
-    in_span = (pos >= spans[:, :1]) & (pos < spans[:, 1:])  # [B, T]
-    if key_mask is not None:
-        in_span = in_span & key_mask.bool()
-    audio = in_span[:, None, :].expand(bsz, heads, length)
+    audio = span_mask(spans.to(key.device), length, key_mask)[:, None, :].expand(bsz, heads, length)
     anchors = (kept & audio).reshape(-1, length)  # [R, T]
     left, right = _nearest_kept(anchors, True), _nearest_kept(anchors, False)
     unit = F.normalize(key.float(), dim=-1).reshape(-1, length, dim)

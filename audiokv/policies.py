@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from audiokv.scoring import key_novelty, pool_scores, window_scores
+from audiokv.spectral import span_mask
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,7 @@ class AudioKV(Policy):
     def head_demand(self, inp: ScoreInput, spans: Tensor) -> Tensor | None:
         if not self.path_budgets:
             return None
-        pos = torch.arange(inp.key.shape[2], device=inp.key.device)
-        spans = spans.to(inp.key.device)
-        inside = (pos >= spans[:, :1]) & (pos < spans[:, 1:])  # [B, T]
-        if inp.key_mask is not None:
-            inside = inside & inp.key_mask.bool()
+        inside = span_mask(spans.to(inp.key.device), inp.key.shape[2], inp.key_mask)  # [B, T]
         path = (key_novelty(inp.key) * inside[:, None, :]).sum(-1)  # [B, H_kv]
         return path.clamp_min(1e-6) ** (2 / 3)
 

@@ -71,6 +71,13 @@ def span_rows(span: Span | Tensor | None, bsz: int, length: int) -> Tensor:
     return rows
 
 
+def span_mask(spans: Tensor, length: int, key_mask: Tensor | None = None) -> Tensor:
+    """``[B, T]`` bool: the tokens inside each row's ``[B, 2]`` span that are not padding (``key_mask`` False)."""
+    pos = torch.arange(length, device=spans.device)
+    inside = (pos >= spans[:, :1]) & (pos < spans[:, 1:])
+    return inside if key_mask is None else inside & key_mask.bool().to(spans.device)
+
+
 def spectral_smooth(scores: Tensor, cutoff: float, span: Span | Tensor | None = None) -> Tensor:
     """Smooth scores over a span of the token axis; everything outside it is untouched.
 
