@@ -21,7 +21,7 @@ from audiokv.config import AudioKVConfig
 from audiokv.kernel import paged_attention, reference_paged_attention
 from audiokv.mask import PagedBlockMask
 from audiokv.merge import merge_spans
-from audiokv.paged import PagedKVPool
+from audiokv.paged import PagedKVPool, fit_page_size
 from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import cover_spans, select_tokens
 from audiokv.spectral import Span, span_rows, spectral_smooth
@@ -83,12 +83,14 @@ class AudioKVAttention(nn.Module):
         self.budgets: Tensor | None = None  # [B, H_kv] tokens kept per head at compression
         self.kept_indices: Tensor | None = None  # [B, H_kv, K] kept prompt positions (see select_tokens)
         self.decoding = False  # the last call appended to the pool (False: it was the prefill)
+        self.prompt_length = 0  # tokens of the compressed prompt (before any appended)
         self.compressions = 0  # compression calls so far: each draws its own random stream
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
         self.pool = self.block_mask = self.budgets = self.kept_indices = None
         self.decoding = False
+        self.prompt_length = 0
 
     def select_batch(self, indices: Tensor) -> None:
         """Keep batch rows ``indices`` of the cached sequence, in that order (may repeat or drop rows).
@@ -104,6 +106,11 @@ class AudioKVAttention(nn.Module):
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.budgets, self.kept_indices = self.budgets[idx], self.kept_indices[idx]
 
+    def drop_last(self, tokens: int) -> None:
+        """Forget the last ``tokens`` decoded (or appended) tokens of every row; the compressed prompt stays."""
+        if self.pool is not None and not self.cross_attention:
+            self.pool.drop_last(tokens)
+
     @property
     def kv_bytes(self) -> int:
         """Bytes of K/V storage held for the current sequence."""
@@ -117,6 +124,7 @@ class AudioKVAttention(nn.Module):
         *,
         audio_span: Span | Tensor | None = None,
         key_mask: Tensor | None = None,
+        decode_tokens: int | None = None,
     ) -> Tensor:
         """Attend, compressing the cache on the first (prefill) call.
 
@@ -127,13 +135,17 @@ class AudioKVAttention(nn.Module):
                 ``[B, 2]``, smoothed by SSS. None: no smoothing.
             key_mask: prefill only; ``[B, T]`` bool, False on padding tokens,
                 which are never kept.
+            decode_tokens: prefill only; how many tokens will be appended after
+                the prompt, if known: the pool reserves room for no more.
 
         Returns:
             ``[B, H_q, q, D]`` attention output.
         """
         if self.pool is None:
             self._check_shapes(query, key, value)
-            return self._prefill(query, key, value, audio_span, key_mask)
+            out = prompt_attention(query, key, value, self.scaling, key_mask, causal=not self.cross_attention)
+            self.compress(query, key, value, audio_span=audio_span, key_mask=key_mask, decode_tokens=decode_tokens)
+            return out
         with torch.no_grad():  # inference only: no gradients
             if not self.cross_attention:
                 self._check_shapes(query, key, value)
@@ -165,13 +177,6 @@ class AudioKVAttention(nn.Module):
                 f"{self.head_dim}; got query {tuple(query.shape)} and key {tuple(key.shape)}"
             )
 
-    def _prefill(
-        self, query: Tensor, key: Tensor, value: Tensor, span: Span | Tensor | None, key_mask: Tensor | None
-    ) -> Tensor:
-        out = prompt_attention(query, key, value, self.scaling, key_mask, causal=not self.cross_attention)
-        self.compress(query, key, value, audio_span=span, key_mask=key_mask)
-        return out
-
     @torch.no_grad()
     def compress(
         self,
@@ -181,13 +186,14 @@ class AudioKVAttention(nn.Module):
         *,
         audio_span: Span | Tensor | None = None,
         key_mask: Tensor | None = None,
+        decode_tokens: int | None = None,
     ) -> None:
         """Score, smooth, budget and select the prompt's tokens; fill the pool.
 
         Args:
             query: ``[B, H_q, T, D]`` prompt queries (only the last ``window`` are read).
             key, value: ``[B, H_kv, T, D]`` prompt keys and values.
-            audio_span, key_mask: as in :meth:`forward`.
+            audio_span, key_mask, decode_tokens: as in :meth:`forward`.
         """
         cfg = self.config
         bsz, heads, length, _ = key.shape
@@ -238,17 +244,15 @@ class AudioKVAttention(nn.Module):
             kept = kept.scatter_(-1, indices, True)[..., :length]  # padding entries point at T
             key, value, log_mass = merge_spans(key, value, kept, spans, key_mask)
         self.budgets = budgets
+        reserve = cfg.decode_reserve if decode_tokens is None else min(cfg.decode_reserve, decode_tokens)
+        reserve = 0 if self.cross_attention else reserve
+        page = cfg.page_size or fit_page_size(budgets.float().mean().item() + reserve)
         self.pool = PagedKVPool.from_selection(
-            key,
-            value,
-            indices,
-            budgets,
-            page_size=cfg.page_size,
-            reserve=0 if self.cross_attention else cfg.decode_reserve,
-            log_mass=log_mass,
+            key, value, indices, budgets, page_size=page, reserve=reserve, log_mass=log_mass
         )
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices
+        self.prompt_length = length
         self.compressions += 1
 
 
@@ -292,11 +296,18 @@ class SharedKVAttention(nn.Module):
         return self._source[0]
 
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, *, audio_span: object = None, key_mask: Tensor | None = None
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        audio_span: object = None,
+        key_mask: Tensor | None = None,
+        decode_tokens: int | None = None,
     ) -> Tensor:
         """``[B, H_q, q, D]`` output; ``key``/``value`` are the producer's K/V of this call (read at prefill only).
 
-        ``audio_span`` is accepted for a uniform call and ignored: the producer compresses.
+        ``audio_span`` and ``decode_tokens`` are accepted for a uniform call and ignored: the producer compresses.
         """
         if not self.source.decoding:
             return prompt_attention(query, key, value, self.scaling, key_mask)

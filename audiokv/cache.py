@@ -69,7 +69,20 @@ class AudioKVLayer(CacheLayerMixin):
             self.batch_select_indices(torch.arange(rows).repeat_interleave(repeats))
 
     def crop(self, max_length: int) -> None:
-        raise NotImplementedError("audiokv cannot crop a compressed cache (assisted decoding is not supported)")
+        """Keep the first ``max_length`` tokens (negative: drop ``-max_length``), as ``DynamicCache.crop`` does.
+
+        Only tokens appended after compression can go: cropping back to the
+        compressed context after a question and its answer lets the same
+        context answer the next question.
+        """
+        keep = self.length + max_length if max_length < 0 else max_length
+        if keep >= self.length:
+            return
+        prompt = self.engine.prompt_length
+        if keep < prompt:
+            raise ValueError(f"cannot crop a compressed cache to {keep} tokens: its compressed prompt has {prompt}")
+        self.engine.drop_last(self.length - keep)
+        self.length = keep
 
 
 class AudioKVCache(DynamicCache):

@@ -46,12 +46,16 @@ class AudioKVConfig:
             per-head budget (AdaKV's safeguard), in [0, 1].
         sinks: number of first tokens always kept (attention sinks).
         page_size: tokens per page of the paged pool; also the FlexAttention
-            KV block size. A power of two in [16, 1024].
-        decode_reserve: tokens per KV head reserved in the pool for decoding
-            at compression time. When it is full the pool grows by this much or by
-            as many tokens as were appended so far, whichever is more, so a long
-            generation reallocates (and compiles a kernel for a new pool size)
-            only O(log(steps)) times.
+            KV block size. A power of two in [16, 1024], or None (the default)
+            to fit it to each compressed prompt (:func:`audiokv.paged.fit_page_size`:
+            small pages for short prompts, so rounding rows up to whole pages
+            costs little; 128 from about 2k tokens per head on).
+        decode_reserve: the most tokens per KV head reserved in the pool for
+            decoding at compression time; inside ``model.generate`` the reserve is
+            its ``max_new_tokens`` when that is smaller. When it is full the pool
+            grows by this much or by as many tokens as were appended so far,
+            whichever is more, so a long generation reallocates (and compiles a
+            kernel for a new pool size) only O(log(steps)) times.
         seed: seed of the randomized policies (``random``); each layer and each
             compression call draws from its own stream derived from it, so a
             run repeats exactly and no two layers or clips share a mask.
@@ -66,7 +70,7 @@ class AudioKVConfig:
     head_prior_strength: float = 1.0
     safeguard: float = 0.2
     sinks: int = 4
-    page_size: int = 128
+    page_size: int | None = None
     decode_reserve: int = 128
     seed: int = 0
 
@@ -94,8 +98,9 @@ class AudioKVConfig:
         if not 0.0 <= safeguard <= 1.0:
             raise ValueError(f"safeguard must be in [0, 1], got {safeguard}")
         _require_int("sinks", self.sinks, 0)
-        _require_int("page_size", self.page_size, 16)
-        if self.page_size > 1024 or self.page_size & (self.page_size - 1):
-            raise ValueError(f"page_size must be a power of two in [16, 1024], got {self.page_size}")
+        if self.page_size is not None:
+            _require_int("page_size", self.page_size, 16)
+            if self.page_size > 1024 or self.page_size & (self.page_size - 1):
+                raise ValueError(f"page_size must be a power of two in [16, 1024] or None, got {self.page_size}")
         _require_int("decode_reserve", self.decode_reserve, 0)
         _require_int("seed", self.seed, 0)

@@ -28,6 +28,20 @@ def _consecutive_pages(pages: list[int], device: torch.device) -> tuple[Tensor, 
     return torch.where(col[None, :] < counts[:, None], starts[:, None] + col[None, :], 0).int(), starts
 
 
+def fit_page_size(tokens_per_row: float) -> int:
+    """Page size for rows that will hold ``tokens_per_row`` tokens on average.
+
+    The largest power of two in [16, 128] that is at most a sixteenth of it:
+    a row wastes half a page on average, so rounding rows up to whole pages
+    costs about 3% of what they hold, while long prompts keep FlexAttention's
+    default 128-token block.
+    """
+    page = 16
+    while page < 128 and 2 * page * 16 <= tokens_per_row:
+        page *= 2
+    return page
+
+
 class PagedKVPool:
     """Per-layer page pool.
 
@@ -190,6 +204,18 @@ class PagedKVPool:
         self.lengths += q_len
         self._lengths_host = [n + q_len for n in self._lengths_host]
         self._appended += q_len
+
+    def drop_last(self, tokens: int) -> None:
+        """Forget the last ``tokens`` appended to every row (their slots are reused by the next append).
+
+        Raises:
+            ValueError: if that reaches into the selected prompt tokens.
+        """
+        if not 0 <= tokens <= self._appended:
+            raise ValueError(f"can drop 0..{self._appended} appended tokens per row, not {tokens}")
+        self.lengths -= tokens
+        self._lengths_host = [n - tokens for n in self._lengths_host]
+        self._appended -= tokens
 
     def select_rows(self, rows: Tensor) -> PagedKVPool:
         """A new pool whose row ``i`` is a copy of row ``rows[i]`` of this one (beam reordering, batch expansion).

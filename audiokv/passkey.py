@@ -4,6 +4,11 @@ Each sample hides a random 5-digit key at a random depth of a filler text of a
 fixed token length and asks for it at the end. All samples of a run have the
 same length (built at the token level), so they run as one batch with no
 padding. A sample is correct when the key appears in the greedy answer.
+
+Two protocols: *query-aware* compresses the whole prompt, question included
+(its last tokens are the observation window); *query-agnostic* compresses the
+context before the question is seen, then appends the question to the
+compressed cache, as one would to ask several questions about one context.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import replace
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +69,7 @@ def dense_kv_bytes(model: nn.Module, tokens: int, batch: int) -> int:
     return cfg.num_hidden_layers * 2 * kv_heads * head_dim * tokens * batch * element
 
 
-PASSKEY_CONFIG = AudioKVConfig(window=16, page_size=64)  # the question (~16 tokens) is the observation window
+PASSKEY_CONFIG = AudioKVConfig(window=16)  # query-aware: the question (~16 tokens) is the observation window
 
 
 @torch.no_grad()
@@ -77,32 +83,40 @@ def evaluate_passkey(
     n: int = 8,
     config: AudioKVConfig | None = None,
     max_new_tokens: int = 8,
+    protocol: Literal["query-aware", "query-agnostic"] = "query-aware",
     progress: bool = True,
 ) -> list[dict]:
     """Passkey accuracy under every (policy, ratio); ``full`` runs once at ratio 0.
 
-    ``config`` sets every knob but the ratio and the decode reserve (``max_new_tokens``);
-    default :data:`PASSKEY_CONFIG`.
+    ``config`` sets every knob but the ratio and the decode reserve (the tokens
+    appended after compression); default :data:`PASSKEY_CONFIG`. ``protocol``:
+    see the module docstring.
 
     Returns one row per run: ``policy``, ``compression_ratio``, ``accuracy``,
     ``kv_bytes`` and ``kv_bytes_full`` (per sample, after generation: what the
     compressed pools held, and what a dense cache holds), ``repetition_rate``,
-    ``n``, ``context`` and ``seconds``.
+    ``n``, ``context``, ``protocol`` and ``seconds``.
     """
+    if protocol not in ("query-aware", "query-agnostic"):
+        raise ValueError(f"protocol must be 'query-aware' or 'query-agnostic', got {protocol!r}")
     for name in policies:
         get_policy(name)
     ids, keys = passkey_prompts(tokenizer, context, n)
     ids = ids.to(next(model.parameters()).device)
+    question = len(tokenizer(QUESTION, add_special_tokens=False).input_ids) if protocol == "query-agnostic" else 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     runs = [(p, 0.0 if p == "full" else r) for p in policies for r in (ratios if p != "full" else [0.0])]
     rows = []
     for policy, ratio in tqdm(runs, desc=f"passkey @ {context} tokens", unit="run", disable=not progress):
         start = time.perf_counter()
-        cfg = replace(config or PASSKEY_CONFIG, compression_ratio=ratio, decode_reserve=max_new_tokens)
+        cfg = replace(config or PASSKEY_CONFIG, compression_ratio=ratio, decode_reserve=question + max_new_tokens)
         with apply_audiokv(model, cfg, policy=policy) as handle:
+            cache = None
+            if question:  # compress the context alone; the question is appended to the compressed cache
+                cache = model(ids[:, :-question], use_cache=True, logits_to_keep=1).past_key_values
             out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=pad,
+                ids, attention_mask=torch.ones_like(ids), past_key_values=cache, max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=pad,
             )  # fmt: skip
             held = handle.kv_bytes
         answers = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
@@ -116,6 +130,7 @@ def evaluate_passkey(
                 "repetition_rate": sum(map(has_repetition, answers)) / n,
                 "n": n,
                 "context": context,
+                "protocol": protocol,
                 "seconds": time.perf_counter() - start,
                 "answers": answers,
             }

@@ -23,6 +23,7 @@ from audiokv import AudioKVConfig
 from audiokv.cache import AudioKVCache
 from audiokv.heads import HeadScores
 from audiokv.integrations import SUPPORTED_FAMILIES, apply_audiokv
+from audiokv.passkey import dense_kv_bytes
 
 COMMON = dict(
     vocab_size=97,
@@ -117,10 +118,17 @@ def _masked_reference(kept):
         if attention_mask is not None:  # the model's own mask: causal and padding
             allow = attention_mask[..., :total].bool().expand(bsz, kv_heads, q_len, total).clone()
         bias = torch.zeros(allow.shape).masked_fill(~allow, float("-inf"))
-        if q_len == 1:  # decode: prompt positions limited to what the compressed layer kept
-            key, value, bias = _compressed_prompt(key, value, kept[module.layer_idx], bias)
-        bias = bias.repeat_interleave(heads // kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling, enable_gqa=True)
+
+        def sdpa(k, v, b):
+            b = b.repeat_interleave(heads // kv_heads, dim=1)
+            return F.scaled_dot_product_attention(query, k, v, attn_mask=b, scale=scaling, enable_gqa=True)
+
+        out = sdpa(key, value, bias)  # the prompt's own queries see it whole (prefill)
+        state = kept[module.layer_idx]
+        late = total - q_len + torch.arange(q_len) >= state[2]  # queries after the compressed prompt
+        if late.any():  # see only the prompt tokens the compressed layer kept (merged)
+            key, value, bias = _compressed_prompt(key, value, state, bias.clone())
+            out = torch.where(late[:, None], sdpa(key, value, bias), out)
         return out.transpose(1, 2).contiguous(), None
 
     return attention
@@ -398,6 +406,62 @@ def test_lalm_batch_with_different_audio_lengths(name):
     want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
     assert torch.equal(out.sequences, want.sequences)
     torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
+
+
+def test_one_compressed_context_answers_follow_up_questions_like_compressing_it_for_each():
+    # query-agnostic: the context (text, audio, text) is compressed before any question is seen; each
+    # question and its answer are appended, then cropped away for the next question
+    gen = torch.Generator().manual_seed(4)
+    model, context, _ = lalm_inputs("qwen2_audio", gen, text_after=40)
+    questions = [torch.randint(0, 100, (1, 12), generator=gen) for _ in range(3)]
+    greedy = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    cfg = AudioKVConfig(compression_ratio=0.6, window=8)
+    calibration = HeadScores(torch.rand(2, 2, generator=gen), model="qwen2-audio", data="test")
+
+    def ask(cache, question):  # the audio is in the cache already: only token ids go in
+        return model.generate(torch.cat([context["input_ids"], question], 1), past_key_values=cache, **greedy)
+
+    with apply_audiokv(model, cfg, calibration) as handle:
+        cache = model(**context, use_cache=True).past_key_values
+        length = cache.get_seq_length()
+        kept = kept_state(handle.engines, length)
+        reused = []
+        for question in questions:
+            reused.append(ask(cache, question))
+            cache.crop(length)
+        assert all(e.pool.row_lengths == e.budgets.flatten().tolist() for e in handle.engines.values())
+        with pytest.raises(ValueError, match="compressed prompt"):
+            cache.crop(length - 1)
+        fresh = [ask(model(**context, use_cache=True).past_key_values, q) for q in questions]
+    for question, got, again in zip(questions, reused, fresh, strict=True):
+        assert torch.equal(got.sequences, again.sequences)
+        torch.testing.assert_close(torch.stack(got.logits), torch.stack(again.logits), atol=1e-5, rtol=0)
+        ids = torch.cat([context["input_ids"], question], 1)
+        want = generate_with_reference(model, kept, set_implementation, **{**context, "input_ids": ids}, **greedy)
+        assert torch.equal(got.sequences, want.sequences)  # the question saw exactly the kept context
+        torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+def test_a_30_second_clip_holds_what_the_ratio_promises_with_the_default_config(ratio):
+    # 750 audio tokens, as one 30 s clip gives Qwen2-Audio: with 128-token pages and a fixed 128-token
+    # decode reserve per row, ratio 0.5 held ~80% of the dense bytes; pages fitted to the prompt and a
+    # reserve of generate's max_new_tokens hold (1 - r) plus a few percent (here mostly merging's log mass)
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = Qwen2AudioConfig(audio_config=AUDIO | {"max_source_positions": 1500}, text_config=TEXT, audio_token_index=150)
+    model = Qwen2AudioForConditionalGeneration(cfg).eval()
+    gen = torch.Generator().manual_seed(3)
+    ids = prompt_ids(dict(before=[], after=[]), 750, gen, 20)[None]
+    features = torch.randn(1, 16, 3000, generator=gen)
+    inputs = dict(input_ids=ids, input_features=features, feature_attention_mask=torch.ones(1, 3000, dtype=torch.long))
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=ratio)) as handle:
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        held = handle.kv_bytes
+        assert {e.pool.page_size for e in handle.engines.values()} == {16}
+    assert "generate" not in model.__dict__  # the reserving wrapper is gone with the handle
+    assert held <= (1 - ratio + 0.05) * dense_kv_bytes(model, out.shape[1] - 1, 1)
 
 
 @pytest.mark.parametrize("policy", ["audiokv", "audiokv-no-heads"])

@@ -243,6 +243,22 @@ def test_eval_cli_passkey_task_writes_accuracy_rows(tmp_path, capsys):
     assert "ACCURACY" in capsys.readouterr().out
 
 
+def test_query_agnostic_passkey_appends_the_question_to_the_compressed_context(tmp_path):
+    import json
+
+    out = tmp_path / "p.json"
+    args = ["eval", "--task", "passkey", "--model", "smollm2-135m", "--policies", "full,snapkv", "--ratios", "0.5"]
+    assert main([*args, "--limit", "2", "--context", "512", "--protocol", "query-agnostic", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "before the question" in result["data"]
+    rows = {r["policy"]: r for r in result["rows"]}
+    assert rows["full"]["accuracy"] == 1.0  # the question, appended to the cache, still finds the key
+    # snapkv scores by the window's queries: without the question there it loses the key (both found it
+    # query-aware, where the question is the window)
+    assert rows["snapkv"]["accuracy"] == 0.0 and rows["snapkv"]["protocol"] == "query-agnostic"
+    assert rows["snapkv"]["kv_bytes"] <= 0.55 * rows["snapkv"]["kv_bytes_full"]  # pages fitted to 512 tokens
+
+
 def test_eval_cli_asr_needs_data(capsys, tmp_path):
     assert main(["eval", "--model", "whisper-tiny.en", "--out", str(tmp_path / "r.json")]) == 2
     assert "--data is required" in capsys.readouterr().err

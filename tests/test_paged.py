@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audiokv.paged import PagedKVPool
+from audiokv.paged import PagedKVPool, fit_page_size
 
 
 @st.composite
@@ -92,3 +92,11 @@ def test_selected_rows_are_copies_that_diverge_independently(sel, data):
         assert torch.equal(picked.row_tokens(new)[0][-3:], extra[new, 0])
         assert picked.row_lengths[new] == pool.row_lengths[old] + 3
     assert pool.row_lengths == counts.flatten().tolist()
+
+
+@given(st.floats(0, 1e5))
+def test_fitted_pages_waste_little_of_what_a_row_holds(tokens):
+    page = fit_page_size(tokens)
+    assert page in (16, 32, 64, 128)
+    assert page == 16 or page * 16 <= tokens  # half a page wasted on average: at most ~3% of the row
+    assert page == 128 or tokens < 2 * page * 16  # and never smaller than that needs

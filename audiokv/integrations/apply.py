@@ -12,6 +12,7 @@ padding mask, which the engines use when they compress.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Iterable
@@ -43,6 +44,23 @@ class _Prompt:
 
     audio_span: Tensor | None = None  # [B, 2]; rows without audio are (0, 0)
     key_mask: Tensor | None = None  # [B, T] bool
+    decode_tokens: int | None = None  # tokens the running `generate` call appends after the prompt
+
+
+def decode_tokens(model: nn.Module, args: tuple, kwargs: dict) -> int | None:
+    """Tokens ``model.generate(*args, **kwargs)`` will append to the cache after the prompt (None: unknown).
+
+    The last generated token is never fed back, so that is ``max_new_tokens - 1``.
+    """
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+    if new is None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        length = kwargs.get("max_length", getattr(config, "max_length", None))
+        if not isinstance(ids, Tensor) or length is None:
+            return None
+        new = length - ids.shape[-1]
+    return max(int(new) - 1, 0)
 
 
 def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
@@ -69,7 +87,7 @@ def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, sca
     if scaling is not None:  # e.g. Whisper pre-scales its queries and passes 1.0
         engine.scaling = scaling
     key_mask = None if prompt.key_mask is None else prompt.key_mask.to(key.device)  # layers may sit on other devices
-    out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=key_mask)
+    out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=key_mask, decode_tokens=prompt.decode_tokens)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -86,6 +104,7 @@ class AudioKVHandle:
     _modules: list[nn.Module] = field(default_factory=list)
     _configs: list[tuple[object, str | None]] = field(default_factory=list)
     _hook: object = None
+    _generate: object = None  # the model's own `generate` instance attribute, if it had one
 
     def remove(self) -> None:
         """Restore the original attention implementation and modules."""
@@ -95,7 +114,11 @@ class AudioKVHandle:
             config._attn_implementation = impl
         if self._hook is not None:
             self._hook.remove()
-        self._modules, self._configs, self._hook = [], [], None
+            if self._generate is None:
+                del self.model.generate
+            else:
+                self.model.generate = self._generate
+        self._modules, self._configs, self._hook, self._generate = [], [], None, None
 
     def __enter__(self) -> AudioKVHandle:
         return self
@@ -226,4 +249,16 @@ def apply_audiokv(
         return args, kwargs
 
     handle._hook = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    handle._generate = model.__dict__.get("generate")
+    generate = model.generate
+
+    @functools.wraps(generate)
+    def generate_reserving(*args, **kwargs):  # the pools reserve room for this call's new tokens, no more
+        prompt.decode_tokens = decode_tokens(model, args, kwargs)
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            prompt.decode_tokens = None
+
+    model.generate = generate_reserving
     return handle
