@@ -37,6 +37,7 @@ results-whisper: $(STAMP)
 # commit (about 1.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,audiokv,audiokv-sss,audiokv-no-heads
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv
+AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv
 R := benchmarks/results
 results: $(STAMP)
 	$(MAKE) results-whisper MODEL=whisper-tiny.en POLICIES=$(WHISPER_POLICIES)
@@ -45,6 +46,9 @@ results: $(STAMP)
 	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
+	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 8 \
+		--policies $(AGNOSTIC_POLICIES) --ratios 0.25,0.5,0.75 \
+		--out $(R)/query-agnostic-passkey-smollm2-135m.json --plot $(R)/query-agnostic-passkey-smollm2-135m.png
 	$(BIN)/python -m benchmarks.decode
 	$(BIN)/python -m benchmarks.decode --steps 2000 --reserve 16 --out $(R)/decode-cpu-2000steps.json
 	$(BIN)/python -m benchmarks.prefill
