@@ -34,7 +34,7 @@ results-whisper: $(STAMP)
 	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json --readme
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
-# commit (about 1.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
+# commit (about 2 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,audiokv,audiokv-sss,audiokv-no-heads
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv
 AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv
@@ -46,7 +46,7 @@ results: $(STAMP)
 	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
-	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 8 \
+	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \
 		--policies $(AGNOSTIC_POLICIES) --ratios 0.25,0.5,0.75 \
 		--out $(R)/query-agnostic-passkey-smollm2-135m.json --plot $(R)/query-agnostic-passkey-smollm2-135m.png
 	$(BIN)/python -m benchmarks.decode

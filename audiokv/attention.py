@@ -24,7 +24,7 @@ from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool, fit_page_size
 from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import cover_spans, select_tokens
-from audiokv.spectral import Span, span_rows, spectral_smooth
+from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
 
 
 class AudioKVAttention(nn.Module):
@@ -218,6 +218,8 @@ class AudioKVAttention(nn.Module):
                 spans = span_rows(None, bsz, length)
             else:
                 spans = None if audio_span is None else span_rows(audio_span, bsz, length)
+            text = valid if spans is None else valid & ~span_mask(spans.to(key.device), length)
+            raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--protocol", choices=("query-aware", "query-agnostic"), default="query-aware",
                     help="passkey: compress with the question in the window, or the context before it")  # fmt: skip
     ev.add_argument("--plot", default=None, help="also draw accuracy vs ratio (PNG)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the random policy (default 0)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the random policy and the passkey prompts (default 0)")
     ev.add_argument("--update", action="store_true",
                     help="rerun --policies into the existing --out, keeping its other rows")  # fmt: skip
     demo = sub.add_parser("demo", help="full vs audiokv vs snapkv on the bundled Whisper tiny.en and clips")

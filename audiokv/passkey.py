@@ -89,8 +89,8 @@ def evaluate_passkey(
     """Passkey accuracy under every (policy, ratio); ``full`` runs once at ratio 0.
 
     ``config`` sets every knob but the ratio and the decode reserve (the tokens
-    appended after compression); default :data:`PASSKEY_CONFIG`. ``protocol``:
-    see the module docstring.
+    appended after compression); default :data:`PASSKEY_CONFIG`. Its ``seed``
+    also draws the prompts (keys and depths). ``protocol``: see the module docstring.
 
     Returns one row per run: ``policy``, ``compression_ratio``, ``accuracy``,
     ``kv_bytes`` and ``kv_bytes_full`` (per sample, after generation: what the
@@ -101,7 +101,7 @@ def evaluate_passkey(
         raise ValueError(f"protocol must be 'query-aware' or 'query-agnostic', got {protocol!r}")
     for name in policies:
         get_policy(name)
-    ids, keys = passkey_prompts(tokenizer, context, n)
+    ids, keys = passkey_prompts(tokenizer, context, n, seed=(config or PASSKEY_CONFIG).seed)
     ids = ids.to(next(model.parameters()).device)
     question = len(tokenizer(QUESTION, add_special_tokens=False).input_ids) if protocol == "query-agnostic" else 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

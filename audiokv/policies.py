@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from audiokv.scoring import key_novelty, pool_scores, window_scores
+from audiokv.scoring import key_novelty, pool_scores, rerank, value_rarity, window_scores
 from audiokv.spectral import span_mask
 
 
@@ -66,6 +66,8 @@ class Policy:
             instead of evicting it.
         path_budgets: split an audio row's budget across heads by :meth:`head_demand`
             (query-free) instead of by the scores.
+        text_rarity: choose the text tokens a head keeps by its scores *or* by
+            how rare their values are (:meth:`text_scores`), not by the scores alone.
     """
 
     name: str
@@ -75,6 +77,7 @@ class Policy:
     coverage: bool = False
     merge: bool = False
     path_budgets: bool = False
+    text_rarity: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -91,6 +94,30 @@ class Policy:
     def head_demand(self, inp: ScoreInput, spans: Tensor) -> Tensor | None:
         """``[B, H_kv]`` how much of an audio row's budget each head deserves; None: split by the scores."""
         return None
+
+    def text_scores(self, inp: ScoreInput, raw: Tensor, text: Tensor) -> Tensor:
+        """``[B, H_kv, T]`` scores with the text tokens' (``text``: ``[B, T]`` bool) re-chosen; ``raw`` by default.
+
+        With ``text_rarity`` each head keeps as many text tokens as ``raw`` gives it
+        (the scores are only permuted among them), chosen by whichever ranks a
+        token higher: ``raw`` (the window's queries) or :func:`value_rarity`
+        (no query). A context compressed before its question has a window that
+        says little about the question; rare values are what no later query can
+        recover from the rest.
+        """
+        if not self.text_rarity or not text.any():
+            return raw
+        masked = text[:, None, :]
+
+        def rank(scores: Tensor) -> Tensor:  # [B, H, T] 0 = lowest; non-text tokens rank below all text
+            return scores.masked_fill(~masked, float("-inf")).argsort(dim=-1, stable=True).argsort(dim=-1)
+
+        positions = text.any(0).nonzero()[:, 0]  # text tokens of any row: audio spans are not scored
+        rarity = raw.new_full(raw.shape, float("-inf"))
+        rarity[..., positions] = value_rarity(inp.value, inp.key_mask, positions).to(raw.dtype)
+        by_window = rank(raw)
+        either = torch.maximum(by_window, rank(rarity))
+        return rerank(raw, either * raw.shape[-1] + by_window, text)  # ties go to the window's choice
 
 
 class AudioKV(Policy):
@@ -221,7 +248,9 @@ class PyramidKV(Policy):
 
 
 # AudioKV's parts; each ablation switches one off
-AUDIOKV = dict(head_budgets=True, smooth=False, use_prior=True, coverage=True, merge=True, path_budgets=True)
+AUDIOKV = dict(
+    head_budgets=True, smooth=False, use_prior=True, coverage=True, merge=True, path_budgets=True, text_rarity=True
+)
 
 POLICIES: dict[str, Policy] = {
     p.name: p
@@ -243,6 +272,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-no-coverage", **{**AUDIOKV, "coverage": False}),
         AudioKV("audiokv-no-merge", **{**AUDIOKV, "merge": False}),
         AudioKV("audiokv-score-split", **{**AUDIOKV, "path_budgets": False}),
+        AudioKV("audiokv-window-text", **{**AUDIOKV, "text_rarity": False}),
     )
 }
 

@@ -110,3 +110,73 @@ def key_novelty(key: Tensor) -> Tensor:
     padded = torch.cat([k[:, :, 1:2], k, k[:, :, -2:-1]], dim=2)  # mirror the ends
     neighbours = F.normalize(padded[:, :, :-2] + padded[:, :, 2:], dim=-1)
     return 1 - (k * neighbours).sum(-1)
+
+
+def value_rarity(
+    value: Tensor,
+    key_mask: Tensor | None = None,
+    positions: Tensor | None = None,
+    *,
+    neighbours: int = 4,
+    block: int = 512,
+) -> Tensor:
+    """How rare each value is in the prompt: minus its mean cosine with its ``neighbours`` most similar values.
+
+    Attention returns a mix of values, so a token whose value several others
+    nearly repeat (filler, boilerplate, a repeated phrase) adds little that
+    the others do not, whatever the query; a value nothing else resembles (a
+    name, a number) is lost for good if evicted. Needs no query, so it scores
+    a context compressed before its question is seen.
+
+    Args:
+        value: ``[B, H_kv, T, D]``.
+        key_mask: ``[B, T]`` bool or None; padding is nobody's neighbour.
+        positions: ``[P]`` int64 tokens to score (None: all ``T``); their
+            neighbours are sought among all tokens.
+        neighbours: how many most similar values are averaged.
+        block: tokens scored at a time (memory ``block * T`` per head).
+
+    Returns:
+        ``[B, H_kv, P]`` float32 in [-1, 1]; higher is rarer.
+    """
+    v = F.normalize(value.float(), dim=-1)
+    length = v.shape[2]
+    positions = torch.arange(length, device=v.device) if positions is None else positions.to(v.device)
+    m = min(neighbours, length - 1)
+    if m < 1:
+        return v.new_zeros(*v.shape[:2], len(positions))
+    out = []
+    for chunk in positions.split(block):
+        sim = v[:, :, chunk] @ v.transpose(-1, -2)  # [B, H, b, T]
+        sim[:, :, torch.arange(len(chunk), device=v.device), chunk] = -2.0  # not its own neighbour
+        if key_mask is not None:
+            sim = sim.masked_fill(~key_mask.bool()[:, None, None, :], -2.0)
+        out.append(-sim.topk(m, dim=-1).values.mean(-1))
+    return torch.cat(out, dim=2)
+
+
+def rerank(scores: Tensor, order: Tensor, where: Tensor) -> Tensor:
+    """``scores`` whose entries under ``where`` are permuted to follow ``order``; the rest unchanged.
+
+    Each head keeps the same multiset of scores among the ``where`` tokens
+    (so a top-k over the row takes as many of them as before), but which token
+    gets which score follows ``order`` (highest ``order`` gets the highest
+    score). Equal scores are lowered by ~1e-12 of the largest in ``order``'s
+    order so that a top-k among them follows it too.
+
+    Args:
+        scores, order: ``[B, H, T]``.
+        where: ``[B, T]`` bool.
+
+    Returns:
+        ``[B, H, T]`` float64.
+    """
+    mask = where[:, None, :].expand_as(scores)
+    values = scores.double().masked_fill(~mask, float("-inf")).sort(dim=-1, descending=True).values
+    finite = values.isfinite()
+    scale = values.masked_fill(~finite, 0).abs().amax(-1, keepdim=True).clamp_min(1e-30)
+    step = torch.arange(values.shape[-1], device=values.device) * scale * 2.0**-40  # equal scores: order decides
+    values = torch.where(finite, values - step, values)
+    positions = order.double().masked_fill(~mask, float("-inf")).argsort(dim=-1, descending=True, stable=True)
+    permuted = torch.empty_like(values).scatter_(-1, positions, values)
+    return torch.where(mask, permuted, scores.double())

@@ -149,3 +149,22 @@ def test_pooling_keeps_the_neighbours_of_a_heavy_hitter(kernel):
         kept = set(layer.kept_indices[0, h, : layer.budgets[0, h]].tolist())
         assert 50 in kept
         assert (set(range(47, 54)) <= kept) == (kernel == 7)  # unpooled, the neighbours are random picks
+
+
+def test_a_rare_text_token_the_window_ignores_is_kept_only_with_text_rarity():
+    # filler: four values repeated; token 21 carries a value nothing repeats; the window's queries
+    # look only at the filler's keys (a context compressed before its question)
+    gen = torch.Generator().manual_seed(3)
+    filler_k, filler_v = torch.randn(4, 16, generator=gen), torch.randn(4, 16, generator=gen)
+    k = filler_k[torch.arange(80) % 4][None, None] * torch.linspace(0.5, 1.5, 80)[:, None]  # scores differ
+    v = filler_v[torch.arange(80) % 4].clone()[None, None]
+    k[0, 0, 21], v[0, 0, 21] = -filler_k.sum(0), torch.randn(16, generator=gen)
+    q = filler_k.sum(0).expand(1, 2, 80, 16).contiguous()
+    cfg = AudioKVConfig(compression_ratio=0.75, window=4, sinks=2, pooling_kernel=1)
+    kept = {}
+    for name in ("audiokv", "audiokv-window-text"):
+        layer = AudioKVAttention(cfg, num_heads=2, num_kv_heads=1, head_dim=16, policy=name, kernel="reference")
+        layer(q, k, v)  # text only: no audio span
+        kept[name] = layer.kept_indices[0, 0, : layer.budgets[0, 0]].tolist()
+    assert 21 in kept["audiokv"] and 21 not in kept["audiokv-window-text"]
+    assert len(kept["audiokv"]) == len(kept["audiokv-window-text"]) == 20

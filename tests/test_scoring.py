@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audiokv.scoring import pool_scores, window_scores
+from audiokv.scoring import pool_scores, rerank, value_rarity, window_scores
 
 
 def naive_scores(q, k, scale, key_mask=None):
@@ -63,3 +63,33 @@ def test_pool_scores_matches_sliding_window(mode):
         want = seg.amax(-1) if mode == "max" else seg.mean(-1)
         torch.testing.assert_close(got[..., t], want)
     assert pool_scores(x, 1, mode) is x
+
+
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 40), st.integers(1, 6), st.integers(1, 16), st.data())
+def test_value_rarity_matches_a_loop_over_neighbours(bsz, heads, length, neighbours, block, data):
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    value = torch.randn(bsz, heads, length, 4, generator=gen)
+    value[:, :, length // 2 :] = value[:, :, : length - length // 2].clone()  # some exact repeats
+    mask = torch.rand(bsz, length, generator=gen) > 0.2 if data.draw(st.booleans()) else None
+    positions = torch.tensor(sorted(data.draw(st.sets(st.integers(0, length - 1), min_size=1))))
+    got = value_rarity(value, mask, positions, neighbours=neighbours, block=block)
+    unit = torch.nn.functional.normalize(value, dim=-1)
+    for b in range(bsz):
+        for h in range(heads):
+            for i, t in enumerate(positions.tolist()):
+                others = [s for s in range(length) if s != t and (mask is None or mask[b, s])]
+                sims = sorted((float(unit[b, h, t] @ unit[b, h, s]) for s in others), reverse=True)
+                sims += [-2.0] * (min(neighbours, length - 1) - len(sims))  # fewer valid neighbours than asked
+                want = 0.0 if length == 1 else -sum(sims[: min(neighbours, length - 1)]) / min(neighbours, length - 1)
+                assert abs(got[b, h, i].item() - want) < 1e-5
+
+
+def test_rerank_permutes_the_scores_of_the_chosen_tokens_to_follow_the_order():
+    scores = torch.tensor([[[5.0, 1.0, 4.0, 2.0, 3.0]]])
+    order = torch.tensor([[[0.0, 9.0, 0.0, 1.0, 5.0]]])
+    where = torch.tensor([[False, True, False, True, True]])
+    got = rerank(scores, order, where)
+    # tokens 1, 3, 4 hold {1, 2, 3}; by order 1 > 4 > 3 they get 3, 2, 1; tokens 0 and 2 keep theirs
+    torch.testing.assert_close(got, torch.tensor([[[5.0, 3.0, 4.0, 1.0, 2.0]]], dtype=torch.float64))
+    tied = rerank(torch.ones(1, 1, 5), order, torch.ones(1, 5, dtype=torch.bool))
+    assert tied[0, 0].argsort(descending=True).tolist() == [1, 4, 3, 0, 2]  # ties follow the order
