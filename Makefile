@@ -37,7 +37,7 @@ results-whisper: $(STAMP)
 # commit (about 2 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,audiokv,audiokv-sss,audiokv-no-heads
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv
-AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv
+AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 R := benchmarks/results
 results: $(STAMP)
 	$(MAKE) results-whisper MODEL=whisper-tiny.en POLICIES=$(WHISPER_POLICIES)
