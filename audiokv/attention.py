@@ -84,11 +84,12 @@ class AudioKVAttention(nn.Module):
         self.kept_indices: Tensor | None = None  # [B, H_kv, K] kept prompt positions (see select_tokens)
         self.decoding = False  # the last call appended to the pool (False: it was the prefill)
         self.prompt_length = 0  # tokens of the compressed prompt (before any appended)
+        self.decoded_kept: Tensor | None = None  # [B*H_kv, A] which appended tokens each row holds (0 = first)
         self.compressions = 0  # compression calls so far: each draws its own random stream
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
-        self.pool = self.block_mask = self.budgets = self.kept_indices = None
+        self.pool = self.block_mask = self.budgets = self.kept_indices = self.decoded_kept = None
         self.decoding = False
         self.prompt_length = 0
 
@@ -105,11 +106,16 @@ class AudioKVAttention(nn.Module):
         self.pool = self.pool.select_rows(rows)
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.budgets, self.kept_indices = self.budgets[idx], self.kept_indices[idx]
+        self.decoded_kept = self.decoded_kept[rows.to(self.decoded_kept.device)]
 
     def drop_last(self, tokens: int) -> None:
         """Forget the last ``tokens`` decoded (or appended) tokens of every row; the compressed prompt stays."""
         if self.pool is not None and not self.cross_attention:
+            held = self.decoded_kept.shape[1]
+            if held and self.decoded_kept[0, -1].item() != held - 1:
+                raise ValueError("cannot drop decoded tokens after decode-time eviction (decode_keep) dropped some")
             self.pool.drop_last(tokens)
+            self.decoded_kept = self.decoded_kept[:, : held - tokens]
 
     @property
     def kv_bytes(self) -> int:
@@ -150,8 +156,29 @@ class AudioKVAttention(nn.Module):
             if not self.cross_attention:
                 self._check_shapes(query, key, value)
                 self.pool.append(key.detach(), value.detach())
+                seen = self.decoded_kept[:, -1:] + 1 if self.decoded_kept.shape[1] else 0
+                new = seen + torch.arange(key.shape[2], device=self.decoded_kept.device)
+                self.decoded_kept = torch.cat([self.decoded_kept, new.expand(self.pool.num_rows, -1)], 1)
             self.decoding = True
-            return self.attend(query.detach())
+            out = self.attend(query.detach())
+            keep = self.config.decode_keep
+            if keep is not None and self.decoded_kept.shape[1] >= keep + self.config.decode_every:
+                self._evict_decoded(query.detach()[:, :, -1], keep)
+            return out
+
+    def _evict_decoded(self, query: Tensor, keep: int) -> None:
+        """Keep ``keep`` appended tokens per row: the most recent ``min(window, keep)`` and the best by ``query``.
+
+        ``query``: ``[B, H_q, D]`` the latest query; a row's score is its GQA
+        group's mean softmax attention over the row's appended tokens.
+        """
+        keys = self.pool.appended_keys()  # [R, A, D]
+        rows = query.reshape(self.pool.num_rows, -1, query.shape[-1]).to(keys.dtype)  # [R, G, D]
+        scores = torch.softmax((rows @ keys.transpose(1, 2)).float() * self.scaling, -1).mean(1)  # [R, A]
+        scores[:, scores.shape[1] - min(self.config.window, keep) :] = float("inf")
+        kept = scores.topk(keep, dim=-1).indices.sort(-1).values
+        self.pool.keep_appended(kept)
+        self.decoded_kept = self.decoded_kept.gather(1, kept.to(self.decoded_kept.device))
 
     def attend(self, query: Tensor, scaling: float | None = None) -> Tensor:
         """Attention of ``[B, H_q, q, D]`` new queries over the pool (causal: its last ``q`` tokens are theirs).
@@ -247,6 +274,8 @@ class AudioKVAttention(nn.Module):
             key, value, log_mass = merge_spans(key, value, kept, spans, key_mask)
         self.budgets = budgets
         reserve = cfg.decode_reserve if decode_tokens is None else min(cfg.decode_reserve, decode_tokens)
+        if cfg.decode_keep is not None:  # the appended part never holds more
+            reserve = min(reserve, cfg.decode_keep + cfg.decode_every)
         reserve = 0 if self.cross_attention else reserve
         page = cfg.page_size or fit_page_size(budgets.float().mean().item() + reserve)
         self.pool = PagedKVPool.from_selection(
@@ -254,6 +283,7 @@ class AudioKVAttention(nn.Module):
         )
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices
+        self.decoded_kept = torch.zeros(self.pool.num_rows, 0, dtype=torch.long, device=key.device)
         self.prompt_length = length
         self.compressions += 1
 

@@ -56,6 +56,13 @@ class AudioKVConfig:
             grows by this much or by as many tokens as were appended so far,
             whichever is more, so a long generation reallocates (and compiles a
             kernel for a new pool size) only O(log(steps)) times.
+        decode_keep: tokens per KV head kept of what is appended after the
+            prompt (the generated answer); None keeps them all. Once
+            ``decode_keep + decode_every`` are held, each row keeps its last
+            ``min(window, decode_keep)`` and the rest of ``decode_keep`` by the
+            current query's attention (TOVA-style, averaged over the GQA group),
+            in place: a long generation stops growing the cache.
+        decode_every: how many tokens are appended between two such evictions.
         seed: seed of the randomized policies (``random``); each layer and each
             compression call draws from its own stream derived from it, so a
             run repeats exactly and no two layers or clips share a mask.
@@ -72,6 +79,8 @@ class AudioKVConfig:
     sinks: int = 4
     page_size: int | None = None
     decode_reserve: int = 128
+    decode_keep: int | None = None
+    decode_every: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -103,4 +112,7 @@ class AudioKVConfig:
             if self.page_size > 1024 or self.page_size & (self.page_size - 1):
                 raise ValueError(f"page_size must be a power of two in [16, 1024] or None, got {self.page_size}")
         _require_int("decode_reserve", self.decode_reserve, 0)
+        if self.decode_keep is not None:
+            _require_int("decode_keep", self.decode_keep, 1)
+        _require_int("decode_every", self.decode_every, 1)
         _require_int("seed", self.seed, 0)

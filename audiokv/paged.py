@@ -197,13 +197,37 @@ class PagedKVPool:
         if self.free_slots() < q_len:  # geometric: O(log(steps)) reallocations (and kernel shapes)
             self.grow(max(q_len, self.reserve, self._appended))
         pos = self.lengths.long()[:, None] + torch.arange(q_len, device=self.lengths.device)
-        page = self.page_table.long().gather(1, pos // self.page_size)
-        slots = (page * self.page_size + pos % self.page_size).reshape(-1)
+        slots = self._slots(pos).reshape(-1)
         self.key_pages.view(-1, dim).index_copy_(0, slots, key.reshape(-1, dim).to(self.key_pages.dtype))
         self.value_pages.view(-1, dim).index_copy_(0, slots, value.reshape(-1, dim).to(self.value_pages.dtype))
         self.lengths += q_len
         self._lengths_host = [n + q_len for n in self._lengths_host]
         self._appended += q_len
+
+    def _slots(self, pos: Tensor) -> Tensor:
+        """``[R, n]`` storage slots of each row's logical positions ``pos`` (``[R, n]``)."""
+        page = self.page_table.long().gather(1, pos // self.page_size)
+        return page * self.page_size + pos % self.page_size
+
+    def appended_keys(self) -> Tensor:
+        """``[R, A, D]`` keys of the ``A`` tokens appended to every row since the selection, in order."""
+        pos = (self.lengths.long() - self._appended)[:, None] + torch.arange(self._appended, device=self.lengths.device)
+        return self.key_pages.view(-1, self.key_pages.shape[-1])[self._slots(pos)]
+
+    def keep_appended(self, keep: Tensor) -> None:
+        """Keep only the appended tokens ``keep`` (``[R, k]`` increasing offsets into them) of every row, in place.
+
+        They move to the front of the appended part, in order; the pool keeps
+        its pages (no reallocation), so decoding stays within them.
+        """
+        start = (self.lengths.long() - self._appended)[:, None]
+        src = self._slots(start + keep.long()).reshape(-1)
+        dst = self._slots(start + torch.arange(keep.shape[1], device=keep.device)).reshape(-1)
+        dim = self.key_pages.shape[-1]
+        for pages in (self.key_pages, self.value_pages):  # appended tokens have log mass 0 everywhere: no move
+            flat = pages.view(-1, dim)
+            flat[dst] = flat[src]  # gathered before written
+        self.drop_last(self._appended - keep.shape[1])
 
     def drop_last(self, tokens: int) -> None:
         """Forget the last ``tokens`` appended to every row (their slots are reused by the next append).

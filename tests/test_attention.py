@@ -245,3 +245,39 @@ def test_cross_attention_mode_compresses_the_encoder_keys_once():
         got = module(q, k[:, :, :0], v[:, :, :0])
         torch.testing.assert_close(got.double(), ref.attend(q), atol=1e-5, rtol=0)
     assert module.pool.row_lengths == module.budgets.flatten().tolist()  # nothing appended
+
+
+@pytest.mark.parametrize("keep", [None, 12])
+def test_decode_time_eviction_bounds_the_generated_part_and_attends_over_exactly_what_it_keeps(keep):
+    gen = torch.Generator().manual_seed(5)
+    cfg = AudioKVConfig(compression_ratio=0.5, window=4, sinks=2, decode_keep=keep, decode_every=5, decode_reserve=8)
+    layer = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=8, kernel="reference")
+    q, k, v = (
+        torch.randn(1, 4, 40, 8, generator=gen),
+        torch.randn(1, 2, 40, 8, generator=gen),
+        torch.randn(1, 2, 40, 8, generator=gen),
+    )
+    layer(q, k, v)
+    prompt = [layer.kept_indices[0, h, : layer.budgets[0, h]] for h in range(2)]
+    history_k, history_v = [], []
+    for step in range(60):
+        qs, ks, vs = (torch.randn(1, h, 1, 8, generator=gen) for h in (4, 2, 2))
+        history_k.append(ks[0, :, 0])
+        history_v.append(vs[0, :, 0])
+        held = [[*layer.decoded_kept[h].tolist(), step] for h in range(2)]  # before this step's eviction
+        out = layer(qs, ks, vs)
+        dk, dv = torch.stack(history_k, 1), torch.stack(history_v, 1)  # [2, steps, 8]
+        for h in range(2):  # dense attention over the kept prompt tokens and the held generated ones
+            keys = torch.cat([k[0, h, prompt[h]], dk[h, held[h]]])
+            values = torch.cat([v[0, h, prompt[h]], dv[h, held[h]]])
+            want = torch.softmax(qs[0, 2 * h : 2 * h + 2, 0] @ keys.T * 8**-0.5, -1) @ values
+            torch.testing.assert_close(out[0, 2 * h : 2 * h + 2, 0], want, atol=1e-5, rtol=0)
+        count = layer.decoded_kept.shape[1]
+        assert count == step + 1 if keep is None else count <= keep + 4  # evicts once keep + every are held
+    if keep is None:  # switched off: the generated part grows
+        assert layer.pool.num_pages * layer.pool.page_size >= sum(layer.budgets.flatten().tolist()) + 2 * 60
+    else:
+        assert layer.decoded_kept[:, -4:].tolist() == [[56, 57, 58, 59]] * 2  # the window of recent tokens stays
+        assert layer.pool.num_pages * layer.pool.page_size <= sum(layer.budgets.flatten().tolist()) + 2 * (16 + 16)
+        with pytest.raises(ValueError, match="eviction"):
+            layer.drop_last(1)
