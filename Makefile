@@ -36,7 +36,7 @@ results-whisper: $(STAMP)
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
 # commit (about 2 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,audiokv,audiokv-sss,audiokv-no-heads
-PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv
+PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 R := benchmarks/results
 results: $(STAMP)
