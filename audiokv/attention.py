@@ -84,12 +84,12 @@ class AudioKVAttention(nn.Module):
         self.kept_indices: Tensor | None = None  # [B, H_kv, K] kept prompt positions (see select_tokens)
         self.decoding = False  # the last call appended to the pool (False: it was the prefill)
         self.prompt_length = 0  # tokens of the compressed prompt (before any appended)
-        self.decoded_kept: Tensor | None = None  # [B*H_kv, A] which appended tokens each row holds (0 = first)
+        self._evicted_kept: Tensor | None = None  # decoded_kept once decode-time eviction has dropped some
         self.compressions = 0  # compression calls so far: each draws its own random stream
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
-        self.pool = self.block_mask = self.budgets = self.kept_indices = self.decoded_kept = None
+        self.pool = self.block_mask = self.budgets = self.kept_indices = self._evicted_kept = None
         self.decoding = False
         self.prompt_length = 0
 
@@ -106,16 +106,22 @@ class AudioKVAttention(nn.Module):
         self.pool = self.pool.select_rows(rows)
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.budgets, self.kept_indices = self.budgets[idx], self.kept_indices[idx]
-        self.decoded_kept = self.decoded_kept[rows.to(self.decoded_kept.device)]
+        if self._evicted_kept is not None:
+            self._evicted_kept = self._evicted_kept[rows.to(self._evicted_kept.device)]
+
+    @property
+    def decoded_kept(self) -> Tensor:
+        """``[B*H_kv, A]`` which of the tokens appended since compression each row holds (0 = the first)."""
+        if self._evicted_kept is not None:
+            return self._evicted_kept
+        return torch.arange(self.pool.appended, device=self.pool.lengths.device).expand(self.pool.num_rows, -1)
 
     def drop_last(self, tokens: int) -> None:
         """Forget the last ``tokens`` decoded (or appended) tokens of every row; the compressed prompt stays."""
         if self.pool is not None and not self.cross_attention:
-            held = self.decoded_kept.shape[1]
-            if held and self.decoded_kept[0, -1].item() != held - 1:
+            if self._evicted_kept is not None:
                 raise ValueError("cannot drop decoded tokens after decode-time eviction (decode_keep) dropped some")
             self.pool.drop_last(tokens)
-            self.decoded_kept = self.decoded_kept[:, : held - tokens]
 
     @property
     def kv_bytes(self) -> int:
@@ -156,13 +162,14 @@ class AudioKVAttention(nn.Module):
             if not self.cross_attention:
                 self._check_shapes(query, key, value)
                 self.pool.append(key.detach(), value.detach())
-                seen = self.decoded_kept[:, -1:] + 1 if self.decoded_kept.shape[1] else 0
-                new = seen + torch.arange(key.shape[2], device=self.decoded_kept.device)
-                self.decoded_kept = torch.cat([self.decoded_kept, new.expand(self.pool.num_rows, -1)], 1)
+                if self._evicted_kept is not None:  # bounded by decode_keep + decode_every
+                    held = self._evicted_kept
+                    new = held[:, -1:] + 1 + torch.arange(key.shape[2], device=held.device)
+                    self._evicted_kept = torch.cat([held, new], 1)
             self.decoding = True
             out = self.attend(query.detach())
             keep = self.config.decode_keep
-            if keep is not None and self.decoded_kept.shape[1] >= keep + self.config.decode_every:
+            if keep is not None and self.pool.appended >= keep + self.config.decode_every:
                 self._evict_decoded(query.detach()[:, :, -1], keep)
             return out
 
@@ -177,8 +184,8 @@ class AudioKVAttention(nn.Module):
         scores = torch.softmax((rows @ keys.transpose(1, 2)).float() * self.scaling, -1).mean(1)  # [R, A]
         scores[:, scores.shape[1] - min(self.config.window, keep) :] = float("inf")
         kept = scores.topk(keep, dim=-1).indices.sort(-1).values
+        self._evicted_kept = self.decoded_kept.gather(1, kept.to(self.pool.lengths.device))  # before the pool shrinks
         self.pool.keep_appended(kept)
-        self.decoded_kept = self.decoded_kept.gather(1, kept.to(self.decoded_kept.device))
 
     def attend(self, query: Tensor, scaling: float | None = None) -> Tensor:
         """Attention of ``[B, H_q, q, D]`` new queries over the pool (causal: its last ``q`` tokens are theirs).
@@ -283,7 +290,7 @@ class AudioKVAttention(nn.Module):
         )
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
         self.kept_indices = indices
-        self.decoded_kept = torch.zeros(self.pool.num_rows, 0, dtype=torch.long, device=key.device)
+        self._evicted_kept = None
         self.prompt_length = length
         self.compressions += 1
 

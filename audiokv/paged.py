@@ -93,6 +93,11 @@ class PagedKVPool:
     def num_pages(self) -> int:
         return self.key_pages.shape[0]
 
+    @property
+    def appended(self) -> int:
+        """Tokens every row holds beyond its selected prompt tokens."""
+        return self._appended
+
     @classmethod
     def from_selection(
         cls,
