@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from audiokv.budget import demand_scores, head_budgets, head_weights, layer_budget, mark_mandatory
 from audiokv.config import AudioKVConfig
-from audiokv.kernel import paged_attention, reference_paged_attention
+from audiokv.kernel import causal_attention, merge_attention, paged_attention, reference_paged_attention
 from audiokv.mask import PagedBlockMask
 from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool, fit_page_size
@@ -86,12 +86,15 @@ class AudioKVAttention(nn.Module):
         self.prompt_length = 0  # tokens of the compressed prompt (before any appended)
         self._evicted_kept: Tensor | None = None  # decoded_kept once decode-time eviction has dropped some
         self.compressions = 0  # compression calls so far: each draws its own random stream
+        self.peak_kv_bytes = 0  # the most K/V bytes held at once since the prefill (see `_track`)
+        self._chunks: list[tuple[Tensor, Tensor]] | None = None  # selections of the chunks prefilled so far
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
         self.pool = self.block_mask = self.budgets = self.kept_indices = self._evicted_kept = None
+        self._chunks = None
         self.decoding = False
-        self.prompt_length = 0
+        self.prompt_length = self.peak_kv_bytes = 0
 
     def select_batch(self, indices: Tensor) -> None:
         """Keep batch rows ``indices`` of the cached sequence, in that order (may repeat or drop rows).
@@ -125,7 +128,7 @@ class AudioKVAttention(nn.Module):
 
     @property
     def kv_bytes(self) -> int:
-        """Bytes of K/V storage held for the current sequence."""
+        """Bytes of K/V storage held for the current sequence (``peak_kv_bytes``: the most held at once)."""
         return 0 if self.pool is None else self.pool.nbytes
 
     def forward(
@@ -137,6 +140,7 @@ class AudioKVAttention(nn.Module):
         audio_span: Span | Tensor | None = None,
         key_mask: Tensor | None = None,
         decode_tokens: int | None = None,
+        chunk: tuple[int, int] | None = None,
     ) -> Tensor:
         """Attend, compressing the cache on the first (prefill) call.
 
@@ -149,19 +153,26 @@ class AudioKVAttention(nn.Module):
                 which are never kept.
             decode_tokens: prefill only; how many tokens will be appended after
                 the prompt, if known: the pool reserves room for no more.
+            chunk: ``(start, total)`` when this call is the part from ``start`` of
+                a ``total``-token prompt prefilled in chunks (``AudioKVConfig.prefill_chunk``;
+                self-attention only); ``audio_span`` and ``key_mask`` describe the whole prompt.
 
         Returns:
             ``[B, H_q, q, D]`` attention output.
         """
+        if chunk is not None and not self.cross_attention:
+            return self._prefill_chunk(query, key, value, *chunk, audio_span, key_mask, decode_tokens)
         if self.pool is None:
             self._check_shapes(query, key, value)
             out = prompt_attention(query, key, value, self.scaling, key_mask, causal=not self.cross_attention)
             self.compress(query, key, value, audio_span=audio_span, key_mask=key_mask, decode_tokens=decode_tokens)
+            self._track(key.nbytes + value.nbytes)
             return out
         with torch.no_grad():  # inference only: no gradients
             if not self.cross_attention:
                 self._check_shapes(query, key, value)
                 self.pool.append(key.detach(), value.detach())
+                self._track(key.nbytes + value.nbytes)
                 if self._evicted_kept is not None:  # bounded by decode_keep + decode_every
                     held = self._evicted_kept
                     new = held[:, -1:] + 1 + torch.arange(key.shape[2], device=held.device)
@@ -229,14 +240,50 @@ class AudioKVAttention(nn.Module):
             key, value: ``[B, H_kv, T, D]`` prompt keys and values.
             audio_span, key_mask, decode_tokens: as in :meth:`forward`.
         """
+        bsz, _, length, _ = key.shape
+        spans = self._spans(audio_span, bsz, length)
+        key, value, indices, budgets, log_mass = self._select(query, key, value, spans, key_mask, self.config.sinks)
+        reserve = self._reserve(decode_tokens)
+        page = self.config.page_size or fit_page_size(budgets.float().mean().item() + reserve)
+        self.pool = PagedKVPool.from_selection(
+            key, value, indices, budgets, page_size=page, reserve=reserve, log_mass=log_mass
+        )
+        self._compressed(indices, budgets, length)
+
+    def _spans(self, audio_span: Span | Tensor | None, bsz: int, length: int) -> Tensor | None:
+        """``[B, 2]`` audio span of each row (cross-attention: every key), or None."""
+        if self.cross_attention:
+            return span_rows(None, bsz, length)
+        return None if audio_span is None else span_rows(audio_span, bsz, length)
+
+    def _reserve(self, decode_tokens: int | None) -> int:
+        """Room per row for tokens appended after the prompt."""
+        cfg = self.config
+        reserve = cfg.decode_reserve if decode_tokens is None else min(cfg.decode_reserve, decode_tokens)
+        if cfg.decode_keep is not None:  # the appended part never holds more
+            reserve = min(reserve, cfg.decode_keep + cfg.decode_every)
+        return 0 if self.cross_attention else reserve
+
+    def _ratio(self, length: int) -> float:
+        """This layer's compression ratio for a prompt (or chunk) of ``length`` tokens."""
+        if length <= self.config.window and not self.cross_attention:
+            return 0.0  # the observation window covers the whole prompt: a short prompt is kept whole
+        return self.policy.layer_ratio(self.config.compression_ratio, self.layer_idx, self.num_layers)
+
+    def _select(
+        self, query: Tensor, key: Tensor, value: Tensor, spans: Tensor | None, key_mask: Tensor | None, sinks: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """What each head keeps of ``[B, H_kv, T, D]`` keys and values: ``(key, value, indices, budgets, log_mass)``.
+
+        ``key``/``value`` come back merged (:mod:`audiokv.merge`), ``indices`` are
+        :func:`select_tokens`' ``[B, H_kv, K]``, ``budgets`` ``[B, H_kv]``, ``log_mass``
+        ``[B, H_kv, T]`` or None; ``sinks`` first valid tokens are always kept.
+        """
         cfg = self.config
         bsz, heads, length, _ = key.shape
         valid = torch.ones(bsz, length, dtype=torch.bool, device=key.device) if key_mask is None else key_mask.bool()
         policy = self.policy
-        ratio = policy.layer_ratio(cfg.compression_ratio, self.layer_idx, self.num_layers)
-        if length <= cfg.window and not self.cross_attention:
-            ratio = 0.0  # the observation window covers the whole prompt: a short prompt is kept whole
-        spans = None
+        ratio = self._ratio(length)
         if ratio == 0:
             scores = torch.zeros(bsz, heads, length, device=key.device)
             scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
@@ -248,17 +295,13 @@ class AudioKVAttention(nn.Module):
                 query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel, seed
             )
             raw = policy.score(inp).float()
-            if cross:  # every encoder frame is audio
-                spans = span_rows(None, bsz, length)
-            else:
-                spans = None if audio_span is None else span_rows(audio_span, bsz, length)
             text = valid if spans is None else valid & ~span_mask(spans.to(key.device), length)
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores
-            scores = mark_mandatory(ranked, sinks=cfg.sinks, window=0 if cross else cfg.window, key_mask=key_mask)
+            scores = mark_mandatory(ranked, sinks=sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
             weights, split = None, scores
@@ -273,26 +316,106 @@ class AudioKVAttention(nn.Module):
             budgets = head_budgets(split, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:
                 scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)
+        self.compressions += 1
         indices = select_tokens(scores, budgets)
         log_mass = None
         if policy.merge and spans is not None:
             kept = torch.zeros(bsz, heads, length + 1, dtype=torch.bool, device=key.device)
             kept = kept.scatter_(-1, indices, True)[..., :length]  # padding entries point at T
             key, value, log_mass = merge_spans(key, value, kept, spans, key_mask)
-        self.budgets = budgets
-        reserve = cfg.decode_reserve if decode_tokens is None else min(cfg.decode_reserve, decode_tokens)
-        if cfg.decode_keep is not None:  # the appended part never holds more
-            reserve = min(reserve, cfg.decode_keep + cfg.decode_every)
-        reserve = 0 if self.cross_attention else reserve
-        page = cfg.page_size or fit_page_size(budgets.float().mean().item() + reserve)
-        self.pool = PagedKVPool.from_selection(
-            key, value, indices, budgets, page_size=page, reserve=reserve, log_mass=log_mass
-        )
+        return key, value, indices, budgets, log_mass
+
+    def _compressed(self, indices: Tensor, budgets: Tensor, length: int) -> None:
+        """Record a finished compression of a ``length``-token prompt and start attending over the pool."""
+        self.budgets, self.kept_indices = budgets, indices
         self.block_mask = PagedBlockMask(self.pool, causal=not self.cross_attention)
-        self.kept_indices = indices
         self._evicted_kept = None
         self.prompt_length = length
-        self.compressions += 1
+
+    @torch.no_grad()
+    def _prefill_chunk(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        start: int,
+        total: int,
+        audio_span: Span | Tensor | None,
+        key_mask: Tensor | None,
+        decode_tokens: int | None,
+    ) -> Tensor:
+        """One chunk of a prompt prefilled in chunks: attend, then keep a selection of the chunk in the pool.
+
+        The chunk's queries see what the pool kept of the earlier chunks and
+        their own chunk causally; the chunk is then compressed on its own (its
+        last ``window`` queries score it, its share of the audio span is covered
+        and merged), so every chunk keeps ``1 - ratio`` of its tokens and the
+        pool never holds more than the budget of the whole prompt.
+        """
+        self._check_shapes(query, key, value)
+        bsz, _, length, _ = key.shape
+        end, in_flight = start + length, key.nbytes + value.nbytes
+        spans = self._spans(audio_span, bsz, total)
+        spans = None if spans is None else (spans - start).clamp(0, length)
+        mask = None if key_mask is None else key_mask[:, start:end]
+        if start == 0:
+            self.reset()
+            out = prompt_attention(query, key, value, self.scaling, mask)
+        else:
+            if mask is not None and not mask.all():
+                raise ValueError("padding after the first prefill chunk: the first chunk must reach past it")
+            own = causal_attention(query, key, value, scale=self.scaling)
+            held = reference_paged_attention(query, self.pool, scale=self.scaling, causal=False, return_lse=True)
+            out = merge_attention([held, own])
+        key, value, indices, budgets, log_mass = self._select(
+            query, key, value, spans, mask, self.config.sinks if start == 0 else 0
+        )
+        if start == 0:
+            reserve = self._reserve(decode_tokens)
+            per_row = self._chunked_budget(mask, length, total) / budgets.numel() + reserve
+            page = self.config.page_size or fit_page_size(per_row)
+            rows = budgets.numel()
+            room = (int(per_row * rows) + rows * (page - 1)) // page  # every row wastes under a page
+            pages = sum(max(1, -(-n // page)) for n in budgets.flatten().tolist())
+            self.pool = PagedKVPool.from_selection(
+                key, value, indices, budgets, page_size=page, log_mass=log_mass, spare_pages=max(0, room - pages)
+            )
+            self._chunks = []
+        else:
+            self.pool.extend(key, value, indices, budgets, log_mass)
+        self._track(in_flight)
+        used = torch.arange(indices.shape[-1], device=indices.device) < budgets[..., None]
+        self._chunks.append((torch.where(used, indices + start, total), budgets))
+        if end == total:  # the last chunk: the pool now holds the compressed prompt
+            indices = torch.cat([i for i, _ in self._chunks], -1).sort(-1).values
+            budgets = sum(b for _, b in self._chunks)
+            self.pool.reserve = self._reserve(decode_tokens)
+            self.pool.make_room(self.pool.reserve)
+            self._compressed(indices[..., : int(budgets.max())], budgets, total)
+            self._chunks = None
+        return out
+
+    def _chunked_budget(self, first_mask: Tensor | None, first: int, total: int) -> float:
+        """Tokens the pool will hold over all chunks of a ``total``-token prompt at most (all rows, all heads)."""
+        cfg = self.config
+        chunk = cfg.prefill_chunk or total
+        lengths = [first] + [min(chunk, total - s) for s in range(first, total, chunk)]
+        bsz = 1 if first_mask is None else first_mask.shape[0]
+        held = 0.0
+        for i, n in enumerate(lengths):
+            valid = torch.full((bsz,), n) if i or first_mask is None else first_mask.sum(-1).cpu()
+            mandatory = torch.clamp(valid, max=(cfg.sinks if i == 0 else 0) + cfg.window)
+            held += layer_budget(valid, self.num_kv_heads, self._ratio(n), mandatory).sum().item()
+        return held
+
+    def _track(self, in_flight: int) -> None:
+        """Raise ``peak_kv_bytes`` to the pool plus the ``in_flight`` bytes of this call's own K/V.
+
+        Those are the keys and values the model projected for the tokens being
+        processed (the whole prompt at an unchunked prefill, one chunk, a decode
+        step); temporaries of scoring and merging are not counted.
+        """
+        self.peak_kv_bytes = max(self.peak_kv_bytes, self.kv_bytes + in_flight)
 
 
 def prompt_attention(
@@ -343,10 +466,12 @@ class SharedKVAttention(nn.Module):
         audio_span: object = None,
         key_mask: Tensor | None = None,
         decode_tokens: int | None = None,
+        chunk: object = None,
     ) -> Tensor:
         """``[B, H_q, q, D]`` output; ``key``/``value`` are the producer's K/V of this call (read at prefill only).
 
-        ``audio_span`` and ``decode_tokens`` are accepted for a uniform call and ignored: the producer compresses.
+        ``audio_span``, ``decode_tokens`` and ``chunk`` are accepted for a uniform call and ignored: the
+        producer compresses (chunked prefill is refused for models with shared layers).
         """
         if not self.source.decoding:
             return prompt_attention(query, key, value, self.scaling, key_mask)

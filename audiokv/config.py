@@ -63,6 +63,12 @@ class AudioKVConfig:
             current query's attention (TOVA-style, averaged over the GQA group),
             in place: a long generation stops growing the cache.
         decode_every: how many tokens are appended between two such evictions.
+        prefill_chunk: prefill a prompt longer than this many tokens in chunks of
+            it: each chunk attends to what the cache kept of the earlier ones and
+            is then compressed on its own, so prefill never holds more K/V than
+            the compressed prompt plus one chunk (the first chunk also takes any
+            left padding). None (the default) prefills the prompt at once.
+            Self-attention models only (Whisper's cross-attention ignores it).
         seed: seed of the randomized policies (``random``); each layer and each
             compression call draws from its own stream derived from it, so a
             run repeats exactly and no two layers or clips share a mask.
@@ -81,6 +87,7 @@ class AudioKVConfig:
     decode_reserve: int = 128
     decode_keep: int | None = None
     decode_every: int = 32
+    prefill_chunk: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -115,4 +122,6 @@ class AudioKVConfig:
         if self.decode_keep is not None:
             _require_int("decode_keep", self.decode_keep, 1)
         _require_int("decode_every", self.decode_every, 1)
+        if self.prefill_chunk is not None:
+            _require_int("prefill_chunk", self.prefill_chunk, self.window + 1)
         _require_int("seed", self.seed, 0)

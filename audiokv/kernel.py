@@ -66,21 +66,63 @@ def _add_mass(mass: Tensor):
     return score_mod
 
 
-def reference_paged_attention(query: Tensor, pool: PagedKVPool, *, scale: float, causal: bool = True) -> Tensor:
+def reference_paged_attention(
+    query: Tensor, pool: PagedKVPool, *, scale: float, causal: bool = True, return_lse: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """Dense softmax attention over each row's tokens, one row at a time (pure PyTorch, fp32).
 
     Same contract as :func:`paged_attention`; query ``i`` of a row sees its
     tokens ``0 .. len - q + i`` (causal) or all of them, each token's logit
-    raised by its log mass.
+    raised by its log mass. ``return_lse`` also returns the ``[B, H_q, q]``
+    log-sum-exp of the logits, for :func:`merge_attention` (FlexAttention's
+    CPU kernel cannot return it; one row's tokens are copied at a time).
     """
     bsz, heads, q_len, dim = query.shape
     group = heads // pool.num_kv_heads
     rows = query.reshape(pool.num_rows, group, q_len, dim).float()
-    out = torch.empty_like(rows)
+    out = torch.zeros_like(rows)
+    lse = torch.full(rows.shape[:-1], float("-inf"), device=rows.device)
     for r, n in enumerate(pool.row_lengths):
         k, v = pool.row_tokens(r)
         logits = rows[r] @ k.float().T * scale + pool.row_mass(r)  # [G, q, n]
         last = n - q_len + torch.arange(q_len, device=k.device) if causal else torch.full((q_len,), n - 1)
         visible = torch.arange(n, device=k.device)[None, :] <= last[:, None].to(k.device)
-        out[r] = torch.softmax(logits.masked_fill(~visible, float("-inf")), -1) @ v.float()
-    return out.reshape(bsz, heads, q_len, dim).to(query.dtype)
+        out[r], lse[r] = _softmax_attention(logits.masked_fill(~visible, float("-inf")), v.float())
+    out = out.reshape(bsz, heads, q_len, dim).to(query.dtype)
+    return (out, lse.reshape(bsz, heads, q_len)) if return_lse else out
+
+
+def _softmax_attention(logits: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax of ``[..., q, n]`` logits applied to ``[..., n, D]`` values, and the logits' log-sum-exp.
+
+    A query that sees no key gets zeros and -inf.
+    """
+    lse = torch.logsumexp(logits, -1)
+    weights = torch.exp(logits - lse.clamp_min(torch.finfo(logits.dtype).min)[..., None])
+    return weights @ value, lse
+
+
+def causal_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: float) -> tuple[Tensor, Tensor]:
+    """Dense causal attention of ``[B, H_q, q, D]`` queries over their own ``[B, H_kv, q, D]`` keys (fp32 math).
+
+    Returns:
+        ``([B, H_q, q, D]`` output, ``[B, H_q, q]`` float32 log-sum-exp of the logits).
+    """
+    bsz, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    rows = query.float().reshape(bsz, kv_heads, heads // kv_heads, q_len, dim)
+    logits = rows @ key.float()[:, :, None].transpose(-1, -2) * scale  # [B, H_kv, G, q, q]
+    future = torch.ones(q_len, q_len, dtype=torch.bool, device=query.device).triu(1)
+    out, lse = _softmax_attention(logits.masked_fill(future, float("-inf")), value.float()[:, :, None])
+    return out.reshape(bsz, heads, q_len, dim).to(query.dtype), lse.reshape(bsz, heads, q_len)
+
+
+def merge_attention(parts: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Attention over the union of disjoint key sets from each set's ``(output, log-sum-exp)``.
+
+    Each output is weighted by its share of the softmax mass, ``exp(lse_i) / sum_j exp(lse_j)``.
+    """
+    lse = torch.stack([p[1] for p in parts])  # [N, B, H, q]
+    weights = torch.softmax(lse, 0)[..., None]
+    total = sum(w * torch.nan_to_num(out.float()) for w, (out, _) in zip(weights, parts, strict=True))
+    return total.to(parts[0][0].dtype)

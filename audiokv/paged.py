@@ -55,6 +55,9 @@ class PagedKVPool:
         mass_pages: ``[P, page]`` float32 log of how many prompt tokens each slot
             stands for (:mod:`audiokv.merge`), added to its attention logits;
             None when every token stands for itself.
+
+    Pages no row owns yet (``free_pages``) are handed out before the storage
+    grows: a prompt prefilled in chunks allocates once for all its chunks.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class PagedKVPool:
         num_kv_heads: int,
         reserve: int,
         mass_pages: Tensor | None = None,
+        free_pages: list[int] | None = None,
     ) -> None:
         self.key_pages = key_pages
         self.mass_pages = mass_pages
@@ -76,6 +80,7 @@ class PagedKVPool:
         self.num_kv_heads = num_kv_heads
         self.reserve = reserve
         self._pages_per_row = pages_per_row
+        self._free = [] if free_pages is None else list(free_pages)  # page ids no row owns
         self._lengths_host = lengths.tolist()
         self.version = 0  # bumped whenever storage or tables are reallocated
         self._appended = 0  # tokens appended since the selection
@@ -109,6 +114,7 @@ class PagedKVPool:
         page_size: int,
         reserve: int = 0,
         log_mass: Tensor | None = None,
+        spare_pages: int = 0,
     ) -> PagedKVPool:
         """Gather the kept tokens of every head into freshly allocated pages.
 
@@ -121,41 +127,65 @@ class PagedKVPool:
             reserve: extra tokens of room per row for decoding.
             log_mass: ``[B, H_kv, T]`` log of how many tokens each kept token
                 stands for, gathered like the keys (see ``mass_pages``); None: 0.
+            spare_pages: pages allocated beyond the rows' own, free for :meth:`extend`.
 
         Returns:
             A pool holding exactly those tokens, each row in ``ceil((count +
             reserve) / page_size)`` pages (at least one).
         """
+        bsz, heads, _, dim = key.shape
+        rows = bsz * heads
+        pages = [max(1, math.ceil((c + reserve) / page_size)) for c in counts.reshape(rows).tolist()]
+        total = sum(pages) + spare_pages
+        table, _ = _consecutive_pages(pages, key.device)
+        mass = None if log_mass is None else torch.zeros(total, page_size, device=key.device)
+        lengths = torch.zeros(rows, dtype=torch.int32, device=key.device)
+        storage = key.new_zeros(total, page_size, dim), value.new_zeros(total, page_size, dim)
+        free = list(range(sum(pages), total))
+        pool = cls(*storage, table, lengths, pages, heads, reserve, mass, free)
+        pool._write(key, value, indices, counts, log_mass)
+        return pool
+
+    def extend(
+        self, key: Tensor, value: Tensor, indices: Tensor, counts: Tensor, log_mass: Tensor | None = None
+    ) -> None:
+        """Add a selection of new prompt tokens after each row's tokens (the next chunk of a prompt).
+
+        Arguments as in :meth:`from_selection`; rows take free pages first and the
+        storage grows only when there are too few.
+        """
+        if self._appended:
+            raise ValueError("cannot extend the prompt of a pool that already holds decoded tokens")
+        per_row = counts.reshape(self.num_rows).tolist()
+        self._give_pages(self._pages_needed([n + c for n, c in zip(self._lengths_host, per_row, strict=True)]))
+        self._write(key, value, indices, counts, log_mass)
+
+    def _write(self, key: Tensor, value: Tensor, indices: Tensor, counts: Tensor, log_mass: Tensor | None) -> None:
+        """Copy each row's first ``counts`` selected tokens after the ones it holds (its pages must have room)."""
         bsz, heads, length, dim = key.shape
         rows = bsz * heads
-        device = key.device
-        counts_host = counts.reshape(rows).tolist()
-        pages = [max(1, math.ceil((c + reserve) / page_size)) for c in counts_host]
-        total = sum(pages)
-        table, starts = _consecutive_pages(pages, device)
-
-        k_pages = key.new_zeros(total, page_size, dim)
-        v_pages = value.new_zeros(total, page_size, dim)
-        kept = indices.reshape(rows, -1)
-        used = torch.arange(kept.shape[1], device=device)[None, :] < counts.reshape(rows, 1).to(device)
+        device = self.key_pages.device
+        kept = indices.reshape(rows, -1).to(device)
+        count = counts.reshape(rows, 1).to(device)
+        col = torch.arange(kept.shape[1], device=device)[None, :]
+        used = col < count
         src = kept.clamp(max=length - 1) + (torch.arange(rows, device=device) * length)[:, None]
-        slots = starts[:, None] * page_size + torch.arange(kept.shape[1], device=device)[None, :]
+        slots = self._slots(torch.where(used, self.lengths.long()[:, None] + col, 0))
         src, slots = src[used], slots[used]
-        k_pages.view(-1, dim)[slots] = key.reshape(rows * length, dim)[src]
-        v_pages.view(-1, dim)[slots] = value.reshape(rows * length, dim)[src]
-        mass = None
-        if log_mass is not None:
-            mass = torch.zeros(total, page_size, device=device)
-            mass.view(-1)[slots] = log_mass.reshape(rows * length).float()[src]
-        lengths = counts.reshape(rows).to(device=device, dtype=torch.int32)
-        return cls(k_pages, v_pages, table, lengths, pages, heads, reserve, mass)
+        self.key_pages.view(-1, dim)[slots] = key.reshape(rows * length, dim)[src].to(self.key_pages.dtype)
+        self.value_pages.view(-1, dim)[slots] = value.reshape(rows * length, dim)[src].to(self.value_pages.dtype)
+        if self.mass_pages is not None:
+            mass = 0.0 if log_mass is None else log_mass.reshape(rows * length).float()[src]
+            self.mass_pages.view(-1)[slots] = mass
+        self.lengths += count.reshape(rows).int()
+        self._lengths_host = [n + c for n, c in zip(self._lengths_host, count.reshape(rows).tolist(), strict=True)]
 
     def _index_pages(self) -> None:
         rows = torch.arange(self.num_rows, device=self.page_table.device)
         per_row = torch.tensor(self._pages_per_row, device=self.page_table.device)
         col = torch.arange(self.page_table.shape[1], device=self.page_table.device)
         used = col[None, :] < per_row[:, None]
-        owner = torch.zeros(self.num_pages, dtype=torch.int32, device=self.page_table.device)
+        owner = torch.full((self.num_pages,), -1, dtype=torch.int32, device=self.page_table.device)  # -1: free
         rank = torch.zeros_like(owner)
         ids = self.page_table.long()[used]
         owner[ids] = rows[:, None].expand_as(used)[used].int()
@@ -167,23 +197,41 @@ class PagedKVPool:
         pairs = zip(self._pages_per_row, self._lengths_host, strict=True)
         return min(p * self.page_size - n for p, n in pairs)
 
-    def grow(self, tokens: int) -> None:
-        """Give every row room for at least ``tokens`` more tokens (reallocates)."""
-        extra = max(1, math.ceil(tokens / self.page_size))
-        rows, old = self.num_rows, self.num_pages
+    def _pages_needed(self, lengths: list[int]) -> list[int]:
+        """Pages each row lacks to hold ``lengths[r]`` tokens."""
+        ps = self.page_size
+        return [max(0, -(-n // ps) - p) for n, p in zip(lengths, self._pages_per_row, strict=True)]
+
+    def make_room(self, tokens: int) -> None:
+        """Give every row room for at least ``tokens`` more tokens (free pages first, then new storage)."""
+        self._give_pages(self._pages_needed([n + tokens for n in self._lengths_host]))
+
+    def _give_pages(self, need: list[int]) -> None:
+        """Append ``need[r]`` pages to row ``r``'s table: free pages first, the rest newly allocated (reallocates)."""
+        wanted = sum(need)
+        if wanted == 0:
+            return
         dev = self.page_table.device
-        new_ids = old + torch.arange(rows * extra, device=dev, dtype=torch.int32).view(rows, extra)
-        shape = (rows * extra, *self.key_pages.shape[1:])
-        self.key_pages = torch.cat([self.key_pages, self.key_pages.new_zeros(shape)])
-        self.value_pages = torch.cat([self.value_pages, self.value_pages.new_zeros(shape)])
-        if self.mass_pages is not None:  # decoded tokens stand for themselves: log 1 = 0
-            self.mass_pages = torch.cat([self.mass_pages, self.mass_pages.new_zeros(shape[:2])])
-        per_row = torch.tensor(self._pages_per_row, device=dev)
-        width = max(self._pages_per_row) + extra
-        table = torch.nn.functional.pad(self.page_table, (0, width - self.page_table.shape[1]))
-        cols = per_row[:, None] + torch.arange(extra, device=dev)[None, :]
-        self.page_table = table.scatter(1, cols, new_ids)
-        self._pages_per_row = [p + extra for p in self._pages_per_row]
+        short = wanted - len(self._free)
+        if short > 0:
+            shape = (short, *self.key_pages.shape[1:])
+            self._free += range(self.num_pages, self.num_pages + short)
+            self.key_pages = torch.cat([self.key_pages, self.key_pages.new_zeros(shape)])
+            self.value_pages = torch.cat([self.value_pages, self.value_pages.new_zeros(shape)])
+            if self.mass_pages is not None:  # decoded tokens stand for themselves: log 1 = 0
+                self.mass_pages = torch.cat([self.mass_pages, self.mass_pages.new_zeros(shape[:2])])
+        ids = torch.tensor(self._free[:wanted], dtype=torch.int32, device=dev)
+        del self._free[:wanted]
+        counts = torch.tensor(need, device=dev)
+        owned = torch.tensor(self._pages_per_row, device=dev)
+        rows = torch.arange(self.num_rows, device=dev).repeat_interleave(counts)
+        first = (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+        cols = owned.repeat_interleave(counts) + torch.arange(wanted, device=dev) - first
+        width = max(p + n for p, n in zip(self._pages_per_row, need, strict=True))
+        table = torch.nn.functional.pad(self.page_table, (0, max(0, width - self.page_table.shape[1])))
+        table[rows, cols] = ids
+        self.page_table = table
+        self._pages_per_row = [p + n for p, n in zip(self._pages_per_row, need, strict=True)]
         self.version += 1
         self._index_pages()
 
@@ -200,7 +248,7 @@ class PagedKVPool:
                 f"of head_dim {self.key_pages.shape[-1]}"
             )
         if self.free_slots() < q_len:  # geometric: O(log(steps)) reallocations (and kernel shapes)
-            self.grow(max(q_len, self.reserve, self._appended))
+            self.make_room(max(q_len, self.reserve, self._appended))
         pos = self.lengths.long()[:, None] + torch.arange(q_len, device=self.lengths.device)
         slots = self._slots(pos).reshape(-1)
         self.key_pages.view(-1, dim).index_copy_(0, slots, key.reshape(-1, dim).to(self.key_pages.dtype))

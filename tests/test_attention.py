@@ -281,3 +281,70 @@ def test_decode_time_eviction_bounds_the_generated_part_and_attends_over_exactly
         assert layer.pool.num_pages * layer.pool.page_size <= sum(layer.budgets.flatten().tolist()) + 2 * (16 + 16)
         with pytest.raises(ValueError, match="eviction"):
             layer.drop_last(1)
+
+
+def chunk_selections(module, k, v, bounds, span, b, h):
+    """Head ``(b, h)``'s kept tokens of each chunk ``(keys, values, log_mass)``, merged within their chunk.
+
+    Built from the raw K/V and the module's kept positions only: a chunk is
+    compressed alone, so its tokens merge within its share of ``span``.
+    """
+    kept = module.kept_indices[b, h, : module.budgets[b, h]]
+    for s, e in bounds:
+        lo, hi = (min(max(x - s, 0), e - s) for x in span)
+        yield merged_row(k[b, h, s:e].double(), v[b, h, s:e].double(), kept[(kept >= s) & (kept < e)] - s, lo, hi)
+
+
+def chunked_reference(module, q, k, v, bounds, span):
+    """Each chunk's expected output: its queries over what earlier chunks kept (merged), then its own causally."""
+    bsz, heads = k.shape[:2]
+    group = q.shape[1] // heads
+    out = torch.empty(q.shape, dtype=torch.float64)
+    for b in range(bsz):
+        for h in range(heads):
+            held = [torch.empty(0, k.shape[-1], dtype=torch.float64)] * 2 + [torch.empty(0, dtype=torch.float64)]
+            for (s, e), chunk in zip(bounds, chunk_selections(module, k, v, bounds, span, b, h), strict=True):
+                keys, values = torch.cat([held[0], k[b, h, s:e].double()]), torch.cat([held[1], v[b, h, s:e].double()])
+                mass = torch.cat([held[2], torch.zeros(e - s, dtype=torch.float64)])
+                visible = torch.arange(len(mass))[None, :] <= len(held[2]) + torch.arange(e - s)[:, None]
+                rows = slice(h * group, (h + 1) * group)
+                logits = q[b, rows, s:e].double() @ keys.T * module.scaling + mass
+                out[b, rows, s:e] = torch.softmax(logits.masked_fill(~visible, -torch.inf), -1) @ values
+                held = [torch.cat([a, c]) for a, c in zip(held, chunk, strict=True)]
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["reference", "flex"])
+@pytest.mark.parametrize(("bsz", "length", "chunk", "ratio"), [(1, 300, 64, 0.6), (2, 257, 100, 0.8)])
+def test_chunked_prefill_attends_over_what_earlier_chunks_kept_and_holds_only_their_budget(
+    kernel, bsz, length, chunk, ratio
+):
+    gen = torch.Generator().manual_seed(length)
+    cfg = AudioKVConfig(compression_ratio=ratio, window=8, sinks=2, page_size=16, decode_reserve=4, prefill_chunk=chunk)
+    prior = torch.rand(2, generator=gen)
+    module = AudioKVAttention(cfg, num_heads=6, num_kv_heads=2, head_dim=16, head_prior=prior, kernel=kernel)
+    q, k, v = qkv(bsz, 6, 2, length, 16, torch.float32, gen)
+    span = (10, length - 40)  # the audio crosses every chunk boundary
+    bounds = [(s, min(s + chunk, length)) for s in range(0, length, chunk)]
+    got = torch.cat(
+        [module(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], audio_span=span, chunk=(s, length)) for s, e in bounds], 2
+    )
+    torch.testing.assert_close(got.double(), chunked_reference(module, q, k, v, bounds, span), atol=1e-4, rtol=0)
+
+    # every chunk kept 1 - ratio of its tokens (its window and the first chunk's sinks at least)
+    want = sum(max(e - s - int((e - s) * ratio), min(e - s, 8 + 2 * (s == 0))) for s, e in bounds)
+    assert module.budgets.sum(-1).tolist() == [2 * want] * bsz
+    assert module.prompt_length == length and module.pool.row_lengths == module.budgets.flatten().tolist()
+    slot = 2 * 16 * 4 + 4  # K and V of one token in fp32, and its log mass
+    rows = 2 * bsz
+    chunk_kv = 2 * rows * chunk * 16 * 4
+    assert module.peak_kv_bytes <= (2 * want * bsz + rows * (16 + 4)) * slot + chunk_kv  # + a page and the reserve
+
+    ref = KeptReference(module, k, v)  # decoding sees the kept tokens as their chunks merged them
+    ref.rows = [
+        [torch.cat(parts) for parts in zip(*chunk_selections(module, k, v, bounds, span, b, h), strict=True)]
+        for b in range(bsz) for h in range(2)
+    ]  # fmt: skip
+    for _ in range(3):
+        step = qkv(bsz, 6, 2, 1, 16, torch.float32, gen)
+        torch.testing.assert_close(module(*step).double(), ref.step(*step), atol=1e-4, rtol=0)

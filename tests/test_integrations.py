@@ -1,5 +1,7 @@
 """apply_audiokv on tiny random transformers models (built offline from their configs)."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from audiokv import AudioKVConfig
 from audiokv.cache import AudioKVCache
 from audiokv.heads import HeadScores
 from audiokv.integrations import SUPPORTED_FAMILIES, apply_audiokv
+from audiokv.integrations.chunked import chunk_bounds
 from audiokv.passkey import dense_kv_bytes
 
 COMMON = dict(
@@ -72,8 +75,11 @@ def test_ratio_zero_is_identical_to_the_unpatched_model(family, bsz):
     assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False), ref)
 
 
-def kept_state(engines, length):
-    """What each compressed layer kept: ``{layer: (indices, budgets, prompt_len, spans, key_mask, merge)}``."""
+def kept_state(engines, length, chunks=None):
+    """What each compressed layer kept: ``{layer: (indices, budgets, prompt_len, spans, key_mask, merge, chunks)}``.
+
+    ``chunks``: the ``(start, end)`` chunks the prompt was prefilled in (default: one).
+    """
     state = {}
     for i, e in engines.items():
         bsz = e.kept_indices.shape[0]
@@ -83,30 +89,44 @@ def kept_state(engines, length):
             spans = e.prompt.audio_span
         else:
             spans = torch.zeros(bsz, 2, dtype=torch.long)
-        state[i] = (e.kept_indices, e.budgets, length, spans, e.prompt.key_mask, e.policy.merge)
+        state[i] = (
+            e.kept_indices,
+            e.budgets,
+            length,
+            spans,
+            e.prompt.key_mask,
+            e.policy.merge,
+            chunks or [(0, length)],
+        )
     return state
 
 
-def _compressed_prompt(key, value, kept, bias):
-    """Replace the prompt part of ``key``/``value`` by what the layer kept (merged) and add its logit bias."""
-    idx, budgets, prompt_len, spans, key_mask, merge = kept
+def _compressed_prompt(key, value, kept):
+    """The prompt as the layer kept it: ``key``/``value`` with the kept tokens merged, and a ``[B, H_kv, T]`` key bias.
+
+    The bias is -inf on dropped prompt tokens, the log mass on kept ones and 0
+    after the prompt. Each prefill chunk was compressed alone: its tokens merge
+    within its share of the audio span.
+    """
+    idx, budgets, _, spans, key_mask, merge, chunks = kept
     key, value = key.clone(), value.clone()
-    for b in range(key.shape[0]):
-        valid = None if key_mask is None else key_mask[b, :prompt_len]
-        for h in range(key.shape[1]):
-            k, v, row_bias = kept_prompt(
-                key[b, h, :prompt_len], value[b, h, :prompt_len], idx[b, h, : budgets[b, h]],
-                spans[b].tolist(), valid, merge,
-            )  # fmt: skip
-            key[b, h, :prompt_len], value[b, h, :prompt_len] = k, v
-            bias[b, h, :, :prompt_len] += row_bias
+    bias = torch.zeros(key.shape[:3])
+    for b, h, (s, e) in itertools.product(range(key.shape[0]), range(key.shape[1]), chunks):
+        valid = None if key_mask is None else key_mask[b, s:e]
+        mine = idx[b, h, : budgets[b, h]]
+        key[b, h, s:e], value[b, h, s:e], bias[b, h, s:e] = kept_prompt(
+            key[b, h, s:e], value[b, h, s:e], mine[(mine >= s) & (mine < e)] - s,
+            [min(max(x - s, 0), e - s) for x in spans[b].tolist()], valid, merge,
+        )  # fmt: skip
     return key, value, bias
 
 
 def _masked_reference(kept):
     """Unpatched SDPA attention over the full cache, limited to exactly the prompt tokens audiokv kept (merged).
 
-    ``kept`` is :func:`kept_state`; layers not in it run plain SDPA.
+    ``kept`` is :func:`kept_state`; layers not in it run plain SDPA. Queries
+    after the compressed prompt see only what it kept; a prompt prefilled in
+    chunks sees, chunk by chunk, what the earlier chunks kept and its own chunk.
     """
 
     def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -114,21 +134,33 @@ def _masked_reference(kept):
             return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
         bsz, heads, q_len, _ = query.shape
         total, kv_heads = key.shape[2], key.shape[1]
-        allow = torch.ones(bsz, kv_heads, q_len, total, dtype=torch.bool).tril(total - q_len)
-        if attention_mask is not None:  # the model's own mask: causal and padding
-            allow = attention_mask[..., :total].bool().expand(bsz, kv_heads, q_len, total).clone()
-        bias = torch.zeros(allow.shape).masked_fill(~allow, float("-inf"))
-
-        def sdpa(k, v, b):
-            b = b.repeat_interleave(heads // kv_heads, dim=1)
-            return F.scaled_dot_product_attention(query, k, v, attn_mask=b, scale=scaling, enable_gqa=True)
-
-        out = sdpa(key, value, bias)  # the prompt's own queries see it whole (prefill)
         state = kept[module.layer_idx]
+
+        def sdpa(rows, k, v, key_bias):
+            """Queries ``rows`` over ``k``/``v`` (the first keys), the model's own mask plus ``key_bias``."""
+            cols = torch.arange(k.shape[2])
+            if attention_mask is None:
+                allow = (cols[None, :] <= total - q_len + rows[:, None]).expand(bsz, kv_heads, -1, -1)
+            else:  # the model's own mask: causal and padding
+                allow = attention_mask[:, :, rows][..., cols].bool().expand(bsz, kv_heads, -1, -1)
+            b = torch.where(allow, key_bias[:, :, None, : k.shape[2]], float("-inf"))
+            b = b.repeat_interleave(heads // kv_heads, dim=1)
+            return F.scaled_dot_product_attention(query[:, :, rows], k, v, attn_mask=b, scale=scaling, enable_gqa=True)
+
+        ck, cv, cbias = _compressed_prompt(key, value, state)
+        if len(state[-1]) > 1 and q_len == total:  # prefill in chunks
+            parts = []
+            for s, e in state[-1]:
+                k, v = torch.cat([ck[:, :, :s], key[:, :, s:e]], 2), torch.cat([cv[:, :, :s], value[:, :, s:e]], 2)
+                parts.append(
+                    sdpa(torch.arange(s, e), k, v, torch.cat([cbias[:, :, :s], torch.zeros(bsz, kv_heads, e - s)], -1))
+                )
+            out = torch.cat(parts, 2)
+        else:  # the prompt's own queries see it whole (prefill)
+            out = sdpa(torch.arange(q_len), key, value, torch.zeros(bsz, kv_heads, total))
         late = total - q_len + torch.arange(q_len) >= state[2]  # queries after the compressed prompt
         if late.any():  # see only the prompt tokens the compressed layer kept (merged)
-            key, value, bias = _compressed_prompt(key, value, state, bias.clone())
-            out = torch.where(late[:, None], sdpa(key, value, bias), out)
+            out = torch.where(late[:, None], sdpa(torch.arange(q_len), ck, cv, cbias), out)
         return out.transpose(1, 2).contiguous(), None
 
     return attention
@@ -408,6 +440,81 @@ def test_lalm_batch_with_different_audio_lengths(name):
     torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("name", list(LALMS))
+def test_lalm_chunked_prefill_attends_over_what_each_chunk_kept(name):
+    gen = torch.Generator().manual_seed(12)
+    model, inputs, _ = lalm_inputs(name, gen, text_after=100)
+    length = inputs["input_ids"].shape[1]
+    greedy = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    ref = model.generate(**inputs, **greedy)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, window=8, prefill_chunk=24)):  # nothing lost
+        same = model.generate(**inputs, **greedy)
+    assert torch.equal(same.sequences, ref.sequences)
+    torch.testing.assert_close(torch.stack(same.logits), torch.stack(ref.logits), atol=1e-4, rtol=0)
+
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, prefill_chunk=24)  # the audio crosses a chunk boundary
+    calibration = HeadScores(torch.rand(2, 2, generator=gen), model=name, data="test")
+    with apply_audiokv(model, cfg, calibration) as handle:
+        out = model.generate(**inputs, **greedy)
+        kept = kept_state(handle.engines, length, chunk_bounds(length, 24))
+        assert handle.engines[0].prompt_length == length
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **greedy)
+    assert torch.equal(out.sequences, want.sequences)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("bsz", [1, 3])
+def test_chunked_prefill_of_a_padded_batch_keeps_padding_in_the_first_chunk(bsz):
+    model = tiny("qwen2")
+    ids, mask = left_padded(bsz, 90, torch.Generator().manual_seed(bsz))
+    greedy = dict(max_new_tokens=5, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    ref = model.generate(ids, attention_mask=mask, **greedy)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, window=8, prefill_chunk=10)):
+        same = model.generate(ids, attention_mask=mask, **greedy)
+    assert torch.equal(same.sequences, ref.sequences)
+    bounds = chunk_bounds(90, 10, mask.bool())
+    assert bounds[:2] == ([(0, 10), (10, 20)] if bsz == 1 else [(0, 24), (24, 34)])  # row 2 pads 14 tokens
+    cfg = AudioKVConfig(compression_ratio=0.6, window=8, prefill_chunk=10)
+    with apply_audiokv(model, cfg) as handle:
+        out = model.generate(ids, attention_mask=mask, **greedy)
+        kept = kept_state(handle.engines, 90, bounds)
+    want = generate_with_reference(model, kept, set_implementation, input_ids=ids, attention_mask=mask, **greedy)
+    assert torch.equal(out.sequences, want.sequences)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
+
+
+def test_chunked_prefill_of_15k_tokens_holds_the_budget_plus_one_chunk_and_attends_over_the_kept_tokens():
+    model = tiny("qwen2")
+    length, chunk, page = 15_000, 1024, 16
+    ids = torch.randint(3, 97, (1, length), generator=torch.Generator().manual_seed(15))
+    cfg = AudioKVConfig(compression_ratio=0.7, window=16, page_size=page, decode_reserve=0, prefill_chunk=chunk)
+    with apply_audiokv(model, cfg) as handle:
+        cache = AudioKVCache(model.config, handle.engines)
+        got = model(ids, past_key_values=cache, use_cache=True).logits
+        slot = 2 * 16 * 4  # K and V of one token of one KV head, fp32 (text only: no merging, no log mass)
+        for engine in handle.engines.values():  # at most the kept tokens, one page per row and one chunk's K/V
+            kept = int(engine.budgets.sum())
+            assert kept <= 0.31 * 2 * length
+            assert engine.peak_kv_bytes <= (kept + 2 * page) * slot + 2 * chunk * slot
+        peak = handle.peak_kv_bytes
+        nxt = torch.randint(3, 97, (1, 1), generator=torch.Generator().manual_seed(16))
+        got_next = model(nxt, past_key_values=cache, use_cache=True).logits[:, -1]
+        kept = kept_state(handle.engines, length, chunk_bounds(length, chunk))
+    assert peak < 0.4 * 2 * 2 * length * slot  # a dense cache holds 2 layers x 2 KV heads; unchunked, 1.3x that
+
+    AttentionInterface.register("masked_reference", _masked_reference(kept))
+    ALL_MASK_ATTENTION_FUNCTIONS.register("masked_reference", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    model.config._attn_implementation = "masked_reference"
+    try:
+        ref_cache = DynamicCache(config=model.config)
+        want = model(ids, past_key_values=ref_cache, use_cache=True).logits
+        want_next = model(nxt, past_key_values=ref_cache, use_cache=True).logits[:, -1]
+    finally:
+        model.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got_next, want_next, atol=1e-4, rtol=0)
+
+
 def test_one_compressed_context_answers_follow_up_questions_like_compressing_it_for_each():
     # query-agnostic: the context (text, audio, text) is compressed before any question is seen; each
     # question and its answer are appended, then cropped away for the next question
@@ -547,9 +654,8 @@ def _masked_cross_reference(kept):
         is_cross = getattr(module, "is_decoder", False) and key.shape[2] == 800
         if not (is_cross and query.shape[2] == 1):  # everything but a compressed decode step: plain SDPA
             return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-        bias = torch.zeros(key.shape[0], key.shape[1], 1, key.shape[2])
-        key, value, bias = _compressed_prompt(key, value, kept[module.layer_idx], bias)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling)
+        key, value, bias = _compressed_prompt(key, value, kept[module.layer_idx])
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias[:, :, None], scale=scaling)
         return out.transpose(1, 2).contiguous(), None
 
     return attention

@@ -8,9 +8,10 @@ from audiokv.paged import PagedKVPool, fit_page_size
 
 
 @st.composite
-def selections(draw):
-    bsz, heads = draw(st.integers(1, 3)), draw(st.integers(1, 4))
-    length, dim = draw(st.integers(1, 90)), draw(st.sampled_from([4, 8]))
+def selections(draw, shape=None):
+    """``(key, value, indices, counts, page, reserve)``; ``shape``: ``(bsz, heads, dim)``, else drawn."""
+    bsz, heads, dim = shape or (draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.sampled_from([4, 8])))
+    length = draw(st.integers(1, 90))
     counts = torch.tensor([[draw(st.integers(0, length)) for _ in range(heads)] for _ in range(bsz)], dtype=torch.long)
     g = torch.Generator().manual_seed(draw(st.integers(0, 999)))
     indices = torch.full((bsz, heads, length), length)
@@ -100,3 +101,26 @@ def test_fitted_pages_waste_little_of_what_a_row_holds(tokens):
     assert page in (16, 32, 64, 128)
     assert page == 16 or page * 16 <= tokens  # half a page wasted on average: at most ~3% of the row
     assert page == 128 or tokens < 2 * page * 16  # and never smaller than that needs
+
+
+@given(st.data(), st.integers(0, 12))
+def test_extend_appends_a_second_selection_from_spare_pages_then_grows(data, spare):
+    key, value, indices, counts, page, _ = data.draw(selections())
+    bsz, heads, _, dim = key.shape
+    k2, v2, i2, c2, _, _ = data.draw(selections((bsz, heads, dim)))
+    mass, mass2 = torch.rand(key.shape[:3]), torch.rand(k2.shape[:3])
+    pool = PagedKVPool.from_selection(key, value, indices, counts, page_size=page, log_mass=mass, spare_pages=spare)
+    storage = pool.num_pages
+    pool.extend(k2, v2, i2, c2, mass2)
+    for r in range(bsz * heads):
+        b, h = divmod(r, heads)
+        n, m = counts[b, h], c2[b, h]
+        k, v = pool.row_tokens(r)
+        assert torch.equal(k, torch.cat([key[b, h, indices[b, h, :n]], k2[b, h, i2[b, h, :m]]]))
+        assert torch.equal(v, torch.cat([value[b, h, indices[b, h, :n]], v2[b, h, i2[b, h, :m]]]))
+        assert torch.equal(pool.row_mass(r), torch.cat([mass[b, h, indices[b, h, :n]], mass2[b, h, i2[b, h, :m]]]))
+    held = sum(max(1, math.ceil(n / page)) for n in (counts + c2).flatten().tolist())
+    used = sum(max(1, math.ceil(n / page)) for n in counts.flatten().tolist())
+    assert pool.num_pages == max(storage, held) and storage == used + spare  # spare pages first, then growth
+    owned = pool.page_owner >= 0
+    assert int(owned.sum()) == held  # pages no row holds stay free (owner -1)

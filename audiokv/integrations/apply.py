@@ -28,6 +28,7 @@ from audiokv.attention import AudioKVAttention, SharedKVAttention
 from audiokv.cache import AudioKVCache, AudioKVEncoderDecoderCache
 from audiokv.config import AudioKVConfig
 from audiokv.heads import HeadScores
+from audiokv.integrations.chunked import prefill_in_chunks
 from audiokv.integrations.families import audio_token_id, family_of, layer_roles
 from audiokv.policies import Policy, get_policy
 
@@ -45,6 +46,7 @@ class _Prompt:
     audio_span: Tensor | None = None  # [B, 2]; rows without audio are (0, 0)
     key_mask: Tensor | None = None  # [B, T] bool
     decode_tokens: int | None = None  # tokens the running `generate` call appends after the prompt
+    chunk: tuple[int, int] | None = None  # (start, total) of the prompt chunk being prefilled
 
 
 def decode_tokens(model: nn.Module, args: tuple, kwargs: dict) -> int | None:
@@ -87,7 +89,10 @@ def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, sca
     if scaling is not None:  # e.g. Whisper pre-scales its queries and passes 1.0
         engine.scaling = scaling
     key_mask = None if prompt.key_mask is None else prompt.key_mask.to(key.device)  # layers may sit on other devices
-    out = engine(query, key, value, audio_span=prompt.audio_span, key_mask=key_mask, decode_tokens=prompt.decode_tokens)
+    out = engine(
+        query, key, value,
+        audio_span=prompt.audio_span, key_mask=key_mask, decode_tokens=prompt.decode_tokens, chunk=prompt.chunk,
+    )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -105,6 +110,7 @@ class AudioKVHandle:
     _configs: list[tuple[object, str | None]] = field(default_factory=list)
     _hook: object = None
     _generate: object = None  # the model's own `generate` instance attribute, if it had one
+    _chunked: nn.Module | None = None  # the decoder whose forward prefills in chunks
 
     def remove(self) -> None:
         """Restore the original attention implementation and modules."""
@@ -118,7 +124,9 @@ class AudioKVHandle:
                 del self.model.generate
             else:
                 self.model.generate = self._generate
-        self._modules, self._configs, self._hook, self._generate = [], [], None, None
+        if self._chunked is not None:
+            del self._chunked.forward
+        self._modules, self._configs, self._hook, self._generate, self._chunked = [], [], None, None, None
 
     def __enter__(self) -> AudioKVHandle:
         return self
@@ -130,6 +138,16 @@ class AudioKVHandle:
     def kv_bytes(self) -> int:
         """Bytes the compressed layers' pools hold now."""
         return sum(e.kv_bytes for e in self.engines.values())
+
+    @property
+    def peak_kv_bytes(self) -> int:
+        """Sum over compressed layers of the most K/V bytes each held at once since its prefill.
+
+        Each layer counts its pool and the K/V of the tokens it was processing
+        (see :meth:`AudioKVAttention._track`); layers peak one after another, so
+        this bounds the model's peak from above.
+        """
+        return sum(e.peak_kv_bytes for e in self.engines.values())
 
 
 def set_attention_implementation(
@@ -186,6 +204,13 @@ def apply_audiokv(
             f"calibration {calibration.model!r} has {calibration.shape[0]} layers x {calibration.shape[1]} KV heads, "
             f"but this model has {len(modules)} x {kv_heads}"
         )
+    chunked = None  # the decoder that prefills in chunks
+    if config.prefill_chunk is not None and not family.cross_attention:
+        if roles.shared:
+            raise ValueError("prefill_chunk does not support layers that share another layer's KV (Gemma 3n) yet")
+        chunked = model.get_decoder()
+        if "forward" in chunked.__dict__:
+            raise ValueError(f"{type(chunked).__name__}.forward is already wrapped; remove the other handle first")
     prompt = _Prompt()
     token_id = audio_token_id(model, family)
     handle = AudioKVHandle(model, {})
@@ -261,4 +286,13 @@ def apply_audiokv(
             prompt.decode_tokens = None
 
     model.generate = generate_reserving
+    if chunked is not None:
+        forward = chunked.forward
+
+        @functools.wraps(forward)
+        def forward_in_chunks(*args, **kwargs):
+            return prefill_in_chunks(forward, prompt, config.prefill_chunk, args, kwargs)
+
+        chunked.forward = forward_in_chunks
+        handle._chunked = chunked
     return handle
