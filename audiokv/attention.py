@@ -4,8 +4,10 @@ The module takes the projected (and position-encoded) queries, keys and
 values of one attention layer. Its first call is the prefill: dense causal
 attention, then scores -> smoothing -> budgets -> selection -> paged pool.
 Every later call appends the new keys and values to the pool and attends
-over it with compiled FlexAttention. Model integrations wrap it so that a
-model's own projections feed it.
+over it with compiled FlexAttention. A prompt prefilled in chunks
+(``AudioKVConfig.prefill_chunk``) arrives as several calls, each compressed
+into the pool before the next. Model integrations wrap it so that a model's
+own projections feed it.
 """
 
 from __future__ import annotations

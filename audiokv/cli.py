@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--context", type=int, default=2048, help="passkey: prompt length in tokens (default 2048)")
     ev.add_argument("--protocol", choices=("query-aware", "query-agnostic"), default="query-aware",
                     help="passkey: compress with the question in the window, or the context before it")  # fmt: skip
+    ev.add_argument("--prefill-chunk", type=int, default=None,
+                    help="passkey: prefill this many tokens at a time (AudioKVConfig.prefill_chunk)")  # fmt: skip
     ev.add_argument("--plot", default=None, help="also draw accuracy vs ratio (PNG)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the random policy and the passkey prompts (default 0)")
     ev.add_argument("--update", action="store_true",
@@ -104,10 +106,12 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
 
         model, tokenizer = load_causal_lm(args.model)
         n = args.limit or 8
-        config = replace(PASSKEY_CONFIG, seed=args.seed)
+        config = replace(PASSKEY_CONFIG, seed=args.seed, prefill_chunk=args.prefill_chunk)
         data = f"{n} passkey prompts of {args.context} tokens"
         if args.protocol == "query-agnostic":
             data += ", context compressed before the question"
+        if args.prefill_chunk:
+            data += f", prefilled in chunks of {args.prefill_chunk}"
         name, what = args.model, f"passkey @ {args.context}, {args.protocol}"
         run = partial(evaluate_passkey, model, tokenizer, policies, list(args.ratios), context=args.context, n=n,
                       config=config, protocol=args.protocol)  # fmt: skip

@@ -94,8 +94,9 @@ def evaluate_passkey(
 
     Returns one row per run: ``policy``, ``compression_ratio``, ``accuracy``,
     ``kv_bytes`` and ``kv_bytes_full`` (per sample, after generation: what the
-    compressed pools held, and what a dense cache holds), ``repetition_rate``,
-    ``n``, ``context``, ``protocol`` and ``seconds``.
+    compressed pools held, and what a dense cache holds), ``peak_kv_bytes``
+    (per sample, the handle's), ``repetition_rate``, ``n``, ``context``,
+    ``protocol``, ``prefill_chunk`` and ``seconds``.
     """
     if protocol not in ("query-aware", "query-agnostic"):
         raise ValueError(f"protocol must be 'query-aware' or 'query-agnostic', got {protocol!r}")
@@ -118,7 +119,7 @@ def evaluate_passkey(
                 ids, attention_mask=torch.ones_like(ids), past_key_values=cache, max_new_tokens=max_new_tokens,
                 do_sample=False, pad_token_id=pad,
             )  # fmt: skip
-            held = handle.kv_bytes
+            held, peak = handle.kv_bytes, handle.peak_kv_bytes
         answers = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         rows.append(
             {
@@ -127,10 +128,12 @@ def evaluate_passkey(
                 "accuracy": sum(k in a for k, a in zip(keys, answers, strict=True)) / n,
                 "kv_bytes": held / n,
                 "kv_bytes_full": dense_kv_bytes(model, out.shape[1] - 1, 1),
+                "peak_kv_bytes": peak / n,
                 "repetition_rate": sum(map(has_repetition, answers)) / n,
                 "n": n,
                 "context": context,
                 "protocol": protocol,
+                "prefill_chunk": cfg.prefill_chunk,
                 "seconds": time.perf_counter() - start,
                 "answers": answers,
             }
