@@ -35,28 +35,41 @@ def render(name: str, result: dict) -> str:
 
 
 def table(result: dict) -> str:
-    """A markdown table of one ``audiokv eval`` results file (ASR or passkey)."""
+    """A markdown table of one ``audiokv eval`` results file (ASR or passkey).
+
+    Passkey files that record the peak K/V held get a second table of it, in %
+    of the dense cache of the same sequence.
+    """
     rows = result["rows"]
     metric, unit = ("wer", "WER %") if "wer" in rows[0] else ("accuracy", "passkey accuracy %")
+
+    def score(row: dict) -> str:
+        loops = f" ({row['repetition_rate']:.0%} loops)" if row["repetition_rate"] else ""
+        return f"{100 * row[metric]:.1f}{loops}"
+
+    data = checkout_relative(result["data"])
+    caption = f"{result['model']}, `{data}`, {unit} ({_commits(result)}, {result['device']})"
+    text = caption + "\n\n" + _grid(rows, score)
+    if "peak_kv_bytes" in rows[0]:
+        peak = _grid(rows, lambda r: f"{100 * r['peak_kv_bytes'] / r['kv_bytes_full']:.0f}")
+        text += "\n\nPeak K/V held during the run, % of the dense cache:\n\n" + peak
+    return text
+
+
+def _grid(rows: list[dict], cell) -> str:
+    """Policies by compression ratio, ``cell(row)`` in each; the full cache in one row."""
     ratios = sorted({r["compression_ratio"] for r in rows if r["policy"] != "full"})
     full = next((r for r in rows if r["policy"] == "full"), None)
-    head = f"| policy | {' | '.join(f'{x:g}' for x in ratios)} |"
-    lines = [head, "|---" * (len(ratios) + 1) + "|"]
+    lines = [f"| policy | {' | '.join(f'{x:g}' for x in ratios)} |", "|---" * (len(ratios) + 1) + "|"]
     if full is not None:
-        lines.append(f"| full cache | {100 * full[metric]:.1f} (every ratio) |" + " |" * (len(ratios) - 1))
+        lines.append(f"| full cache | {cell(full)} (every ratio) |" + " |" * (len(ratios) - 1))
     for policy in dict.fromkeys(_label(r) for r in rows if r["policy"] != "full"):
         cells = []
         for ratio in ratios:
             row = next((r for r in rows if _label(r) == policy and r["compression_ratio"] == ratio), None)
-            if row is None:
-                cells.append("")
-                continue
-            loops = f" ({row['repetition_rate']:.0%} loops)" if row["repetition_rate"] else ""
-            cells.append(f"{100 * row[metric]:.1f}{loops}")
+            cells.append("" if row is None else cell(row))
         lines.append(f"| {policy} | {' | '.join(cells)} |")
-    data = checkout_relative(result["data"])
-    caption = f"{result['model']}, `{data}`, {unit} ({_commits(result)}, {result['device']})"
-    return caption + "\n\n" + "\n".join(lines)
+    return "\n".join(lines)
 
 
 def _commits(result: dict) -> str:

@@ -383,7 +383,7 @@ def lalm_batch(name, gen):
     return model.eval(), inputs, torch.tensor(spans)
 
 
-GREEDY_2 = dict(max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_logits=True)
+GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True)
 
 
 def set_implementation(model, impl):
@@ -403,19 +403,18 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
         assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), ref)
 
     cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0, sss_cutoff=0.2)
-    handle = apply_audiokv(model, cfg)
-    out = model.generate(**inputs, **GREEDY_2)
+    handle = apply_audiokv(model, cfg, HeadScores(torch.rand(2, 2, generator=gen), model=name, data="test"))
+    out = model.generate(**inputs, **GREEDY)
     engine = handle.engines[0]
     assert engine.prompt.audio_span.tolist() == [list(span)]
     length = inputs["input_ids"].shape[1]
-    assert out.past_key_values.get_seq_length() == length + 1
+    assert out.past_key_values.get_seq_length() == length + 5  # positions go on after eviction
     kept = kept_state(handle.engines, length)
     handle.remove()
 
-    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
     assert torch.equal(out.sequences, want.sequences)
-    # the second token was produced by the compressed cache (position length + 1 after eviction)
-    torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", list(LALMS))
@@ -426,8 +425,9 @@ def test_lalm_batch_with_different_audio_lengths(name):
         assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), ref)
 
     cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0, sss_cutoff=0.2)
-    with apply_audiokv(model, cfg) as handle:
-        out = model.generate(**inputs, **GREEDY_2)
+    calibration = HeadScores(torch.rand(2, 2, generator=torch.Generator().manual_seed(6)), model=name, data="test")
+    with apply_audiokv(model, cfg, calibration) as handle:
+        out = model.generate(**inputs, **GREEDY)
         engine = handle.engines[0]
         assert torch.equal(engine.prompt.audio_span, spans)  # each row's own span
         padding = ~inputs["attention_mask"].bool()
@@ -435,9 +435,9 @@ def test_lalm_batch_with_different_audio_lengths(name):
             assert not padding[b, engine.kept_indices[b, h, :budget]].any()
         length = inputs["input_ids"].shape[1]
         kept = kept_state(handle.engines, length)
-    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
     assert torch.equal(out.sequences, want.sequences)
-    torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", list(LALMS))
@@ -583,14 +583,14 @@ def test_lalm_batch_mixing_an_audio_prompt_and_a_text_only_prompt(policy):
     calibration = HeadScores(torch.rand(2, 2, generator=gen), model="qwen2-audio", data="test")
     cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0)
     with apply_audiokv(model.eval(), cfg, calibration, policy) as handle:
-        out = model.generate(**inputs, **GREEDY_2)  # raised "audio span (0, 0) is empty" before
+        out = model.generate(**inputs, **GREEDY)  # raised "audio span (0, 0) is empty" before
         engine = handle.engines[0]
         assert engine.prompt.audio_span[1].tolist() == [0, 0]  # the text row has no audio
         length = ids.shape[1]
         kept = kept_state(handle.engines, length)
-    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
     assert torch.equal(out.sequences, want.sequences)
-    torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", list(LALMS))
@@ -769,15 +769,15 @@ def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
     cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0)
     calibration = HeadScores(torch.rand(6, 2, generator=gen), model="gemma3n", data="test")
     with apply_audiokv(model, cfg, calibration) as handle:
-        out = model.generate(**inputs, **GREEDY_2)
+        out = model.generate(**inputs, **GREEDY)
         engine = handle.engines[2]
         starts = length - inputs["attention_mask"].sum(-1) + 6 + 9 * torch.arange(bsz)  # after padding, text, boa
         assert torch.equal(engine.prompt.audio_span, torch.stack([starts, starts + 20], -1))
-        assert out.past_key_values.get_seq_length() == length + 1
+        assert out.past_key_values.get_seq_length() == length + 5
         # half the tokens, one partial page per row at most, and a fp32 log-mass per slot beside K and V
         bound = (0.5 * full_bytes + 16 * full_bytes / length) * (1 + 1 / (2 * engine.head_dim))
         assert handle.kv_bytes <= bound
         kept = kept_state({2: engine, 5: engine}, length)
-    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY_2)
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
     assert torch.equal(out.sequences, want.sequences)
-    torch.testing.assert_close(out.logits[1], want.logits[1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
