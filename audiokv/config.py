@@ -63,11 +63,12 @@ class AudioKVConfig:
             current query's attention (TOVA-style, averaged over the GQA group),
             in place: a long generation stops growing the cache.
         decode_every: how many tokens are appended between two such evictions.
-        prefill_chunk: prefill a prompt longer than this many tokens in chunks of
-            it: each chunk attends to what the cache kept of the earlier ones and
-            is then compressed on its own, so prefill never holds more K/V than
-            the compressed prompt plus one chunk (the first chunk also takes any
-            left padding). None (the default) prefills the prompt at once.
+        prefill_chunk: prefill a prompt longer than this many tokens (more than
+            ``window``) in chunks of it: each chunk attends to what the cache
+            kept of the earlier ones and is then compressed on its own, so
+            prefill never holds more K/V than the compressed prompt plus one
+            chunk (the first chunk also takes any left padding). None (the
+            default) prefills the prompt at once.
             Self-attention models only (Whisper's cross-attention ignores it).
         seed: seed of the randomized policies (``random``); each layer and each
             compression call draws from its own stream derived from it, so a

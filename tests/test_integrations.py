@@ -571,6 +571,35 @@ def test_a_30_second_clip_holds_what_the_ratio_promises_with_the_default_config(
     assert held <= (1 - ratio + 0.05) * dense_kv_bytes(model, out.shape[1] - 1, 1)
 
 
+def test_ten_minutes_of_audio_prefilled_in_chunks_hold_the_budget_plus_one_chunk():
+    # 20 clips of 30 s: 15,000 audio tokens in a tiny Qwen2-Audio, prefilled 2,048 tokens at a time
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = Qwen2AudioConfig(audio_config=AUDIO | {"max_source_positions": 1500}, text_config=TEXT, audio_token_index=150)
+    model = Qwen2AudioForConditionalGeneration(cfg).eval()
+    gen = torch.Generator().manual_seed(9)
+    ids = prompt_ids(dict(before=[], after=[]), 20 * 750, gen, 20)[None]
+    features = torch.randn(20, 16, 3000, generator=gen)
+    inputs = dict(input_ids=ids, input_features=features, feature_attention_mask=torch.ones(20, 3000, dtype=torch.long))
+    ref = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.0, window=16, prefill_chunk=2048)):
+        assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), ref)  # chunks lose nothing
+
+    calibration = HeadScores(torch.rand(2, 2, generator=gen), model="qwen2-audio", data="test")
+    config = AudioKVConfig(compression_ratio=0.7, window=16, prefill_chunk=2048)
+    with apply_audiokv(model, config, calibration) as handle:
+        model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        for engine in handle.engines.values():
+            kept, page, rows = int(engine.budgets.sum()), engine.pool.page_size, 2
+            assert kept <= 0.3 * rows * ids.shape[1] + rows * 8 * 16  # and each chunk's window (16) at most
+            slot = 2 * 16 * 4 + 4  # K and V of one token, fp32, and its log mass (merged audio)
+            chunk_kv = 2 * rows * 2048 * 16 * 4
+            assert engine.peak_kv_bytes <= (kept + rows * (page + 3)) * slot + chunk_kv  # 3: the decode reserve
+        dense = dense_kv_bytes(model, ids.shape[1], 1)
+        assert handle.peak_kv_bytes <= 0.5 * dense  # 0.3 kept + 0.14 a chunk; unchunked it is 1.3
+
+
 @pytest.mark.parametrize("policy", ["audiokv", "audiokv-no-heads"])
 def test_lalm_batch_mixing_an_audio_prompt_and_a_text_only_prompt(policy):
     gen = torch.Generator().manual_seed(8)
