@@ -29,6 +29,29 @@ from audiokv.select import cover_spans, select_tokens
 from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
 
 
+class KVMeter:
+    """The most K/V bytes the compressed layers of one model held at once.
+
+    Each layer reports, at every call, what its pool holds and the K/V of the
+    tokens it is processing (the whole prompt at an unchunked prefill, one
+    chunk, a decode step); layers run one after another, so the model holds
+    every layer's pool plus the calling layer's K/V in flight.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[int, int] = {}
+        self.peak = 0
+
+    def observe(self, layer: int, pool_bytes: int, in_flight: int) -> None:
+        self.held[layer] = pool_bytes
+        self.peak = max(self.peak, sum(self.held.values()) + in_flight)
+
+    def reset(self) -> None:
+        """Start a new sequence."""
+        self.held.clear()
+        self.peak = 0
+
+
 class AudioKVAttention(nn.Module):
     """Attention over an AudioKV-compressed, paged KV cache for one layer.
 
@@ -88,7 +111,8 @@ class AudioKVAttention(nn.Module):
         self.prompt_length = 0  # tokens of the compressed prompt (before any appended)
         self._evicted_kept: Tensor | None = None  # decoded_kept once decode-time eviction has dropped some
         self.compressions = 0  # compression calls so far: each draws its own random stream
-        self.peak_kv_bytes = 0  # the most K/V bytes held at once since the prefill (see `_track`)
+        self.peak_kv_bytes = 0  # the most K/V bytes this layer held at once since the prefill (see `_track`)
+        self.meter: KVMeter | None = None  # shared by the layers of one model (`apply_audiokv`)
         self._chunks: list[tuple[Tensor, Tensor]] | None = None  # selections of the chunks prefilled so far
 
     def reset(self) -> None:
@@ -411,13 +435,15 @@ class AudioKVAttention(nn.Module):
         return held
 
     def _track(self, in_flight: int) -> None:
-        """Raise ``peak_kv_bytes`` to the pool plus the ``in_flight`` bytes of this call's own K/V.
+        """Raise ``peak_kv_bytes`` (and the model's meter) to the pool plus the ``in_flight`` bytes of this call's K/V.
 
         Those are the keys and values the model projected for the tokens being
         processed (the whole prompt at an unchunked prefill, one chunk, a decode
         step); temporaries of scoring and merging are not counted.
         """
         self.peak_kv_bytes = max(self.peak_kv_bytes, self.kv_bytes + in_flight)
+        if self.meter is not None:
+            self.meter.observe(self.layer_idx, self.kv_bytes, in_flight)
 
 
 def prompt_attention(

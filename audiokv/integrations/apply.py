@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-from audiokv.attention import AudioKVAttention, SharedKVAttention
+from audiokv.attention import AudioKVAttention, KVMeter, SharedKVAttention
 from audiokv.cache import AudioKVCache, AudioKVEncoderDecoderCache
 from audiokv.config import AudioKVConfig
 from audiokv.heads import HeadScores
@@ -111,6 +111,7 @@ class AudioKVHandle:
     _hook: object = None
     _generate: object = None  # the model's own `generate` instance attribute, if it had one
     _chunked: nn.Module | None = None  # the decoder whose forward prefills in chunks
+    meter: KVMeter = field(default_factory=KVMeter)
 
     def remove(self) -> None:
         """Restore the original attention implementation and modules."""
@@ -141,13 +142,13 @@ class AudioKVHandle:
 
     @property
     def peak_kv_bytes(self) -> int:
-        """Sum over compressed layers of the most K/V bytes each held at once since its prefill.
+        """The most K/V bytes the compressed layers held at once since the last prefill.
 
-        Each layer counts its pool and the K/V of the tokens it was processing
-        (see :meth:`AudioKVAttention._track`); layers peak one after another, so
-        this bounds the model's peak from above.
+        Every layer's pool plus the K/V in flight of the layer being run (the
+        whole prompt's at an unchunked prefill, one chunk's with ``prefill_chunk``):
+        :class:`audiokv.attention.KVMeter`.
         """
-        return sum(e.peak_kv_bytes for e in self.engines.values())
+        return self.meter.peak
 
 
 def set_attention_implementation(
@@ -242,6 +243,7 @@ def apply_audiokv(
             num_layers=len(roles.compressed),
             cross_attention=family.cross_attention,
         ).to(next(module.parameters()).device)
+        engine.meter = handle.meter
         attach(module, engine)
         handle.engines[idx] = engine
     for idx, source in roles.shared.items():
@@ -265,6 +267,7 @@ def apply_audiokv(
             kwargs[key] = AudioKVEncoderDecoderCache(handle.engines)
         else:
             kwargs[key] = AudioKVCache(model.config, handle.engines)
+        handle.meter.reset()  # a new sequence
         if family.cross_attention:
             return args, kwargs  # all encoder frames are audio; padding is part of Whisper's input
         input_ids = kwargs.get("input_ids", args[0] if args else None)
