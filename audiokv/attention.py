@@ -375,14 +375,18 @@ class AudioKVAttention(nn.Module):
         The chunk's queries see what the pool kept of the earlier chunks and
         their own chunk causally; the chunk is then compressed on its own (its
         last ``window`` queries score it, its share of the audio span is covered
-        and merged), so every chunk keeps ``1 - ratio`` of its tokens and the
-        pool never holds more than the budget of the whole prompt.
+        and merged), so every chunk keeps ``1 - ratio`` of its tokens, but at
+        least its last ``window`` (a chunk no longer than the window is kept
+        whole). The pool is allocated at the first chunk for what all chunks
+        will keep, so it is never reallocated during the prefill.
         """
         self._check_shapes(query, key, value)
         bsz, _, length, _ = key.shape
         end, in_flight = start + length, key.nbytes + value.nbytes
         spans = self._spans(audio_span, bsz, total)
-        spans = None if spans is None else (spans - start).clamp(0, length)
+        if spans is not None:  # this chunk's part of each row's span; (0, 0) where it has none
+            spans = (spans - start).clamp(0, length)
+            spans = torch.where((spans[:, 1] > spans[:, 0])[:, None], spans, 0)
         mask = None if key_mask is None else key_mask[:, start:end]
         if start == 0:
             self.reset()
@@ -397,11 +401,10 @@ class AudioKVAttention(nn.Module):
             query, key, value, spans, mask, self.config.sinks if start == 0 else 0
         )
         if start == 0:
-            reserve = self._reserve(decode_tokens)
-            per_row = self._chunked_budget(mask, length, total) / budgets.numel() + reserve
-            page = self.config.page_size or fit_page_size(per_row)
             rows = budgets.numel()
-            room = (int(per_row * rows) + rows * (page - 1)) // page  # every row wastes under a page
+            held = self._chunked_budget(mask, bsz, length, total) + rows * self._reserve(decode_tokens)
+            page = self.config.page_size or fit_page_size(held / rows)
+            room = (held + rows * (page - 1)) // page  # every row wastes under a page
             pages = sum(max(1, -(-n // page)) for n in budgets.flatten().tolist())
             self.pool = PagedKVPool.from_selection(
                 key, value, indices, budgets, page_size=page, log_mass=log_mass, spare_pages=max(0, room - pages)
@@ -421,17 +424,19 @@ class AudioKVAttention(nn.Module):
             self._chunks = None
         return out
 
-    def _chunked_budget(self, first_mask: Tensor | None, first: int, total: int) -> float:
-        """Tokens the pool will hold over all chunks of a ``total``-token prompt at most (all rows, all heads)."""
+    def _chunked_budget(self, first_mask: Tensor | None, bsz: int, first: int, total: int) -> int:
+        """Tokens the pool will hold over all chunks of a ``total``-token prompt at most (all rows, all heads).
+
+        ``first``: the first chunk's length, ``first_mask`` its ``[B, first]`` padding mask or None.
+        """
         cfg = self.config
         chunk = cfg.prefill_chunk or total
         lengths = [first] + [min(chunk, total - s) for s in range(first, total, chunk)]
-        bsz = 1 if first_mask is None else first_mask.shape[0]
-        held = 0.0
+        held = 0
         for i, n in enumerate(lengths):
             valid = torch.full((bsz,), n) if i or first_mask is None else first_mask.sum(-1).cpu()
             mandatory = torch.clamp(valid, max=(cfg.sinks if i == 0 else 0) + cfg.window)
-            held += layer_budget(valid, self.num_kv_heads, self._ratio(n), mandatory).sum().item()
+            held += int(layer_budget(valid, self.num_kv_heads, self._ratio(n), mandatory).sum())
         return held
 
     def _track(self, in_flight: int) -> None:

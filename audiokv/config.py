@@ -65,10 +65,11 @@ class AudioKVConfig:
         decode_every: how many tokens are appended between two such evictions.
         prefill_chunk: prefill a prompt longer than this many tokens (more than
             ``window``) in chunks of it: each chunk attends to what the cache
-            kept of the earlier ones and is then compressed on its own, so
-            prefill never holds more K/V than the compressed prompt plus one
-            chunk (the first chunk also takes any left padding). None (the
-            default) prefills the prompt at once.
+            kept of the earlier ones and is then compressed on its own (each
+            keeps at least its last ``window`` tokens), so a layer's prefill
+            holds its compressed prompt plus one chunk, not the whole prompt
+            (the first chunk also takes any left padding). None (the default)
+            prefills the prompt at once.
             Self-attention models only (Whisper's cross-attention ignores it).
         seed: seed of the randomized policies (``random``); each layer and each
             compression call draws from its own stream derived from it, so a

@@ -156,6 +156,8 @@ class PagedKVPool:
         """
         if self._appended:
             raise ValueError("cannot extend the prompt of a pool that already holds decoded tokens")
+        if log_mass is not None and self.mass_pages is None:
+            raise ValueError("this pool keeps no log mass: build it with log_mass to extend it with some")
         per_row = counts.reshape(self.num_rows).tolist()
         self._give_pages(self._pages_needed([n + c for n, c in zip(self._lengths_host, per_row, strict=True)]))
         self._write(key, value, indices, counts, log_mass)

@@ -314,21 +314,34 @@ def chunked_reference(module, q, k, v, bounds, span):
     return out
 
 
-@pytest.mark.parametrize("kernel", ["reference", "flex"])
-@pytest.mark.parametrize(("bsz", "length", "chunk", "ratio"), [(1, 300, 64, 0.6), (2, 257, 100, 0.8)])
+@pytest.mark.parametrize(
+    ("kernel", "policy", "bsz", "length", "chunk", "ratio", "audio"),
+    [
+        ("reference", "audiokv", 1, 300, 64, 0.6, (10, 260)),  # the audio crosses every chunk boundary
+        ("flex", "audiokv", 1, 300, 64, 0.6, (10, 260)),
+        ("reference", "audiokv", 2, 257, 100, 0.8, (10, 217)),
+        ("flex", "audiokv", 2, 257, 100, 0.8, (10, 217)),
+        ("reference", "audiokv-sss", 2, 300, 64, 0.6, (150, 290)),  # the first chunks hold no audio
+    ],
+)
 def test_chunked_prefill_attends_over_what_earlier_chunks_kept_and_holds_only_their_budget(
-    kernel, bsz, length, chunk, ratio
+    kernel, policy, bsz, length, chunk, ratio, audio
 ):
     gen = torch.Generator().manual_seed(length)
     cfg = AudioKVConfig(compression_ratio=ratio, window=8, sinks=2, page_size=16, decode_reserve=4, prefill_chunk=chunk)
     prior = torch.rand(2, generator=gen)
-    module = AudioKVAttention(cfg, num_heads=6, num_kv_heads=2, head_dim=16, head_prior=prior, kernel=kernel)
-    q, k, v = qkv(bsz, 6, 2, length, 16, torch.float32, gen)
-    span = (10, length - 40)  # the audio crosses every chunk boundary
-    bounds = [(s, min(s + chunk, length)) for s in range(0, length, chunk)]
-    got = torch.cat(
-        [module(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], audio_span=span, chunk=(s, length)) for s, e in bounds], 2
+    module = AudioKVAttention(
+        cfg, num_heads=6, num_kv_heads=2, head_dim=16, head_prior=prior, kernel=kernel, policy=policy
     )
+    q, k, v = qkv(bsz, 6, 2, length, 16, torch.float32, gen)
+    span = audio
+    bounds = [(s, min(s + chunk, length)) for s in range(0, length, chunk)]
+    got, pages = [], []
+    for s, e in bounds:
+        got.append(module(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], audio_span=span, chunk=(s, length)))
+        pages.append(module.pool.num_pages)
+    assert pages == pages[:1] * len(pages)  # allocated once at the first chunk for every chunk's selection
+    got = torch.cat(got, 2)
     torch.testing.assert_close(got.double(), chunked_reference(module, q, k, v, bounds, span), atol=1e-4, rtol=0)
 
     # every chunk kept 1 - ratio of its tokens (its window and the first chunk's sinks at least)

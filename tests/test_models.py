@@ -170,6 +170,76 @@ def test_smollm2_retrieves_a_passkey_from_2k_tokens_at_half_compression(smollm2,
         assert peak <= held + chunk * layer
 
 
+def test_whisper_tiny_cross_attention_compression_on_real_speech(tiny, eval_clip):
+    audio = [eval_clip.audio()]
+    full = greedy_transcribe(tiny, audio)
+    calib = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.0, page_size=64), calib):
+        assert greedy_transcribe(tiny, audio) == full
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.4, page_size=64), calib) as handle:
+        (hyp,) = greedy_transcribe(tiny, audio)
+        held = handle.kv_bytes
+    dense = 4 * 2 * 6 * 1500 * 64 * 4  # decoder layers, K/V, heads, encoder frames, head_dim, fp32
+    assert held <= 0.6 * dense + 4 * 2 * 6 * 64 * 64 * 4  # kept share + at most one partly filled page per head
+    assert word_error_rate([eval_clip.text], [hyp]) < 0.5  # still a transcript of this clip (not a collapse)
+
+
+def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "r.json"
+    args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--policies", "full,snapkv"]
+    assert main([*args, "--ratios", "0.5", "--limit", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"model", "device", "torch", "audiokv", "commit", "rows"} <= set(result)
+    rows = {(r["policy"], r["compression_ratio"]): r for r in result["rows"]}
+    assert set(rows) == {("full", 0.0), ("snapkv", 0.5)}
+    for r in rows.values():
+        assert {"wer", "kv_bytes", "kv_bytes_full", "repetition_rate", "n"} <= set(r) and r["n"] == 1
+    assert rows[("snapkv", 0.5)]["kv_bytes"] < 0.6 * rows[("full", 0.0)]["kv_bytes_full"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ratios", "1.2"], "compression ratios must be in [0, 1)"),
+        (["--policies", "full,magic"], "unknown policy 'magic'"),
+        (["--data", "/nowhere"], "neither a directory nor a manifest"),
+        (["--out", "{tmp}/a-file/r.json"], "cannot write"),  # checked before any work
+        (["--plot", "{tmp}"], "cannot write"),
+        (["--task", "passkey", "--model", "{tmp}/no-model"], "cannot load"),
+        (["--update"], "does not exist yet"),  # nothing to add to: fails before any work
+        (["--update", "--out", "{tmp}/a-file"], "not a results file"),
+    ],
+)
+def test_eval_cli_bad_input_is_one_line_and_nonzero(extra, message, capsys, tmp_path):
+    args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--out", str(tmp_path / "r.json")]
+    (tmp_path / "a-file").write_text("")
+    args += [x.replace("{tmp}", str(tmp_path)) for x in extra]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_passkey_prompts_have_the_exact_length_and_hide_each_key_once(smollm2):
+    from audiokv.passkey import passkey_prompts
+
+    _, tokenizer = smollm2
+    ids, keys = passkey_prompts(tokenizer, 700, 5, seed=3)
+    assert ids.shape == (5, 700) and len(set(keys)) == 5
+    depths = []
+    for row, key in zip(ids, keys, strict=True):
+        text = tokenizer.decode(row)
+        assert text.count(key) == 2 and text.endswith("The pass key is")  # the needle names it twice
+        depths.append(text.index(key) / len(text))
+    assert max(depths) - min(depths) > 0.2  # the needle moves
+    with pytest.raises(ValueError, match="too short"):
+        passkey_prompts(tokenizer, 60, 1)
+
+
 def test_eval_cli_passkey_task_writes_accuracy_rows(tmp_path, capsys):
     import json
 

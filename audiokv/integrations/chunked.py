@@ -10,6 +10,7 @@ keep a selection of the chunk (:meth:`AudioKVAttention.forward`, ``chunk``).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -54,9 +55,13 @@ def prefill_in_chunks(forward: Callable, prompt, chunk: int, args: tuple, kwargs
     mask = kwargs.get("attention_mask")
     if other or (mask is not None and (not isinstance(mask, Tensor) or mask.dim() != 2)):
         raise ValueError(f"prefill_chunk cannot split {other or 'a non-2-D attention_mask'}: prefill at once")
+    bounds = chunk_bounds(total, chunk, prompt.key_mask)
+    if len(bounds) == 1:
+        note = f"prefill_chunk: padding reaches past token {total - chunk}, so the prompt is prefilled at once"
+        warnings.warn(note, stacklevel=3)
     outputs = []
     try:
-        for start, end in chunk_bounds(total, chunk, prompt.key_mask):
+        for start, end in bounds:
             part = dict(kwargs)
             for name in SEQUENCE_ARGS:
                 if part.get(name) is not None:
