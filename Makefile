@@ -34,7 +34,7 @@ results-whisper: $(STAMP)
 	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json --readme
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
-# commit (about 2 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
+# commit (about 3 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,audiokv,audiokv-sss,audiokv-no-heads
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
@@ -49,6 +49,16 @@ results: $(STAMP)
 	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \
 		--policies $(AGNOSTIC_POLICIES) --ratios 0.25,0.5,0.75 \
 		--out $(R)/query-agnostic-passkey-smollm2-135m.json --plot $(R)/query-agnostic-passkey-smollm2-135m.png
+	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 4096 --limit 10 --seed 1 \
+		--policies full,audiokv,tova,snapkv --ratios 0.5,0.75 --out $(R)/passkey-4k-query-agnostic-smollm2-135m.json
+	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 4096 --limit 10 --seed 1 \
+		--policies full,audiokv,tova,snapkv --ratios 0.5,0.75 --prefill-chunk 1024 \
+		--out $(R)/passkey-4k-query-agnostic-chunked-smollm2-135m.json
+	$(BIN)/audiokv calibrate --model whisper-tiny.en --method word-timed \
+		--data audiokv/data/speech/calib_timed/manifest.jsonl --out $(R)/whisper-tiny.en-word-timed.safetensors
+	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl --policies full,audiokv \
+		--ratios 0.7,0.8,0.9 --calibration $(R)/whisper-tiny.en-word-timed.safetensors \
+		--out $(R)/test-whisper-tiny.en-word-timed-prior.json
 	$(BIN)/python -m benchmarks.decode
 	$(BIN)/python -m benchmarks.decode --steps 2000 --reserve 16 --out $(R)/decode-cpu-2000steps.json
 	$(BIN)/python -m benchmarks.prefill

@@ -394,9 +394,10 @@ class AudioKVAttention(nn.Module):
         else:
             if mask is not None and not mask.all():
                 raise ValueError("padding after the first prefill chunk: the first chunk must reach past it")
-            own = causal_attention(query, key, value, scale=self.scaling)
-            held = reference_paged_attention(query, self.pool, scale=self.scaling, causal=False, return_lse=True)
-            out = merge_attention([held, own])
+            fp32 = query.float()  # both parts and their merge in fp32, rounded once
+            own = causal_attention(fp32, key, value, scale=self.scaling)
+            held = reference_paged_attention(fp32, self.pool, scale=self.scaling, causal=False, return_lse=True)
+            out = merge_attention([held, own]).to(query.dtype)
         key, value, indices, budgets, log_mass = self._select(
             query, key, value, spans, mask, self.config.sinks if start == 0 else 0
         )
