@@ -25,6 +25,7 @@ from audiokv import AudioKVConfig
 from audiokv.cache import AudioKVCache
 from audiokv.heads import HeadScores
 from audiokv.integrations import SUPPORTED_FAMILIES, apply_audiokv
+from audiokv.integrations.apply import layer_stack
 from audiokv.integrations.chunked import chunk_bounds
 from audiokv.passkey import dense_kv_bytes
 
@@ -387,10 +388,11 @@ GREEDY = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, o
 
 
 def set_implementation(model, impl):
+    """The language model's attention implementation (not the audio encoder's: transformers 5.2's
+    ``get_decoder()`` of an Omni thinker is the thinker itself, audio encoder included)."""
     text = model.config.get_text_config(decoder=True)
-    for cfg in {
-        id(c): c for c in (text, *(m.config for m in model.get_decoder().modules() if hasattr(m, "k_proj")))
-    }.values():
+    layers = layer_stack(model, "self_attn").modules()
+    for cfg in {id(c): c for c in (text, *(m.config for m in layers if hasattr(m, "k_proj")))}.values():
         cfg._attn_implementation = impl
 
 

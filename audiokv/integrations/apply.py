@@ -175,6 +175,20 @@ def attention_modules(model: nn.Module, attention: str) -> dict[int, nn.Module]:
     return dict(sorted(found.items()))
 
 
+def layer_stack(model: nn.Module, attention: str) -> nn.Module:
+    """The module that runs the decoder layers: it takes the prompt's embeddings (audio merged in) and the cache.
+
+    ``model.get_decoder()`` is that module in most families and transformers
+    versions, but not all (Qwen2.5-Omni's thinker in transformers 5.2 returns
+    itself, audio encoder included), so it is found as the parent of the first
+    compressed attention module.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    first = next(iter(attention_modules(model, attention).values()))  # not an audio encoder's attention
+    name = next(n for n, m in decoder.named_modules() if m is first)
+    return decoder.get_submodule(name.rpartition(".layers.")[0])
+
+
 def apply_audiokv(
     model: nn.Module,
     config: AudioKVConfig,
@@ -209,7 +223,7 @@ def apply_audiokv(
     if config.prefill_chunk is not None and not family.cross_attention:
         if roles.shared:
             raise ValueError("prefill_chunk does not support layers that share another layer's KV (Gemma 3n) yet")
-        chunked = model.get_decoder()
+        chunked = layer_stack(model, family.attention)
         if "forward" in chunked.__dict__:
             raise ValueError(f"{type(chunked).__name__}.forward is already wrapped; remove the other handle first")
     prompt = _Prompt()

@@ -1,8 +1,9 @@
 """Chunked prefill (``AudioKVConfig.prefill_chunk``): the decoder sees a long prompt one chunk at a time.
 
-The wrapper sits on the language model's decoder (``model.get_decoder()``), so
-it gets the prompt after the model has put the audio features into the
-embeddings: every family chunks the same way. Each chunk goes through the
+The wrapper sits on the module that runs the decoder layers
+(:func:`audiokv.integrations.apply.layer_stack`), so it gets the prompt after
+the model has put the audio features into the embeddings: every family
+chunks the same way. Each chunk goes through the
 decoder with the cache filled by the earlier ones; its compressed layers then
 keep a selection of the chunk (:meth:`AudioKVAttention.forward`, ``chunk``).
 """
