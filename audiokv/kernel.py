@@ -102,8 +102,12 @@ def _softmax_attention(logits: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
     return weights @ value, lse
 
 
-def causal_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: float) -> tuple[Tensor, Tensor]:
+def causal_attention(
+    query: Tensor, key: Tensor, value: Tensor, *, scale: float, block: int = 256
+) -> tuple[Tensor, Tensor]:
     """Dense causal attention of ``[B, H_q, q, D]`` queries over their own ``[B, H_kv, q, D]`` keys (fp32 math).
+
+    Queries go ``block`` at a time, so the logits held are ``[block, q]`` per head, not ``[q, q]``.
 
     Returns:
         ``([B, H_q, q, D]`` output, ``[B, H_q, q]`` float32 log-sum-exp of the logits).
@@ -111,9 +115,14 @@ def causal_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: float)
     bsz, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     rows = query.float().reshape(bsz, kv_heads, heads // kv_heads, q_len, dim)
-    logits = rows @ key.float()[:, :, None].transpose(-1, -2) * scale  # [B, H_kv, G, q, q]
-    future = torch.ones(q_len, q_len, dtype=torch.bool, device=query.device).triu(1)
-    out, lse = _softmax_attention(logits.masked_fill(future, float("-inf")), value.float()[:, :, None])
+    keys, values = key.float()[:, :, None], value.float()[:, :, None]
+    out, lse = torch.empty_like(rows), rows.new_empty(rows.shape[:-1])
+    for s in range(0, q_len, block):
+        e = min(s + block, q_len)
+        logits = rows[..., s:e, :] @ keys[..., :e, :].transpose(-1, -2) * scale  # [B, H_kv, G, e - s, e]
+        future = torch.arange(e, device=query.device)[None, :] > torch.arange(s, e, device=query.device)[:, None]
+        logits = logits.masked_fill(future, float("-inf"))
+        out[..., s:e, :], lse[..., s:e] = _softmax_attention(logits, values[..., :e, :])
     return out.reshape(bsz, heads, q_len, dim).to(query.dtype), lse.reshape(bsz, heads, q_len)
 
 
