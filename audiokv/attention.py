@@ -39,17 +39,19 @@ class KVMeter:
     """
 
     def __init__(self) -> None:
-        self.held: dict[int, int] = {}
+        self.held: dict[int, int] = {}  # each layer's pool bytes
+        self.total = 0  # their sum, kept up to date (observed by every layer at every decode step)
         self.peak = 0
 
     def observe(self, layer: int, pool_bytes: int, in_flight: int) -> None:
+        self.total += pool_bytes - self.held.get(layer, 0)
         self.held[layer] = pool_bytes
-        self.peak = max(self.peak, sum(self.held.values()) + in_flight)
+        self.peak = max(self.peak, self.total + in_flight)
 
     def reset(self) -> None:
         """Start a new sequence."""
         self.held.clear()
-        self.peak = 0
+        self.total = self.peak = 0
 
 
 class AudioKVAttention(nn.Module):
@@ -406,9 +408,8 @@ class AudioKVAttention(nn.Module):
             held = self._chunked_budget(mask, bsz, length, total) + rows * self._reserve(decode_tokens)
             page = self.config.page_size or fit_page_size(held / rows)
             room = (held + rows * (page - 1)) // page  # every row wastes under a page
-            pages = sum(max(1, -(-n // page)) for n in budgets.flatten().tolist())
             self.pool = PagedKVPool.from_selection(
-                key, value, indices, budgets, page_size=page, log_mass=log_mass, spare_pages=max(0, room - pages)
+                key, value, indices, budgets, page_size=page, log_mass=log_mass, min_pages=room
             )
             self._chunks = []
         else:
@@ -447,9 +448,10 @@ class AudioKVAttention(nn.Module):
         processed (the whole prompt at an unchunked prefill, one chunk, a decode
         step); temporaries of scoring and merging are not counted.
         """
-        self.peak_kv_bytes = max(self.peak_kv_bytes, self.kv_bytes + in_flight)
+        held = self.kv_bytes
+        self.peak_kv_bytes = max(self.peak_kv_bytes, held + in_flight)
         if self.meter is not None:
-            self.meter.observe(self.layer_idx, self.kv_bytes, in_flight)
+            self.meter.observe(self.layer_idx, held, in_flight)
 
 
 def prompt_attention(

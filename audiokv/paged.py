@@ -114,7 +114,7 @@ class PagedKVPool:
         page_size: int,
         reserve: int = 0,
         log_mass: Tensor | None = None,
-        spare_pages: int = 0,
+        min_pages: int = 0,
     ) -> PagedKVPool:
         """Gather the kept tokens of every head into freshly allocated pages.
 
@@ -127,7 +127,8 @@ class PagedKVPool:
             reserve: extra tokens of room per row for decoding.
             log_mass: ``[B, H_kv, T]`` log of how many tokens each kept token
                 stands for, gathered like the keys (see ``mass_pages``); None: 0.
-            spare_pages: pages allocated beyond the rows' own, free for :meth:`extend`.
+            min_pages: allocate at least this many pages in all; those beyond the
+                rows' own stay free for :meth:`extend`.
 
         Returns:
             A pool holding exactly those tokens, each row in ``ceil((count +
@@ -136,7 +137,7 @@ class PagedKVPool:
         bsz, heads, _, dim = key.shape
         rows = bsz * heads
         pages = [max(1, math.ceil((c + reserve) / page_size)) for c in counts.reshape(rows).tolist()]
-        total = sum(pages) + spare_pages
+        total = max(sum(pages), min_pages)
         table, _ = _consecutive_pages(pages, key.device)
         mass = None if log_mass is None else torch.zeros(total, page_size, device=key.device)
         lengths = torch.zeros(rows, dtype=torch.int32, device=key.device)

@@ -109,7 +109,10 @@ def test_extend_appends_a_second_selection_from_spare_pages_then_grows(data, spa
     bsz, heads, _, dim = key.shape
     k2, v2, i2, c2, _, _ = data.draw(selections((bsz, heads, dim)))
     mass, mass2 = torch.rand(key.shape[:3]), torch.rand(k2.shape[:3])
-    pool = PagedKVPool.from_selection(key, value, indices, counts, page_size=page, log_mass=mass, spare_pages=spare)
+    used = sum(max(1, math.ceil(n / page)) for n in counts.flatten().tolist())
+    pool = PagedKVPool.from_selection(
+        key, value, indices, counts, page_size=page, log_mass=mass, min_pages=used + spare
+    )
     storage = pool.num_pages
     pool.extend(k2, v2, i2, c2, mass2)
     for r in range(bsz * heads):
@@ -120,7 +123,6 @@ def test_extend_appends_a_second_selection_from_spare_pages_then_grows(data, spa
         assert torch.equal(v, torch.cat([value[b, h, indices[b, h, :n]], v2[b, h, i2[b, h, :m]]]))
         assert torch.equal(pool.row_mass(r), torch.cat([mass[b, h, indices[b, h, :n]], mass2[b, h, i2[b, h, :m]]]))
     held = sum(max(1, math.ceil(n / page)) for n in (counts + c2).flatten().tolist())
-    used = sum(max(1, math.ceil(n / page)) for n in counts.flatten().tolist())
     assert pool.num_pages == max(storage, held) and storage == used + spare  # spare pages first, then growth
     owned = pool.page_owner >= 0
     assert int(owned.sum()) == held  # pages no row holds stay free (owner -1)

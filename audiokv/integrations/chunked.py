@@ -42,7 +42,8 @@ def prefill_in_chunks(forward: Callable, prompt, chunk: int, args: tuple, kwargs
     padding, its ``chunk`` tells the engines which part of the prompt they see.
     Returns the decoder's output with the hidden states of every chunk.
     """
-    kwargs = dict(kwargs) | dict(zip(inspect.signature(forward).parameters, args, strict=False))
+    if args:  # models call their decoder with keywords; signature() only for the rare positional call
+        kwargs = dict(kwargs) | dict(zip(inspect.signature(forward).parameters, args, strict=False))
     x = kwargs.get("inputs_embeds")
     x = kwargs.get("input_ids") if x is None else x
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
