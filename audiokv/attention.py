@@ -340,7 +340,8 @@ class AudioKVAttention(nn.Module):
                 demand = policy.head_demand(inp, spans)
                 if demand is not None:
                     split = torch.where(audio[..., None], demand_scores(scores, demand), scores)
-            safeguard = cfg.safeguard if policy.head_budgets else 1.0  # 1.0: every head keeps the average
+            safeguard = policy.safeguard if cfg.safeguard is None else cfg.safeguard
+            safeguard = safeguard if policy.head_budgets else 1.0  # 1.0: every head keeps the average
             budgets = head_budgets(split, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:
                 scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)

@@ -43,7 +43,9 @@ class AudioKVConfig:
         head_prior_strength: how strongly calibrated audio-critical heads are
             favoured in the budget split; 0 ignores the calibration. >= 0.
         safeguard: every KV head keeps at least this fraction of the average
-            per-head budget (AdaKV's safeguard), in [0, 1].
+            per-head budget (AdaKV's safeguard), in [0, 1]; None (the default)
+            uses the policy's own (0.35 for AudioKV, chosen on the tune split;
+            AdaKV's 0.2 for ``adakv``).
         sinks: number of first tokens always kept (attention sinks).
         page_size: tokens per page of the paged pool; also the FlexAttention
             KV block size. A power of two in [16, 1024], or None (the default)
@@ -83,7 +85,7 @@ class AudioKVConfig:
     sss_cutoff: float = 0.1
     coverage_floor: float = 0.1
     head_prior_strength: float = 1.0
-    safeguard: float = 0.2
+    safeguard: float | None = None
     sinks: int = 4
     page_size: int | None = None
     decode_reserve: int = 128
@@ -112,9 +114,8 @@ class AudioKVConfig:
             raise ValueError(f"coverage_floor must be in [0, 1], got {floor}")
         if _require_float("head_prior_strength", self.head_prior_strength) < 0:
             raise ValueError(f"head_prior_strength must be >= 0, got {self.head_prior_strength}")
-        safeguard = _require_float("safeguard", self.safeguard)
-        if not 0.0 <= safeguard <= 1.0:
-            raise ValueError(f"safeguard must be in [0, 1], got {safeguard}")
+        if self.safeguard is not None and not 0.0 <= _require_float("safeguard", self.safeguard) <= 1.0:
+            raise ValueError(f"safeguard must be in [0, 1] or None, got {self.safeguard}")
         _require_int("sinks", self.sinks, 0)
         if self.page_size is not None:
             _require_int("page_size", self.page_size, 16)

@@ -34,6 +34,8 @@ GRID: list[tuple[str, dict]] = [
     ("audiokv", {"coverage_floor": 0.25}),
     ("audiokv", {"coverage_floor": 0.5}),
     ("audiokv-sss", {"sss_cutoff": 0.3}),
+    ("audiokv", {"safeguard": 0.2}),
+    ("audiokv", {"safeguard": 0.5}),
     ("audiokv", {"safeguard": 1.0}),
     ("audiokv", {"head_prior_strength": 0.5}),
 ]
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--data", type=Path, default=DEFAULT_OUT / "tune" / "manifest.jsonl")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.8, 0.9])
     parser.add_argument("--out", default=None)
-    parser.add_argument("--only", default=None, help="comma-separated policies: run only their knob-free rows")
+    parser.add_argument("--only", default=None, help="comma-separated rows instead of the grid: POLICY[:KNOB=VALUE]")
     args = parser.parse_args(argv)
     speech = load_speech_model(args.model)
     path = shipped_calibration(speech.name)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     calibration = HeadScores.load(path, model=speech.name)
     data = load_speech_set(args.data)
     rows = evaluate_speech(speech, data, ["full"], [0.0], calibration=calibration, progress=False)
-    grid = GRID if args.only is None else [(p, {}) for p in args.only.split(",")]
+    grid = GRID if args.only is None else [_row(spec) for spec in args.only.split(",")]
     for policy, knobs in grid:
         config = AudioKVConfig(**knobs)
         for row in evaluate_speech(speech, data, [policy], args.ratios, calibration=calibration, config=config,
@@ -70,6 +72,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     summary = {"model": speech.name, "data": str(args.data), "clips": len(data)}
     out.write_text(json.dumps({**summary, **environment(), "rows": rows}, indent=1))
     return rows
+
+
+def _row(spec: str) -> tuple[str, dict]:
+    """``"audiokv:safeguard=0.2"`` -> ``("audiokv", {"safeguard": 0.2})`` (the value read as JSON)."""
+    policy, _, knob = spec.partition(":")
+    if not knob:
+        return policy, {}
+    name, _, value = knob.partition("=")
+    return policy, {name: json.loads(value)}
 
 
 if __name__ == "__main__":
