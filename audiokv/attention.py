@@ -20,13 +20,21 @@ from torch import Tensor, nn
 
 from audiokv.budget import demand_scores, head_budgets, head_weights, layer_budget, mark_mandatory
 from audiokv.config import AudioKVConfig
-from audiokv.kernel import causal_attention, merge_attention, paged_attention, reference_paged_attention
+from audiokv.kernel import (
+    causal_attention,
+    merge_attention,
+    paged_attention,
+    reference_paged_attention,
+    rows_attention,
+)
 from audiokv.mask import PagedBlockMask
 from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool, fit_page_size
 from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import cover_spans, select_tokens
 from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
+
+KERNELS = ("auto", "flex", "rows", "reference")
 
 
 class KVMeter:
@@ -64,8 +72,10 @@ class AudioKVAttention(nn.Module):
         head_dim: ``D``.
         scaling: softmax scale, ``1/sqrt(D)`` by default.
         head_prior: optional ``[H_kv]`` calibrated audio-criticality of this layer's heads.
-        kernel: ``"flex"`` (compiled FlexAttention) or ``"reference"`` (dense
-            PyTorch over the same pool, for tests).
+        kernel: how new queries attend over the pool: ``"flex"`` (compiled
+            FlexAttention), ``"rows"`` (each row's tokens read in place, two matrix
+            products per row: faster on CPU), ``"auto"`` (the default: flex on
+            GPU, rows on CPU) or ``"reference"`` (dense PyTorch, for tests).
         policy: how tokens are scored and budgets split (``"audiokv"`` by default;
             see :mod:`audiokv.policies` for the baselines).
         layer_idx, num_layers: this layer's place in the model (for layer-wise budgets).
@@ -84,7 +94,7 @@ class AudioKVAttention(nn.Module):
         head_dim: int,
         scaling: float | None = None,
         head_prior: Tensor | None = None,
-        kernel: Literal["flex", "reference"] = "flex",
+        kernel: Literal["auto", "flex", "rows", "reference"] = "auto",
         policy: str | Policy = "audiokv",
         layer_idx: int = 0,
         num_layers: int = 1,
@@ -95,8 +105,8 @@ class AudioKVAttention(nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
         if head_prior is not None and head_prior.shape != (num_kv_heads,):
             raise ValueError(f"head_prior must be [{num_kv_heads}], got {tuple(head_prior.shape)}")
-        if kernel not in ("flex", "reference"):
-            raise ValueError(f"kernel must be 'flex' or 'reference', got {kernel!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         self.config = config
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scaling = head_dim**-0.5 if scaling is None else scaling
@@ -232,9 +242,11 @@ class AudioKVAttention(nn.Module):
         Layers that share this layer's cache (Gemma 3n) call it with their own queries and ``scaling``.
         """
         scale = self.scaling if scaling is None else scaling
-        if self.kernel == "reference":
-            return reference_paged_attention(query, self.pool, scale=scale, causal=not self.cross_attention)
-        return paged_attention(query, self.pool, self.block_mask.update(query.shape[2]), scale=scale)
+        kernel = self.kernel if self.kernel != "auto" else ("rows" if query.device.type == "cpu" else "flex")
+        if kernel == "flex":
+            return paged_attention(query, self.pool, self.block_mask.update(query.shape[2]), scale=scale)
+        attend = rows_attention if kernel == "rows" else reference_paged_attention
+        return attend(query, self.pool, scale=scale, causal=not self.cross_attention)
 
     def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         if query.dim() != 4 or key.shape != value.shape or key.dim() != 4:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 from torch import Tensor
@@ -55,6 +56,40 @@ def paged_attention(query: Tensor, pool: PagedKVPool, block_mask: BlockMask, *, 
             rows, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=True
         )
     return out[:, :group].reshape(bsz, heads, q_len, dim)
+
+
+def rows_attention(query: Tensor, pool: PagedKVPool, *, scale: float, causal: bool = True) -> Tensor:
+    """Attention of new queries over every row's tokens read in place, one row at a time (the CPU kernel).
+
+    Same contract as :func:`paged_attention`. A row's tokens are slices of the
+    storage (:meth:`PagedKVPool.token_runs`), so nothing is gathered: each row
+    costs two matrix products over exactly the tokens it holds, its GQA group's
+    queries together. On a CPU this reads the kept bytes once, where the
+    compiled FlexAttention walks every block of the pool; math in float32.
+    """
+    bsz, heads, q_len, dim = query.shape
+    group = heads // pool.num_kv_heads
+    rows = query.reshape(pool.num_rows, group * q_len, dim).float()  # [R, G*q, D], query g*q + i
+    keys = pool.key_pages.view(-1, dim)
+    values = pool.value_pages.view(-1, dim)
+    mass = None if pool.mass_pages is None else pool.mass_pages.view(-1)
+    future = None
+    if causal and q_len > 1:  # query i sees the new tokens up to its own
+        future = torch.ones(q_len, q_len, dtype=torch.bool, device=query.device).triu(1).repeat(group, 1)
+    out = torch.zeros_like(rows)
+    for r, runs in enumerate(pool.token_runs()):
+        if not runs:
+            continue  # a row without tokens attends to nothing: zeros, as the reference
+        logits = torch.cat([rows[r] @ keys[s : s + n].float().T for s, n in runs], -1).mul_(scale)  # [G*q, n]
+        if mass is not None:
+            logits += torch.cat([mass[s : s + n] for s, n in runs])
+        if future is not None:
+            logits[:, -q_len:].masked_fill_(future, float("-inf"))
+        weights = torch.softmax(logits, -1)
+        offsets = [0, *itertools.accumulate(n for _, n in runs)]
+        for (s, n), o in zip(runs, offsets, strict=False):
+            out[r].addmm_(weights[:, o : o + n], values[s : s + n].float())
+    return out.reshape(bsz, heads, q_len, dim).to(query.dtype)
 
 
 def _add_mass(mass: Tensor):

@@ -83,6 +83,7 @@ class PagedKVPool:
         self._free = [] if free_pages is None else list(free_pages)  # page ids no row owns
         self._lengths_host = lengths.tolist()
         self.version = 0  # bumped whenever storage or tables are reallocated
+        self._page_runs: tuple[int, list[list[tuple[int, int]]]] | None = None  # (version, runs), see token_runs
         self._appended = 0  # tokens appended since the selection
         self._index_pages()
 
@@ -319,6 +320,34 @@ class PagedKVPool:
         pool._appended = self._appended
         pool.version = self.version + 1
         return pool
+
+    def token_runs(self) -> list[list[tuple[int, int]]]:
+        """Each row's tokens as runs of consecutive storage slots, ``(first slot, tokens)`` in logical order.
+
+        A row selected in one piece owns consecutive pages, so it is one run until
+        the pool grows; the page runs are recomputed only when the tables change.
+        """
+        if self._page_runs is None or self._page_runs[0] != self.version:
+            runs = []
+            for pages, owned in zip(self.page_table.tolist(), self._pages_per_row, strict=True):
+                row: list[tuple[int, int]] = []
+                for page in pages[:owned]:
+                    if row and row[-1][0] + row[-1][1] == page:
+                        row[-1] = (row[-1][0], row[-1][1] + 1)
+                    else:
+                        row.append((page, 1))
+                runs.append(row)
+            self._page_runs = (self.version, runs)
+        ps, out = self.page_size, []
+        for row, n in zip(self._page_runs[1], self._lengths_host, strict=True):
+            slots = []
+            for page, count in row:
+                if n <= 0:
+                    break
+                slots.append((page * ps, min(count * ps, n)))
+                n -= count * ps
+            out.append(slots)
+        return out
 
     def row_tokens(self, row: int) -> tuple[Tensor, Tensor]:
         """Keys and values held by one row, in logical order: two ``[len, D]`` tensors."""

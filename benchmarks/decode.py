@@ -1,8 +1,10 @@
-"""Decode attention for one layer: compiled audiokv vs dense SDPA (full and uniformly cut cache).
+"""Decode attention for one layer: audiokv vs dense SDPA (full and uniformly cut cache).
 
 `python -m benchmarks.decode [--device cuda] [--context 4096 16384 65536] [--batch 1 8]
 [--shape 28,4,128 32,32,128] ...` writes `benchmarks/results/decode-<device>.json`.
-Per row it first checks the compiled kernel against dense attention over
+audiokv runs the device's default kernel (compiled FlexAttention on GPU, the
+per-row kernel on CPU, where the compiled FlexAttention is timed too, as
+``flex``). Per row it first checks each kernel against dense attention over
 every row's stored (kept, merged) tokens (exact selection and merging are the
 tests' job), compiles outside the timing, takes the median of many steps and counts
 recompiles over the timed steps. On GPU the layer is replicated until its
@@ -56,37 +58,55 @@ def dense_backend(query: torch.Tensor, key: torch.Tensor) -> tuple[str, Callable
 
 
 def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: float, steps: int,
-          device: torch.device, dtype: torch.dtype, bandwidth: float, reserve: int | None = None) -> dict:  # fmt: skip
-    """One row: median decode-step times, achieved bandwidth and recompiles for one shape and ratio."""
+          device: torch.device, dtype: torch.dtype, bandwidth: float, reserve: int | None = None,
+          budgets: str = "skewed") -> dict:  # fmt: skip
+    """One row: median decode-step times, achieved bandwidth and recompiles for one shape and ratio.
+
+    ``budgets``: ``"skewed"`` (keys scaled so that heads keep different numbers of
+    tokens, the longest row bounds a step) or ``"balanced"`` (every head keeps the average).
+    """
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(device, dtype)
 
     reserve = steps + 8 if reserve is None else reserve
-    cfg = AudioKVConfig(compression_ratio=ratio, window=32, page_size=128, decode_reserve=reserve)
+    skewed = budgets == "skewed"
+    cfg = AudioKVConfig(
+        compression_ratio=ratio, window=32, page_size=128, decode_reserve=reserve, safeguard=None if skewed else 1.0
+    )
     prior = torch.linspace(0, 1, kv_heads)
     q, k, v = rand(batch, heads, context, dim), rand(batch, kv_heads, context, dim), rand(batch, kv_heads, context, dim)
-    k[:, :, : context // 2] *= 0.5  # skew the scores so head budgets differ
+    if skewed:
+        k[:, :, : context // 2] *= 0.5  # skew the scores so head budgets differ
 
-    def compressed_layer() -> AudioKVAttention:
-        layer = AudioKVAttention(cfg, num_heads=heads, num_kv_heads=kv_heads, head_dim=dim, head_prior=prior)
+    def compressed_layer(kernel: str) -> AudioKVAttention:
+        layer = AudioKVAttention(
+            cfg, num_heads=heads, num_kv_heads=kv_heads, head_dim=dim, head_prior=prior, kernel=kernel
+        )
         layer.to(device)(q, k, v, audio_span=(16, context - 64))
         return layer
 
-    layers = [compressed_layer()]
+    kernels = {"audiokv": "auto"} if device.type == "cuda" else {"audiokv": "auto", "flex": "flex"}
+    first = compressed_layer("auto")
     l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
-    copies = min(MAX_COPIES, max(1, math.ceil(2 * l2 / layers[0].kv_bytes)))
-    layers += [compressed_layer() for _ in range(copies - 1)]  # same tensors: same budgets, same kernel shapes
-    budgets = layers[0].budgets
-    kept = int(budgets.float().mean())
+    copies = min(MAX_COPIES, max(1, math.ceil(2 * l2 / first.kv_bytes)))
+    layers = {  # same tensors: same budgets, same kernel shapes
+        name: [first if name == "audiokv" and c == 0 else compressed_layer(kernel) for c in range(copies)]
+        for name, kernel in kernels.items()
+    }
+    kept_per_head = first.budgets
+    kept = int(kept_per_head.float().mean())
 
-    # correctness first: the compiled kernel against dense attention over every row's stored (merged) tokens
+    # correctness first: each kernel against dense attention over every row's stored (merged) tokens
     nq, nk, nv = rand(batch, heads, 1, dim), rand(batch, kv_heads, 1, dim), rand(batch, kv_heads, 1, dim)
-    got = layers[0](nq, nk, nv)
-    worst = (got.float() - reference_paged_attention(nq, layers[0].pool, scale=dim**-0.5).float()).abs().max().item()
-    for layer in layers[1:]:  # every copy has decoded one token before the timing
-        layer(nq, nk, nv)
+    worst = 0.0
+    for copies_of_kernel in layers.values():
+        got = copies_of_kernel[0](nq, nk, nv)
+        ref = reference_paged_attention(nq, copies_of_kernel[0].pool, scale=dim**-0.5)
+        worst = max(worst, (got.float() - ref.float()).abs().max().item())
+        for layer in copies_of_kernel[1:]:  # every copy has decoded one token before the timing
+            layer(nq, nk, nv)
 
     per_copy = math.ceil(steps / copies) + 1  # tokens each copy's baseline cache grows by
     dense = [[torch.cat([t, rand(batch, kv_heads, per_copy, dim)], 2) for t in (k, v)] for _ in range(copies)]
@@ -98,12 +118,13 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
     backend, backend_context = dense_backend(new[0][0], dense[0][0])
     views = {name: [[t[:, :, : length + seen[i]] for t in caches[i % copies]] for i in range(steps)]
              for name, caches, length in (("dense", dense, context), ("cut", cut, kept))}  # fmt: skip
-    times = {"audiokv": [], "dense": [], "cut": []}
+    times = {name: [] for name in (*layers, "dense", "cut")}
     torch._dynamo.utils.counters.clear()
-    with backend_context():  # the three take turns each step, so a slow moment of the machine hits all three
+    with backend_context():  # they take turns each step, so a slow moment of the machine hits them all
         for i in range(steps):
             query = new[i % 8][0]
-            times["audiokv"].append(timer(lambda i=i: layers[i % copies](*new[i % 8])))
+            for name, copies_of_kernel in layers.items():
+                times[name].append(timer(lambda i=i, c=copies_of_kernel: c[i % copies](*new[i % 8])))
             for name in ("dense", "cut"):
                 kv = views[name][i]
                 times[name].append(
@@ -113,21 +134,24 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
     a, d, c = (statistics.median(times[name]) for name in ("audiokv", "dense", "cut"))
     token_bytes = 2 * dim * torch.finfo(dtype).bits // 8  # K and V of one token of one head
     decoded = statistics.mean(seen)
-    slot_bytes = token_bytes + (4 if layers[0].pool.mass_pages is not None else 0)  # + an fp32 log mass
-    audiokv_read = (int(budgets.sum()) + batch * kv_heads * decoded) * slot_bytes
+    slot_bytes = token_bytes + (4 if first.pool.mass_pages is not None else 0)  # + an fp32 log mass
+    audiokv_read = (int(kept_per_head.sum()) + batch * kv_heads * decoded) * slot_bytes
     dense_read = batch * kv_heads * (context + decoded) * token_bytes
     return {
         "heads": heads, "kv_heads": kv_heads, "head_dim": dim, "batch": batch, "context": context,
-        "compression_ratio": ratio, "kept_per_head_min_max": [int(budgets.min()), int(budgets.max())],
+        "compression_ratio": ratio, "head_budgets": budgets,
+        "kept_per_head_min_max": [int(kept_per_head.min()), int(kept_per_head.max())],
         "max_abs_error": worst, "copies_rotated": copies, "steps": steps, "dense_backend": backend,
+        "audiokv_kernel": "flex" if device.type == "cuda" else "rows",
         "audiokv_s": a, "dense_sdpa_s": d, "uniform_cut_sdpa_s": c,
+        "flex_s": statistics.median(times["flex"]) if "flex" in times else None,
         "audiokv_vs_ideal": a / (d * audiokv_read / dense_read),  # ideal: dense time scaled by the bytes read
         "audiokv_bandwidth_fraction": audiokv_read / a / bandwidth,
         "dense_bandwidth_fraction": dense_read / d / bandwidth,
         "copy_bandwidth_bytes_per_s": bandwidth,
-        "kv_bytes": layers[0].kv_bytes, "kv_bytes_dense": batch * kv_heads * (context + steps) * token_bytes,
+        "kv_bytes": first.kv_bytes, "kv_bytes_dense": batch * kv_heads * (context + steps) * token_bytes,
         "recompiles_during_decode": recompiles, "decode_reserve": cfg.decode_reserve,
-        "pool_growths": layers[0].pool.version,
+        "pool_growths": first.pool.version,
     }  # fmt: skip
 
 
@@ -137,6 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cli.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.4, 0.7, 0.9])
     cli.add_argument("--shape", nargs="+", default=["28,4,64"], help="query heads, KV heads, head_dim")
     cli.add_argument("--batch", type=int, nargs="+", default=[1])
+    cli.add_argument("--budgets", nargs="+", choices=("skewed", "balanced"), default=["skewed"])
     cli.add_argument("--steps", type=int, default=40)
     cli.add_argument(
         "--reserve",
@@ -148,16 +173,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device, dtype = device_and_dtype(args)
     bandwidth = copy_bandwidth(device, dtype)
     rows = [
-        bench(*(int(x) for x in shape.split(",")), bsz, ctx, r, args.steps, device, dtype, bandwidth, args.reserve)
+        bench(*(int(x) for x in shape.split(",")), bsz, ctx, r, args.steps, device, dtype, bandwidth, args.reserve, b)
         for shape in args.shape
+        for b in args.budgets
         for bsz in args.batch
         for ctx in args.context
         for r in args.ratios
     ]
     out = write_results("decode", args, dtype, rows)
-    header = ["heads", "B", "ctx", "ratio", "kept/head", "err", "audiokv/dense", "vs ideal", "cut/dense", "bw",
-              "KV held", "recomp"]  # fmt: skip
-    widths = [8, 2, 6, 5, 11, 8, 13, 8, 9, 5, 8, 6]
+    header = ["heads", "B", "ctx", "ratio", "kept/head", "err", "audiokv/dense", "vs ideal", "cut/dense", "flex/dense",
+              "bw", "KV held", "recomp"]  # fmt: skip
+    widths = [8, 2, 6, 5, 11, 8, 13, 8, 9, 10, 5, 8, 6]
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for r in rows:
         kept = "{}-{}".format(*r["kept_per_head_min_max"])
@@ -165,6 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{r['heads']:>3}/{r['kv_heads']:<4} {r['batch']:>2} {r['context']:>6} {r['compression_ratio']:>5.1f} "
             f"{kept:>11} {r['max_abs_error']:>8.1e} {r['audiokv_s'] / r['dense_sdpa_s']:>13.2f} "
             f"{r['audiokv_vs_ideal']:>8.2f} {r['uniform_cut_sdpa_s'] / r['dense_sdpa_s']:>9.2f} "
+            f"{(r['flex_s'] or float('nan')) / r['dense_sdpa_s']:>10.2f} "
             f"{r['audiokv_bandwidth_fraction']:>5.0%} {r['kv_bytes'] / r['kv_bytes_dense']:>8.1%} "
             f"{r['recompiles_during_decode']:>6}"
         )

@@ -89,6 +89,8 @@ def _pct(x: float) -> str:
 # benchmark files (no ``policy`` column): the columns of each kind, (header, value of a row)
 BENCHMARKS = {
     "decode": [
+        ("kernel", lambda r: r.get("audiokv_kernel", "flex")),
+        ("head budgets", lambda r: r.get("head_budgets", "skewed")),
         ("batch", lambda r: r["batch"]),
         ("context", lambda r: r["context"]),
         ("ratio", lambda r: r["compression_ratio"]),
@@ -96,6 +98,7 @@ BENCHMARKS = {
         ("audiokv / dense SDPA", lambda r: f"{r['audiokv_s'] / r['dense_sdpa_s']:.2f}"),
         ("vs ideal", lambda r: f"{r['audiokv_vs_ideal']:.2f}"),
         ("cut SDPA / dense", lambda r: f"{r['uniform_cut_sdpa_s'] / r['dense_sdpa_s']:.2f}"),
+        ("flex / dense", lambda r: f"{r['flex_s'] / r['dense_sdpa_s']:.2f}" if r.get("flex_s") else ""),
         ("KV held", lambda r: _pct(r["kv_bytes"] / r["kv_bytes_dense"])),
         ("recompiles", lambda r: r["recompiles_during_decode"]),
         ("pool growths", lambda r: r.get("pool_growths", "")),

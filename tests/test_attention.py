@@ -76,7 +76,7 @@ def tolerance(dtype):
     return {"atol": 1e-4, "rtol": 0} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
 
 
-@settings(max_examples=16)
+@settings(max_examples=24)
 @given(
     bsz=st.integers(1, 2),
     hkv=st.sampled_from([1, 2]),
@@ -87,12 +87,17 @@ def tolerance(dtype):
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
     steps=st.lists(st.sampled_from([1, 1, 1, 3]), min_size=1, max_size=5),
     seed=st.integers(0, 2**16),
+    kernel=st.sampled_from(["flex", "rows"]),
 )
-def test_flex_equals_attention_over_exactly_the_kept_tokens(bsz, hkv, group, length, ratio, page, dtype, steps, seed):
+def test_kernels_equal_attention_over_exactly_the_kept_tokens(
+    bsz, hkv, group, length, ratio, page, dtype, steps, seed, kernel
+):
     gen = torch.Generator().manual_seed(seed)
     cfg = AudioKVConfig(compression_ratio=ratio, window=8, page_size=page, decode_reserve=4, sinks=2)
     prior = torch.rand(hkv, generator=gen)
-    module = AudioKVAttention(cfg, num_heads=hkv * group, num_kv_heads=hkv, head_dim=16, head_prior=prior)
+    module = AudioKVAttention(
+        cfg, num_heads=hkv * group, num_kv_heads=hkv, head_dim=16, head_prior=prior, kernel=kernel
+    )
     q, k, v = qkv(bsz, hkv * group, hkv, length, 16, dtype, gen)
     module(q, k, v, audio_span=(2, length // 2))
     ref = KeptReference(module, k, v, span=(2, length // 2))
@@ -125,7 +130,7 @@ def test_ratio_zero_equals_plain_causal_attention(group):
 def test_300_decode_steps_cross_pages_match_the_reference_without_recompiling():
     gen = torch.Generator().manual_seed(3)
     cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=320)
-    module = AudioKVAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=16)
+    module = AudioKVAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=16, kernel="flex")
     q, k, v = qkv(2, 8, 2, 200, 16, torch.float32, gen)
     module(q, k, v, audio_span=(10, 180))
     ref = KeptReference(module, k, v, span=(10, 180))
@@ -144,17 +149,35 @@ def test_300_decode_steps_cross_pages_match_the_reference_without_recompiling():
     assert min(crossed) >= 18  # every row walked through 18+ new pages
 
 
-def test_pool_growth_keeps_results_right():
+@pytest.mark.parametrize("kernel", ["flex", "rows"])
+def test_pool_growth_keeps_results_right(kernel):
     gen = torch.Generator().manual_seed(4)
     cfg = AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, decode_reserve=0)
-    module = AudioKVAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=16)
-    q, k, v = qkv(1, 8, 2, 120, 16, torch.float32, gen)
+    module = AudioKVAttention(cfg, num_heads=8, num_kv_heads=2, head_dim=16, kernel=kernel)
+    q, k, v = qkv(2, 8, 2, 120, 16, torch.float32, gen)
     module(q, k, v)
     ref = KeptReference(module, k, v)
-    for _ in range(40):
-        q, k, v = qkv(1, 8, 2, 1, 16, torch.float32, gen)
+    for q_len in [1] * 30 + [3, 1, 2]:
+        q, k, v = qkv(2, 8, 2, q_len, 16, torch.float32, gen)
         torch.testing.assert_close(module(q, k, v).double(), ref.step(q, k, v), atol=1e-4, rtol=0)
     assert module.pool.version >= 2
+    assert max(len(runs) for runs in module.pool.token_runs()) >= 2  # rows span pages that are not consecutive
+
+
+def test_the_default_kernel_on_cpu_reads_rows_in_place_without_compiling(monkeypatch):
+    import audiokv.kernel
+
+    def no_flex():
+        raise AssertionError("the CPU default compiled FlexAttention")
+
+    monkeypatch.setattr(audiokv.kernel, "compiled_flex", no_flex)
+    gen = torch.Generator().manual_seed(5)
+    module = AudioKVAttention(AudioKVConfig(compression_ratio=0.5, window=8), num_heads=4, num_kv_heads=2, head_dim=16)
+    q, k, v = qkv(1, 4, 2, 64, 16, torch.float32, gen)
+    module(q, k, v)
+    ref = KeptReference(module, k, v)
+    q, k, v = qkv(1, 4, 2, 1, 16, torch.float32, gen)
+    torch.testing.assert_close(module(q, k, v).double(), ref.step(q, k, v), atol=1e-5, rtol=0)
 
 
 def test_a_layer_sharing_the_kv_attends_over_the_producers_pool():
