@@ -211,33 +211,53 @@ class PagedKVPool:
         self._give_pages(self._pages_needed([n + tokens for n in self._lengths_host]))
 
     def _give_pages(self, need: list[int]) -> None:
-        """Append ``need[r]`` pages to row ``r``'s table: free pages first, the rest newly allocated (reallocates)."""
+        """Append ``need[r]`` pages to row ``r``'s table: free pages if there are enough, else new storage."""
         wanted = sum(need)
         if wanted == 0:
             return
-        dev = self.page_table.device
-        short = wanted - len(self._free)
-        if short > 0:
-            shape = (short, *self.key_pages.shape[1:])
-            self._free += range(self.num_pages, self.num_pages + short)
-            self.key_pages = torch.cat([self.key_pages, self.key_pages.new_zeros(shape)])
-            self.value_pages = torch.cat([self.value_pages, self.value_pages.new_zeros(shape)])
-            if self.mass_pages is not None:  # decoded tokens stand for themselves: log 1 = 0
-                self.mass_pages = torch.cat([self.mass_pages, self.mass_pages.new_zeros(shape[:2])])
-        ids = torch.tensor(self._free[:wanted], dtype=torch.int32, device=dev)
-        del self._free[:wanted]
-        counts = torch.tensor(need, device=dev)
-        owned = torch.tensor(self._pages_per_row, device=dev)
-        rows = torch.arange(self.num_rows, device=dev).repeat_interleave(counts)
-        first = (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
-        cols = owned.repeat_interleave(counts) + torch.arange(wanted, device=dev) - first
-        width = max(p + n for p, n in zip(self._pages_per_row, need, strict=True))
-        table = torch.nn.functional.pad(self.page_table, (0, max(0, width - self.page_table.shape[1])))
-        table[rows, cols] = ids
-        self.page_table = table
-        self._pages_per_row = [p + n for p, n in zip(self._pages_per_row, need, strict=True)]
+        if wanted > len(self._free):
+            self._regroup(need)
+        else:
+            dev = self.page_table.device
+            ids = torch.tensor(self._free[:wanted], dtype=torch.int32, device=dev)
+            del self._free[:wanted]
+            counts = torch.tensor(need, device=dev)
+            owned = torch.tensor(self._pages_per_row, device=dev)
+            rows = torch.arange(self.num_rows, device=dev).repeat_interleave(counts)
+            first = (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+            cols = owned.repeat_interleave(counts) + torch.arange(wanted, device=dev) - first
+            width = max(p + n for p, n in zip(self._pages_per_row, need, strict=True))
+            table = torch.nn.functional.pad(self.page_table, (0, max(0, width - self.page_table.shape[1])))
+            table[rows, cols] = ids
+            self.page_table = table
+            self._pages_per_row = [p + n for p, n in zip(self._pages_per_row, need, strict=True)]
         self.version += 1
         self._index_pages()
+
+    def _regroup(self, need: list[int]) -> None:
+        """New storage with ``need[r]`` more pages for row ``r``, each row's pages consecutive again.
+
+        Growing copies every page anyway; laying rows out one after another on the
+        way keeps each row one run of slots (:meth:`token_runs`), so the CPU kernel
+        reads it with one product however often the pool grew. Free pages are dropped.
+        """
+        dev = self.page_table.device
+        pages = [p + n for p, n in zip(self._pages_per_row, need, strict=True)]
+        table, starts = _consecutive_pages(pages, dev)
+        old = torch.tensor(self._pages_per_row, device=dev)
+        held = torch.arange(self.page_table.shape[1], device=dev)[None, :] < old[:, None]  # [R, P_row]
+        src = self.page_table.long()[held]
+        dst = (starts[:, None] + torch.arange(self.page_table.shape[1], device=dev)[None, :])[held]
+
+        def moved(storage: Tensor) -> Tensor:
+            out = storage.new_zeros((sum(pages), *storage.shape[1:]))  # new slots: zeros (log mass 0: themselves)
+            out[dst] = storage[src]
+            return out
+
+        self.key_pages, self.value_pages = moved(self.key_pages), moved(self.value_pages)
+        if self.mass_pages is not None:
+            self.mass_pages = moved(self.mass_pages)
+        self.page_table, self._pages_per_row, self._free = table, pages, []
 
     def append(self, key: Tensor, value: Tensor) -> None:
         """Write new tokens at the end of every row, in place.

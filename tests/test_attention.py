@@ -161,7 +161,7 @@ def test_pool_growth_keeps_results_right(kernel):
         q, k, v = qkv(2, 8, 2, q_len, 16, torch.float32, gen)
         torch.testing.assert_close(module(q, k, v).double(), ref.step(q, k, v), atol=1e-4, rtol=0)
     assert module.pool.version >= 2
-    assert max(len(runs) for runs in module.pool.token_runs()) >= 2  # rows span pages that are not consecutive
+    assert [len(runs) for runs in module.pool.token_runs()] == [1] * 4  # growing lays each row out in one run
 
 
 def test_the_default_kernel_on_cpu_reads_rows_in_place_without_compiling(monkeypatch):
@@ -344,6 +344,7 @@ def chunked_reference(module, q, k, v, bounds, span):
         ("flex", "audiokv", 1, 300, 64, 0.6, (10, 260)),
         ("reference", "audiokv", 2, 257, 100, 0.8, (10, 217)),
         ("flex", "audiokv", 2, 257, 100, 0.8, (10, 217)),
+        ("rows", "audiokv", 2, 257, 100, 0.8, (10, 217)),  # rows of several runs: one per chunk
         ("reference", "audiokv-sss", 2, 300, 64, 0.6, (150, 290)),  # the first chunks hold no audio
     ],
 )
@@ -364,6 +365,8 @@ def test_chunked_prefill_attends_over_what_earlier_chunks_kept_and_holds_only_th
         got.append(module(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], audio_span=span, chunk=(s, length)))
         pages.append(module.pool.num_pages)
     assert pages == pages[:1] * len(pages)  # allocated once at the first chunk for every chunk's selection
+    if kernel == "rows":
+        assert max(len(runs) for runs in module.pool.token_runs()) > 1
     got = torch.cat(got, 2)
     torch.testing.assert_close(got.double(), chunked_reference(module, q, k, v, bounds, span), atol=1e-4, rtol=0)
 
