@@ -69,7 +69,7 @@ def rows_attention(query: Tensor, pool: PagedKVPool, *, scale: float, causal: bo
     """
     bsz, heads, q_len, dim = query.shape
     group = heads // pool.num_kv_heads
-    rows = query.reshape(pool.num_rows, group * q_len, dim).float()  # [R, G*q, D], query g*q + i
+    rows = query.reshape(pool.num_rows, group * q_len, dim).float() * scale  # [R, G*q, D], query g*q + i
     keys = pool.key_pages.view(-1, dim)
     values = pool.value_pages.view(-1, dim)
     mass = None if pool.mass_pages is None else pool.mass_pages.view(-1)
@@ -80,16 +80,20 @@ def rows_attention(query: Tensor, pool: PagedKVPool, *, scale: float, causal: bo
     for r, runs in enumerate(pool.token_runs()):
         if not runs:
             continue  # a row without tokens attends to nothing: zeros, as the reference
-        logits = torch.cat([rows[r] @ keys[s : s + n].float().T for s, n in runs], -1).mul_(scale)  # [G*q, n]
+        logits = _joined([rows[r] @ keys[s : s + n].float().T for s, n in runs])  # [G*q, n]
         if mass is not None:
-            logits += torch.cat([mass[s : s + n] for s, n in runs])
+            logits += _joined([mass[s : s + n] for s, n in runs])
         if future is not None:
             logits[:, -q_len:].masked_fill_(future, float("-inf"))
         weights = torch.softmax(logits, -1)
-        offsets = [0, *itertools.accumulate(n for _, n in runs)]
-        for (s, n), o in zip(runs, offsets, strict=False):
+        for (s, n), o in zip(runs, itertools.accumulate((n for _, n in runs), initial=0), strict=False):
             out[r].addmm_(weights[:, o : o + n], values[s : s + n].float())
     return out.reshape(bsz, heads, q_len, dim).to(query.dtype)
+
+
+def _joined(parts: list[Tensor]) -> Tensor:
+    """``parts`` concatenated along the last axis (a single part as it is, uncopied)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
 
 def _add_mass(mass: Tensor):
