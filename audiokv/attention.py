@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiokv.budget import demand_scores, head_budgets, head_weights, layer_budget, mark_mandatory
+from audiokv.budget import ADAKV_SAFEGUARD, demand_scores, head_budgets, head_weights, layer_budget, mark_mandatory
 from audiokv.config import AudioKVConfig
 from audiokv.kernel import (
     causal_attention,
@@ -344,7 +344,7 @@ class AudioKVAttention(nn.Module):
             scores = mark_mandatory(ranked, sinks=sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
-            weights, split = None, scores
+            weights, split, safeguard = None, scores, torch.full((bsz,), ADAKV_SAFEGUARD, device=key.device)
             if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
                 audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]  # [B, 1]
                 if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
@@ -352,8 +352,11 @@ class AudioKVAttention(nn.Module):
                 demand = policy.head_demand(inp, spans)
                 if demand is not None:
                     split = torch.where(audio[..., None], demand_scores(scores, demand), scores)
-            safeguard = policy.safeguard if cfg.safeguard is None else cfg.safeguard
-            safeguard = safeguard if policy.head_budgets else 1.0  # 1.0: every head keeps the average
+                    safeguard = torch.where(audio[:, 0], policy.path_safeguard, safeguard)
+            if cfg.safeguard is not None:
+                safeguard = torch.full_like(safeguard, cfg.safeguard)
+            if not policy.head_budgets:
+                safeguard = torch.ones_like(safeguard)  # every head keeps the average
             budgets = head_budgets(split, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:
                 scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)

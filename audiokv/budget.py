@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+ADAKV_SAFEGUARD = 0.2  # AdaKV's default floor: every head keeps at least 20% of the average
+
 
 def mark_mandatory(scores: Tensor, *, sinks: int, window: int, key_mask: Tensor | None = None) -> Tensor:
     """Give tokens that must be kept +inf and padding -inf.
@@ -103,7 +105,7 @@ def head_budgets(
     scores: Tensor,
     budget: Tensor | int,
     *,
-    safeguard: float = 0.2,
+    safeguard: float | Tensor = ADAKV_SAFEGUARD,
     weights: Tensor | None = None,
 ) -> Tensor:
     """Split each row's layer budget across its KV heads.
@@ -113,7 +115,8 @@ def head_budgets(
         budget: ``[B]`` (or one int) total tokens kept over all heads of a row;
             at most ``H`` times the row's valid tokens and at least ``H`` times
             its mandatory tokens.
-        safeguard: each head gets at least ``ceil(safeguard * budget / H)``.
+        safeguard: each head gets at least ``ceil(safeguard * budget / H)``; one
+            value or ``[B]``, one per row.
         weights: optional positive per-head weights on the scores, ``[H]`` for
             every row or ``[B, H]`` per row.
 

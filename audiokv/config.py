@@ -43,9 +43,10 @@ class AudioKVConfig:
         head_prior_strength: how strongly calibrated audio-critical heads are
             favoured in the budget split; 0 ignores the calibration. >= 0.
         safeguard: every KV head keeps at least this fraction of the average
-            per-head budget (AdaKV's safeguard), in [0, 1]; None (the default)
-            uses the policy's own (0.35 for AudioKV, chosen on the tune split;
-            AdaKV's 0.2 for ``adakv``).
+            per-head budget (AdaKV's safeguard), in [0, 1]; None (the default):
+            AdaKV's 0.2, and 0.35 in the audio rows AudioKV splits by key path
+            (chosen on the tune split: at 0.2 a head whose keys barely move gets
+            so few tokens that Whisper base loops).
         sinks: number of first tokens always kept (attention sinks).
         page_size: tokens per page of the paged pool; also the FlexAttention
             KV block size. A power of two in [16, 1024], or None (the default)

@@ -68,8 +68,9 @@ class Policy:
             (query-free) instead of by the scores.
         text_rarity: choose the text tokens a head keeps by its scores *or* by
             how rare their values are (:meth:`text_scores`), not by the scores alone.
-        safeguard: with ``head_budgets``, the least share of the average per-head
-            budget every head keeps (``AudioKVConfig.safeguard`` overrides it).
+        path_safeguard: the least share of the average per-head budget every head
+            keeps in a row split by :meth:`head_demand` (elsewhere AdaKV's 0.2;
+            ``AudioKVConfig.safeguard`` overrides both).
     """
 
     name: str
@@ -80,7 +81,7 @@ class Policy:
     merge: bool = False
     path_budgets: bool = False
     text_rarity: bool = False
-    safeguard: float = 0.2  # AdaKV's
+    path_safeguard: float = 0.35
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -250,17 +251,9 @@ class PyramidKV(Policy):
         return 1.0 - keep * (1 + slope * (1 - 2 * depth))
 
 
-# AudioKV's parts; each ablation switches one off. Safeguard 0.35 was chosen on the tune split
-# (docs/results.md): at 0.2 a head with little key motion gets so few tokens that base loops.
+# AudioKV's parts; each ablation switches one off
 AUDIOKV = dict(
-    head_budgets=True,
-    smooth=False,
-    use_prior=True,
-    coverage=True,
-    merge=True,
-    path_budgets=True,
-    text_rarity=True,
-    safeguard=0.35,
+    head_budgets=True, smooth=False, use_prior=True, coverage=True, merge=True, path_budgets=True, text_rarity=True
 )
 
 POLICIES: dict[str, Policy] = {

@@ -184,3 +184,23 @@ def test_path_budgets_follow_how_far_each_heads_keys_move_not_where_its_queries_
     still = k.clone()
     still[0, 0, 8:140] = k[0, 0, 8]  # head 0's audio keys stop moving
     assert budgets("audiokv-no-heads", still) == [floor, 80 - floor]
+
+
+def test_rows_split_by_key_path_keep_a_higher_floor_than_adakvs_and_text_rows_keep_adakvs():
+    """Head 0's audio keys stand still, so the path split gives it only its floor: 0.35 of the
+    average by default in the audio row (0.2 starved heads on the tune split), AdaKV's 0.2 in a text row."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, h, 400, 16, generator=gen) for h in (4, 2, 2))
+    k[0, 0, 8:380] = k[0, 0, 8]
+    k[1, 0] *= 0.01  # the text row's window looks away from head 0: the score split gives it its floor too
+
+    def budgets(**knobs):
+        cfg = AudioKVConfig(compression_ratio=0.75, window=8, page_size=16, sinks=2, **knobs)
+        layer = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, policy="audiokv-no-heads")
+        layer(q, k, v, audio_span=torch.tensor([[8, 380], [0, 0]]))
+        return layer.budgets.tolist()
+
+    default, adakv, higher = budgets(), budgets(safeguard=0.2), budgets(safeguard=0.35)
+    assert default[0] == higher[0] == [35, 165]  # ceil(0.35 x 100): the audio row's floor
+    assert adakv[0][0] < 25  # about ceil(0.2 x 100)
+    assert default[1] == adakv[1] and higher[1][0] == 35 > default[1][0]  # the text row: AdaKV's floor
