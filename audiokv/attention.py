@@ -414,7 +414,7 @@ class AudioKVAttention(nn.Module):
                 raise ValueError("padding after the first prefill chunk: the first chunk must reach past it")
             fp32 = query.float()  # both parts and their merge in fp32, rounded once
             own = causal_attention(fp32, key, value, scale=self.scaling)
-            held = reference_paged_attention(fp32, self.pool, scale=self.scaling, causal=False, return_lse=True)
+            held = rows_attention(fp32, self.pool, scale=self.scaling, causal=False, return_lse=True)
             out = merge_attention([held, own]).to(query.dtype)
         key, value, indices, budgets, log_mass = self._select(
             query, key, value, spans, mask, self.config.sinks if start == 0 else 0

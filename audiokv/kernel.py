@@ -58,14 +58,18 @@ def paged_attention(query: Tensor, pool: PagedKVPool, block_mask: BlockMask, *, 
     return out[:, :group].reshape(bsz, heads, q_len, dim)
 
 
-def rows_attention(query: Tensor, pool: PagedKVPool, *, scale: float, causal: bool = True) -> Tensor:
+def rows_attention(
+    query: Tensor, pool: PagedKVPool, *, scale: float, causal: bool = True, return_lse: bool = False, block: int = 2048
+) -> Tensor | tuple[Tensor, Tensor]:
     """Attention of new queries over every row's tokens read in place, one row at a time (the CPU kernel).
 
-    Same contract as :func:`paged_attention`. A row's tokens are slices of the
-    storage (:meth:`PagedKVPool.token_runs`), so nothing is gathered: each row
-    costs two matrix products over exactly the tokens it holds, its GQA group's
-    queries together. On a CPU this reads the kept bytes once, where the
-    compiled FlexAttention walks every block of the pool; math in float32.
+    Same contract as :func:`reference_paged_attention`. A row's tokens are
+    slices of the storage (:meth:`PagedKVPool.token_runs`), so nothing is
+    gathered: each row costs two matrix products over exactly the tokens it
+    holds, its GQA group's queries together, ``block`` of them at a time (the
+    logits held are ``[block, tokens]``: a prefill chunk's queries over a long
+    pool fit). On a CPU this reads the kept bytes once, where the compiled
+    FlexAttention walks every block of the pool; math in float32.
     """
     bsz, heads, q_len, dim = query.shape
     group = heads // pool.num_kv_heads
@@ -77,18 +81,24 @@ def rows_attention(query: Tensor, pool: PagedKVPool, *, scale: float, causal: bo
     if causal and q_len > 1:  # query i sees the new tokens up to its own
         future = torch.ones(q_len, q_len, dtype=torch.bool, device=query.device).triu(1).repeat(group, 1)
     out = torch.zeros_like(rows)
+    lse = torch.full(rows.shape[:-1], float("-inf"), device=rows.device)  # a row without tokens: zeros, -inf
     for r, runs in enumerate(pool.token_runs()):
-        if not runs:
-            continue  # a row without tokens attends to nothing: zeros, as the reference
-        logits = _joined([rows[r] @ keys[s : s + n].float().T for s, n in runs])  # [G*q, n]
-        if mass is not None:
-            logits += _joined([mass[s : s + n] for s, n in runs])
-        if future is not None:
-            logits[:, -q_len:].masked_fill_(future, float("-inf"))
-        weights = torch.softmax(logits, -1)
-        for (s, n), o in zip(runs, itertools.accumulate((n for _, n in runs), initial=0), strict=False):
-            out[r].addmm_(weights[:, o : o + n], values[s : s + n].float())
-    return out.reshape(bsz, heads, q_len, dim).to(query.dtype)
+        offsets = list(itertools.accumulate((n for _, n in runs), initial=0))
+        for b in range(0, group * q_len if runs else 0, block):
+            logits = _joined([rows[r, b : b + block] @ keys[s : s + n].float().T for s, n in runs])  # [block, n]
+            if mass is not None:
+                logits += _joined([mass[s : s + n] for s, n in runs])
+            if future is not None:
+                logits[:, -q_len:].masked_fill_(future[b : b + block], float("-inf"))
+            if return_lse:
+                lse[r, b : b + block] = torch.logsumexp(logits, -1)
+                weights = (logits - lse[r, b : b + block, None]).exp_()
+            else:
+                weights = torch.softmax(logits, -1)
+            for (s, n), o in zip(runs, offsets, strict=False):
+                out[r, b : b + block].addmm_(weights[:, o : o + n], values[s : s + n].float())
+    out = out.reshape(bsz, heads, q_len, dim).to(query.dtype)
+    return (out, lse.reshape(bsz, heads, q_len)) if return_lse else out
 
 
 def _joined(parts: list[Tensor]) -> Tensor:

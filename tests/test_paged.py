@@ -4,6 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from audiokv.kernel import reference_paged_attention, rows_attention
 from audiokv.paged import PagedKVPool, fit_page_size
 
 
@@ -126,3 +127,24 @@ def test_extend_appends_a_second_selection_from_spare_pages_then_grows(data, spa
     assert pool.num_pages == max(storage, held) and storage == used + spare  # spare pages first, then growth
     owned = pool.page_owner >= 0
     assert int(owned.sum()) == held  # pages no row holds stay free (owner -1)
+
+
+@given(st.data(), st.sampled_from([1, 3]), st.integers(1, 5), st.sampled_from([1, 4, 2048]))
+def test_the_rows_kernel_reads_each_row_in_place_as_the_reference_gathers_it(data, group, q_len, block):
+    """Rows of one or several runs of pages (a second selection appended), log mass, empty rows, query blocks."""
+    key, value, indices, counts, page, _ = data.draw(selections())
+    bsz, heads, _, dim = key.shape
+    k2, v2, i2, c2, _, _ = data.draw(selections((bsz, heads, dim)))
+    spare = data.draw(st.integers(0, 12))  # free pages the second selection takes: rows of several runs
+    used = sum(max(1, math.ceil(n / page)) for n in counts.flatten().tolist())
+    mass = torch.rand(key.shape[:3])
+    pool = PagedKVPool.from_selection(
+        key, value, indices, counts, page_size=page, log_mass=mass, min_pages=used + spare
+    )
+    pool.extend(k2, v2, i2, c2, torch.rand(k2.shape[:3]))
+    query = torch.randn(bsz, heads * group, q_len, dim, generator=torch.Generator().manual_seed(q_len))
+    got, lse = rows_attention(query, pool, scale=0.3, causal=False, return_lse=True, block=block)
+    want, want_lse = reference_paged_attention(query, pool, scale=0.3, causal=False, return_lse=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)  # -inf where a row holds nothing
+    torch.testing.assert_close(rows_attention(query, pool, scale=0.3, causal=False, block=block), got)
