@@ -236,13 +236,19 @@ class AudioKVAttention(nn.Module):
         self._evicted_kept = self.decoded_kept.gather(1, kept.to(self.pool.lengths.device))  # before the pool shrinks
         self.pool.keep_appended(kept)
 
+    def kernel_for(self, device: torch.device) -> str:
+        """The kernel that attends over the pool on ``device``: ``auto`` is rows on CPU, flex elsewhere."""
+        if self.kernel != "auto":
+            return self.kernel
+        return "rows" if torch.device(device).type == "cpu" else "flex"
+
     def attend(self, query: Tensor, scaling: float | None = None) -> Tensor:
         """Attention of ``[B, H_q, q, D]`` new queries over the pool (causal: its last ``q`` tokens are theirs).
 
         Layers that share this layer's cache (Gemma 3n) call it with their own queries and ``scaling``.
         """
         scale = self.scaling if scaling is None else scaling
-        kernel = self.kernel if self.kernel != "auto" else ("rows" if query.device.type == "cpu" else "flex")
+        kernel = self.kernel_for(query.device)
         if kernel == "flex":
             return paged_attention(query, self.pool, self.block_mask.update(query.shape[2]), scale=scale)
         attend = rows_attention if kernel == "rows" else reference_paged_attention
@@ -344,7 +350,8 @@ class AudioKVAttention(nn.Module):
             scores = mark_mandatory(ranked, sinks=sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
-            weights, split, safeguard = None, scores, torch.full((bsz,), ADAKV_SAFEGUARD, device=key.device)
+            weights, split = None, scores
+            safeguard = torch.full((bsz,), ADAKV_SAFEGUARD, dtype=torch.float64, device=key.device)
             if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
                 audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]  # [B, 1]
                 if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:

@@ -142,7 +142,8 @@ def head_budgets(
         scores = scores * weights.to(scores.device).expand(bsz, num_heads)[:, :, None]
 
     avg = budget.double() / num_heads
-    floor = torch.ceil(safeguard * avg).long()
+    safeguard = torch.as_tensor(safeguard, dtype=torch.float64, device=scores.device)
+    floor = torch.ceil(safeguard * avg - 1e-4).long()  # 0.2 in fp32 is 0.2000000030: 20.0000003 tokens are 20
     floor = torch.maximum(floor, mandatory)
     floor = torch.minimum(floor, budget // num_heads)  # floors must fit the budget
     ranked = scores.sort(dim=-1, descending=True).values  # [B, H, T]

@@ -1,4 +1,4 @@
-"""Attention over a paged pool: the compiled FlexAttention kernel and its dense reference."""
+"""Attention over a paged pool: compiled FlexAttention (GPU), the per-row kernel (CPU) and a dense reference."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ one storage tensor per K and V so that one attention kernel reads every row.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -56,8 +57,10 @@ class PagedKVPool:
             stands for (:mod:`audiokv.merge`), added to its attention logits;
             None when every token stands for itself.
 
-    Pages no row owns yet (``free_pages``) are handed out before the storage
-    grows: a prompt prefilled in chunks allocates once for all its chunks.
+    Pages no row owns yet (``free_pages``) are handed out when there are enough
+    for a request (a prompt prefilled in chunks allocates once for all its
+    chunks); otherwise the storage is reallocated with every row's pages
+    consecutive and the free pages dropped (:meth:`_regroup`).
     """
 
     def __init__(
@@ -239,22 +242,26 @@ class PagedKVPool:
 
         Growing copies every page anyway; laying rows out one after another on the
         way keeps each row one run of slots (:meth:`token_runs`), so the CPU kernel
-        reads it with one product however often the pool grew. Free pages are dropped.
+        reads it with one product however often the pool grew. Free pages are
+        dropped. Pages are copied a run at a time and K, V and the log mass one
+        after another, so at most one old and one new tensor are held at once.
         """
-        dev = self.page_table.device
         pages = [p + n for p, n in zip(self._pages_per_row, need, strict=True)]
-        table, starts = _consecutive_pages(pages, dev)
-        old = torch.tensor(self._pages_per_row, device=dev)
-        held = torch.arange(self.page_table.shape[1], device=dev)[None, :] < old[:, None]  # [R, P_row]
-        src = self.page_table.long()[held]
-        dst = (starts[:, None] + torch.arange(self.page_table.shape[1], device=dev)[None, :])[held]
+        table, starts = _consecutive_pages(pages, self.page_table.device)
+        moves = [
+            (start + offset, first, count)
+            for start, row in zip(starts.tolist(), self._page_run_table(), strict=True)
+            for (first, count), offset in zip(row, itertools.accumulate((c for _, c in row), initial=0), strict=False)
+        ]  # (new first page, old first page, pages) of every run
 
         def moved(storage: Tensor) -> Tensor:
             out = storage.new_zeros((sum(pages), *storage.shape[1:]))  # new slots: zeros (log mass 0: themselves)
-            out[dst] = storage[src]
+            for new, old, count in moves:
+                out[new : new + count] = storage[old : old + count]
             return out
 
-        self.key_pages, self.value_pages = moved(self.key_pages), moved(self.value_pages)
+        self.key_pages = moved(self.key_pages)
+        self.value_pages = moved(self.value_pages)
         if self.mass_pages is not None:
             self.mass_pages = moved(self.mass_pages)
         self.page_table, self._pages_per_row, self._free = table, pages, []
@@ -341,12 +348,8 @@ class PagedKVPool:
         pool.version = self.version + 1
         return pool
 
-    def token_runs(self) -> list[list[tuple[int, int]]]:
-        """Each row's tokens as runs of consecutive storage slots, ``(first slot, tokens)`` in logical order.
-
-        A row selected in one piece owns consecutive pages, so it is one run until
-        the pool grows; the page runs are recomputed only when the tables change.
-        """
+    def _page_run_table(self) -> list[list[tuple[int, int]]]:
+        """Each row's pages as runs of consecutive page ids, ``(first page, pages)``; cached per table version."""
         if self._page_runs is None or self._page_runs[0] != self.version:
             runs = []
             for pages, owned in zip(self.page_table.tolist(), self._pages_per_row, strict=True):
@@ -358,8 +361,16 @@ class PagedKVPool:
                         row.append((page, 1))
                 runs.append(row)
             self._page_runs = (self.version, runs)
+        return self._page_runs[1]
+
+    def token_runs(self) -> list[list[tuple[int, int]]]:
+        """Each row's tokens as runs of consecutive storage slots, ``(first slot, tokens)`` in logical order.
+
+        A row is one run after a selection or a growth (:meth:`_regroup`); a
+        prompt prefilled in chunks adds a run per chunk that took free pages.
+        """
         ps, out = self.page_size, []
-        for row, n in zip(self._page_runs[1], self._lengths_host, strict=True):
+        for row, n in zip(self._page_run_table(), self._lengths_host, strict=True):
             slots = []
             for page, count in row:
                 if n <= 0:

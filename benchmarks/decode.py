@@ -87,8 +87,8 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
         layer.to(device)(q, k, v, audio_span=(16, context - 64))
         return layer
 
-    kernels = {"audiokv": "auto"} if device.type == "cuda" else {"audiokv": "auto", "flex": "flex"}
     first = compressed_layer("auto")
+    kernels = {"audiokv": "auto"} if first.kernel_for(device) == "flex" else {"audiokv": "auto", "flex": "flex"}
     l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
     copies = min(MAX_COPIES, max(1, math.ceil(2 * l2 / first.kv_bytes)))
     layers = {  # same tensors: same budgets, same kernel shapes
@@ -142,7 +142,7 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
         "compression_ratio": ratio, "head_budgets": budgets,
         "kept_per_head_min_max": [int(kept_per_head.min()), int(kept_per_head.max())],
         "max_abs_error": worst, "copies_rotated": copies, "steps": steps, "dense_backend": backend,
-        "audiokv_kernel": "flex" if device.type == "cuda" else "rows",
+        "audiokv_kernel": first.kernel_for(device),
         "audiokv_s": a, "dense_sdpa_s": d, "uniform_cut_sdpa_s": c,
         "flex_s": statistics.median(times["flex"]) if "flex" in times else None,
         "audiokv_vs_ideal": a / (d * audiokv_read / dense_read),  # ideal: dense time scaled by the bytes read

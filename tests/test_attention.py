@@ -9,6 +9,7 @@ from reference import merged_row
 
 from audiokv import AudioKVAttention, AudioKVConfig
 from audiokv.attention import SharedKVAttention
+from audiokv.kernel import rows_attention
 
 
 class KeptReference:
@@ -165,12 +166,19 @@ def test_pool_growth_keeps_results_right(kernel):
 
 
 def test_the_default_kernel_on_cpu_reads_rows_in_place_without_compiling(monkeypatch):
-    import audiokv.kernel
+    import audiokv.attention
 
-    def no_flex():
-        raise AssertionError("the CPU default compiled FlexAttention")
+    calls = []
 
-    monkeypatch.setattr(audiokv.kernel, "compiled_flex", no_flex)
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return rows_attention(*args, **kwargs)
+
+    def no_flex(*args, **kwargs):
+        raise AssertionError("the CPU default ran FlexAttention")
+
+    monkeypatch.setattr(audiokv.attention, "rows_attention", spy)
+    monkeypatch.setattr(audiokv.attention, "paged_attention", no_flex)
     gen = torch.Generator().manual_seed(5)
     module = AudioKVAttention(AudioKVConfig(compression_ratio=0.5, window=8), num_heads=4, num_kv_heads=2, head_dim=16)
     q, k, v = qkv(1, 4, 2, 64, 16, torch.float32, gen)
@@ -178,6 +186,8 @@ def test_the_default_kernel_on_cpu_reads_rows_in_place_without_compiling(monkeyp
     ref = KeptReference(module, k, v)
     q, k, v = qkv(1, 4, 2, 1, 16, torch.float32, gen)
     torch.testing.assert_close(module(q, k, v).double(), ref.step(q, k, v), atol=1e-5, rtol=0)
+    assert calls == [1] and module.kernel_for(torch.device("cpu")) == "rows"
+    assert module.kernel_for(torch.device("cuda")) == "flex"
 
 
 def test_a_layer_sharing_the_kv_attends_over_the_producers_pool():
@@ -384,6 +394,6 @@ def test_chunked_prefill_attends_over_what_earlier_chunks_kept_and_holds_only_th
         [torch.cat(parts) for parts in zip(*chunk_selections(module, k, v, bounds, span, b, h), strict=True)]
         for b in range(bsz) for h in range(2)
     ]  # fmt: skip
-    for _ in range(3):
-        step = qkv(bsz, 6, 2, 1, 16, torch.float32, gen)
+    for q_len in (1, 3, 1):
+        step = qkv(bsz, 6, 2, q_len, 16, torch.float32, gen)
         torch.testing.assert_close(module(*step).double(), ref.step(*step), atol=1e-4, rtol=0)

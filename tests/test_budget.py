@@ -137,3 +137,12 @@ def test_bad_inputs():
         head_budgets(torch.rand(1, 2, 10), 30)
     with pytest.raises(ValueError, match="positive"):
         head_budgets(torch.rand(1, 2, 10), 4, weights=torch.tensor([1.0, 0.0]))
+
+
+def test_a_floor_per_row_equals_each_rows_own_scalar_floor():
+    scores = torch.rand(2, 4, 300, generator=torch.Generator().manual_seed(7))
+    scores[:, 0] *= 1e-6  # head 0 wants nothing: it gets its floor
+    per_row = head_budgets(scores, 400, safeguard=torch.tensor([0.2, 0.35]))
+    assert per_row[0].tolist() == head_budgets(scores[:1], 400, safeguard=0.2)[0].tolist()
+    assert per_row[1].tolist() == head_budgets(scores[1:], 400, safeguard=0.35)[0].tolist()
+    assert per_row.min(-1).values.tolist() == [20, 35]  # ceil(0.2 x 100) exactly, not 21 (0.2 in fp32 is more)

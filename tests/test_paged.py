@@ -148,3 +148,21 @@ def test_the_rows_kernel_reads_each_row_in_place_as_the_reference_gathers_it(dat
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)  # -inf where a row holds nothing
     torch.testing.assert_close(rows_attention(query, pool, scale=0.3, causal=False, block=block), got)
+
+
+def test_growing_lays_every_row_out_in_one_run_and_drops_free_pages():
+    key, value = torch.randn(2, 3, 50, 8), torch.randn(2, 3, 50, 8)
+    indices = torch.arange(50).expand(2, 3, 50)
+    counts = torch.tensor([[40, 7, 20], [3, 50, 16]])
+    mass = torch.rand(2, 3, 50)
+    pool = PagedKVPool.from_selection(key, value, indices, counts, page_size=16, log_mass=mass, min_pages=20)
+    pool.extend(key, value, indices, torch.full((2, 3), 9), mass)  # free pages: rows of two runs
+    before = [(*pool.row_tokens(r), pool.row_mass(r)) for r in range(6)]
+    assert max(len(runs) for runs in pool.token_runs()) == 2
+    pool.make_room(100)  # more than the free pages: new storage
+    assert [len(runs) for runs in pool.token_runs()] == [1] * 6
+    assert pool.num_pages == sum(-(-(n + 100) // 16) for n in pool.row_lengths)  # no free page left
+    assert bool((pool.page_owner >= 0).all())
+    for r, (k, v, m) in enumerate(before):
+        assert torch.equal(pool.row_tokens(r)[0], k) and torch.equal(pool.row_tokens(r)[1], v)
+        assert torch.equal(pool.row_mass(r), m)

@@ -202,5 +202,5 @@ def test_rows_split_by_key_path_keep_a_higher_floor_than_adakvs_and_text_rows_ke
 
     default, adakv, higher = budgets(), budgets(safeguard=0.2), budgets(safeguard=0.35)
     assert default[0] == higher[0] == [35, 165]  # ceil(0.35 x 100): the audio row's floor
-    assert adakv[0][0] < 25  # about ceil(0.2 x 100)
-    assert default[1] == adakv[1] and higher[1][0] == 35 > default[1][0]  # the text row: AdaKV's floor
+    assert adakv[0] == [20, 180]  # ceil(0.2 x 100)
+    assert default[1] == adakv[1] == [20, 180] and higher[1] == [35, 165]  # the text row: AdaKV's floor
