@@ -22,7 +22,7 @@ from audiokv.policies import POLICIES, get_policy
 from audiokv.transcribe import greedy_transcribe
 
 
-def has_repetition(text: str, times: int = 3, min_words: int = 9, max_period: int = 20) -> bool:
+def has_repetition(text: str, times: int = 3, min_words: int = 9, max_period: int = 40) -> bool:
     """True when a phrase of 1 to ``max_period`` words repeats ``times`` times in a row (a decoding loop).
 
     That is, some stretch of at least ``max(min_words, times * p)`` words is

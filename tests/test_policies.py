@@ -60,6 +60,11 @@ def test_unknown_policy():
         ("the sound is very nice, the sound is very nice, the sound is very nice, the", True),  # period 5
         ("we walk, we walk, we walk, we walk, we walk, and then", True),  # period 2, 10 words
         ("one two three four five six seven eight nine ten " * 2, False),  # twice is not a loop
+        (  # period 21, from a real Whisper base output at ratio 0.8
+            "so the river was known at dawn so the ferry flowed only twice a day wild flowers flowed along "
+            "the railway line " * 3,
+            True,
+        ),
     ],
 )
 def test_repetition_detection(text, loop):
