@@ -807,8 +807,9 @@ def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
         starts = length - inputs["attention_mask"].sum(-1) + 6 + 9 * torch.arange(bsz)  # after padding, text, boa
         assert torch.equal(engine.prompt.audio_span, torch.stack([starts, starts + 20], -1))
         assert out.past_key_values.get_seq_length() == length + 5
-        # half the tokens, one partial page per row at most, and a fp32 log-mass per slot beside K and V
-        bound = (0.5 * full_bytes + 16 * full_bytes / length) * (1 + 1 / (2 * engine.head_dim))
+        # half the prompt, the 5 tokens decoded after it, one partial page per row at most,
+        # and a fp32 log-mass per slot beside K and V
+        bound = (0.5 * full_bytes + (5 + 16) * full_bytes / length) * (1 + 1 / (2 * engine.head_dim))
         assert handle.kv_bytes <= bound
         kept = kept_state({2: engine, 5: engine}, length)
     want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
