@@ -59,6 +59,8 @@ results: $(STAMP)
 	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl --policies full,audiokv \
 		--ratios 0.7,0.8,0.9 --calibration $(R)/whisper-tiny.en-word-timed.safetensors \
 		--out $(R)/test-whisper-tiny.en-word-timed-prior.json
+	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl \
+		--policies audiokv,full --ratios 0.4,0.7,0.8 --out $(R)/time-whisper-tiny.en.json
 	$(BIN)/python -m benchmarks.decode --shape 28,4,128 --context 4096 --batch 1 4 --budgets skewed balanced
 	$(BIN)/python -m benchmarks.decode --steps 2000 --reserve 16 --out $(R)/decode-cpu-2000steps.json
 	$(BIN)/python -m benchmarks.prefill

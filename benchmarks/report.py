@@ -31,7 +31,13 @@ def _label(row: dict) -> str:
 def render(name: str, result: dict) -> str:
     """The table of the results file named ``name`` (its stem): a benchmark's columns, or policies by ratio."""
     kind = name.split("-")[0]
-    return benchmark_table(kind, result) if kind in BENCHMARKS else table(result)
+    if kind in BENCHMARKS:
+        return benchmark_table(kind, result)
+    if kind == "time":  # every row made in one run: their times compare
+        full = next(r for r in result["rows"] if r["policy"] == "full")
+        seconds = _grid(result["rows"], lambda r: f"{r['seconds'] / full['seconds']:.2f}")
+        return table(result) + "\n\nTime of the whole run (all clips), relative to the full cache:\n\n" + seconds
+    return table(result)
 
 
 def table(result: dict) -> str:

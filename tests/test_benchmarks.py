@@ -91,6 +91,19 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
     assert "| audiokv safeguard=1 |  | 20.0 |" in lines
 
 
+def test_a_timing_file_also_gets_each_runs_time_relative_to_the_full_cache():
+    from benchmarks.report import render
+
+    rows = [
+        {"policy": "audiokv", "compression_ratio": 0.7, "wer": 0.2, "repetition_rate": 0.0, "seconds": 30.0},
+        {"policy": "full", "compression_ratio": 0.0, "wer": 0.19, "repetition_rate": 0.0, "seconds": 40.0},
+    ]
+    result = {"model": "m", "data": "d", "commit": "abc", "device": "cpu", "rows": rows}
+    text = render("time-whisper", result)
+    assert "| full cache | 1.00 (every ratio) |" in text and "| audiokv | 0.75 |" in text
+    assert "0.75" not in render("test-whisper", result)  # other files: WER only
+
+
 def test_update_replaces_the_rerun_policies_and_the_caption_names_each_commit():
     from audiokv.eval import check_same_run, merge_results
     from benchmarks.report import table
