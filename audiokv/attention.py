@@ -351,7 +351,7 @@ class AudioKVAttention(nn.Module):
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
             weights, split = None, scores
-            safeguard = torch.full((bsz,), ADAKV_SAFEGUARD, dtype=torch.float64, device=key.device)
+            by_path = torch.zeros(bsz, dtype=torch.bool, device=key.device)  # rows split by key path
             if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
                 audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]  # [B, 1]
                 if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
@@ -359,11 +359,13 @@ class AudioKVAttention(nn.Module):
                 demand = policy.head_demand(inp, spans)
                 if demand is not None:
                     split = torch.where(audio[..., None], demand_scores(scores, demand), scores)
-                    safeguard = torch.where(audio[:, 0], policy.path_safeguard, safeguard)
-            if cfg.safeguard is not None:
-                safeguard = torch.full_like(safeguard, cfg.safeguard)
-            if not policy.head_budgets:
-                safeguard = torch.ones_like(safeguard)  # every head keeps the average
+                    by_path = audio[:, 0]
+            safeguard: float | Tensor = 1.0  # without head budgets every head keeps the average
+            if policy.head_budgets and cfg.safeguard is not None:
+                safeguard = cfg.safeguard
+            elif policy.head_budgets:
+                safeguard = torch.full((bsz,), ADAKV_SAFEGUARD, dtype=torch.float64, device=key.device)
+                safeguard = safeguard.masked_fill(by_path, policy.path_safeguard)
             budgets = head_budgets(split, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:
                 scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)

@@ -81,13 +81,18 @@ def rows_attention(
     if causal and q_len > 1:  # query i sees the new tokens up to its own
         future = torch.ones(q_len, q_len, dtype=torch.bool, device=query.device).triu(1).repeat(group, 1)
     out = torch.zeros_like(rows)
-    lse = torch.full(rows.shape[:-1], float("-inf"), device=rows.device)  # a row without tokens: zeros, -inf
+    lse = torch.full(rows.shape[:-1], float("-inf"), device=rows.device)
     for r, runs in enumerate(pool.token_runs()):
+        if not runs:
+            continue  # a row without tokens: zeros, -inf
         offsets = list(itertools.accumulate((n for _, n in runs), initial=0))
-        for b in range(0, group * q_len if runs else 0, block):
-            logits = _joined([rows[r, b : b + block] @ keys[s : s + n].float().T for s, n in runs])  # [block, n]
-            if mass is not None:
-                logits += _joined([mass[s : s + n] for s, n in runs])
+        row_keys = [keys[s : s + n].float().T for s, n in runs]  # views in fp32 storage: nothing copied
+        row_values = [values[s : s + n].float() for s, n in runs]
+        row_mass = None if mass is None else _joined([mass[s : s + n] for s, n in runs])
+        for b in range(0, group * q_len, block):
+            logits = _joined([rows[r, b : b + block] @ k for k in row_keys])  # [block, n]
+            if row_mass is not None:
+                logits += row_mass
             if future is not None:
                 logits[:, -q_len:].masked_fill_(future[b : b + block], float("-inf"))
             if return_lse:
@@ -95,8 +100,8 @@ def rows_attention(
                 weights = (logits - lse[r, b : b + block, None]).exp_()
             else:
                 weights = torch.softmax(logits, -1)
-            for (s, n), o in zip(runs, offsets, strict=False):
-                out[r, b : b + block].addmm_(weights[:, o : o + n], values[s : s + n].float())
+            for v, o, (_, n) in zip(row_values, offsets, runs, strict=False):
+                out[r, b : b + block].addmm_(weights[:, o : o + n], v)
     out = out.reshape(bsz, heads, q_len, dim).to(query.dtype)
     return (out, lse.reshape(bsz, heads, q_len)) if return_lse else out
 
