@@ -22,7 +22,7 @@ demo: $(STAMP)
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 
-WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-no-merge,audiokv-score-split
+WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-merge,audiokv-score-split
 # Whisper results on the test split (tiny.en; MODEL=whisper-base for base; POLICIES=... for a subset),
 # then their table in the README.
 MODEL ?= whisper-tiny.en
@@ -35,7 +35,7 @@ results-whisper: $(STAMP)
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
 # commit (about 3 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
-BASE_POLICIES := full,random,stride,audiokv,audiokv-sss,audiokv-no-heads
+BASE_POLICIES := full,random,stride,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 R := benchmarks/results
@@ -43,7 +43,7 @@ results: $(STAMP)
 	$(MAKE) results-whisper MODEL=whisper-tiny.en POLICIES=$(WHISPER_POLICIES)
 	$(MAKE) results-whisper MODEL=whisper-base POLICIES=$(BASE_POLICIES)
 	$(BIN)/python -m benchmarks.tune_whisper
-	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss,audiokv:safeguard=0.2,audiokv:safeguard=0.5
+	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss,audiokv:safeguard=0.2,audiokv:safeguard=0.5,audiokv:layer_prior=0,audiokv:layer_prior=0.5
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
 	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \

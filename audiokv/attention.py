@@ -18,7 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audiokv.budget import ADAKV_SAFEGUARD, demand_scores, head_budgets, head_weights, layer_budget, mark_mandatory
+from audiokv.budget import (
+    ADAKV_SAFEGUARD,
+    demand_scores,
+    head_budgets,
+    head_weights,
+    layer_budget,
+    layer_keeps,
+    layer_shares,
+    mark_mandatory,
+)
 from audiokv.config import AudioKVConfig
 from audiokv.kernel import (
     causal_attention,
@@ -72,6 +81,10 @@ class AudioKVAttention(nn.Module):
         head_dim: ``D``.
         scaling: softmax scale, ``1/sqrt(D)`` by default.
         head_prior: optional ``[H_kv]`` calibrated audio-criticality of this layer's heads.
+        layer_prior: optional ``[num_layers]`` mean calibrated audio-criticality of
+            every compressed layer; with ``config.layer_prior`` > 0 rows holding
+            audio spend the model's budget across layers by it
+            (:func:`audiokv.budget.layer_shares`).
         kernel: how new queries attend over the pool: ``"flex"`` (compiled
             FlexAttention), ``"rows"`` (each row's tokens read in place, two matrix
             products per row: faster on CPU), ``"auto"`` (the default: flex on
@@ -94,6 +107,7 @@ class AudioKVAttention(nn.Module):
         head_dim: int,
         scaling: float | None = None,
         head_prior: Tensor | None = None,
+        layer_prior: Tensor | None = None,
         kernel: Literal["auto", "flex", "rows", "reference"] = "auto",
         policy: str | Policy = "audiokv",
         layer_idx: int = 0,
@@ -105,6 +119,10 @@ class AudioKVAttention(nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
         if head_prior is not None and head_prior.shape != (num_kv_heads,):
             raise ValueError(f"head_prior must be [{num_kv_heads}], got {tuple(head_prior.shape)}")
+        if layer_prior is not None:
+            layer_shares(layer_prior, config.layer_prior)  # a [num_layers], finite, non-negative prior or an error
+            if layer_prior.shape != (num_layers,):
+                raise ValueError(f"layer_prior must be [{num_layers}], got {tuple(layer_prior.shape)}")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         self.config = config
@@ -115,6 +133,7 @@ class AudioKVAttention(nn.Module):
         self.policy = get_policy(policy)
         self.layer_idx, self.num_layers = layer_idx, num_layers
         self.register_buffer("head_prior", head_prior, persistent=False)
+        self.register_buffer("layer_prior", layer_prior, persistent=False)
         self.pool: PagedKVPool | None = None
         self.block_mask: PagedBlockMask | None = None
         self.budgets: Tensor | None = None  # [B, H_kv] tokens kept per head at compression
@@ -316,6 +335,14 @@ class AudioKVAttention(nn.Module):
             return 0.0  # the observation window covers the whole prompt: a short prompt is kept whole
         return self.policy.layer_ratio(self.config.compression_ratio, self.layer_idx, self.num_layers)
 
+    def _audio_ratio(self, ratio: float) -> float:
+        """This layer's ratio in rows holding audio, given its ``ratio`` elsewhere: the layer prior's share."""
+        cfg, policy = self.config, self.policy
+        if ratio == 0 or not (policy.use_prior and policy.layer_split) or self.layer_prior is None:
+            return ratio
+        shares = layer_shares(self.layer_prior, cfg.layer_prior)
+        return 1.0 - float(layer_keeps(1.0 - cfg.compression_ratio, shares)[self.layer_idx])
+
     def _select(
         self, query: Tensor, key: Tensor, value: Tensor, spans: Tensor | None, key_mask: Tensor | None, sinks: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
@@ -349,11 +376,15 @@ class AudioKVAttention(nn.Module):
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores
             scores = mark_mandatory(ranked, sinks=sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
-            budget = layer_budget(valid.sum(-1), heads, ratio, mandatory)
+            audio = torch.zeros(bsz, 1, dtype=torch.bool, device=key.device)  # [B, 1] rows holding audio
+            if spans is not None:
+                audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]
+            row_ratio = torch.full((bsz,), ratio, dtype=torch.float64, device=key.device)
+            row_ratio = row_ratio.masked_fill(audio[:, 0], self._audio_ratio(ratio))
+            budget = layer_budget(valid.sum(-1), heads, row_ratio, mandatory)
             weights, split = None, scores
             by_path = torch.zeros(bsz, dtype=torch.bool, device=key.device)  # rows split by key path
             if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
-                audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]  # [B, 1]
                 if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
                     weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
                 demand = policy.head_demand(inp, spans)
@@ -410,7 +441,7 @@ class AudioKVAttention(nn.Module):
         self._check_shapes(query, key, value)
         bsz, _, length, _ = key.shape
         end, in_flight = start + length, key.nbytes + value.nbytes
-        spans = self._spans(audio_span, bsz, total)
+        spans = whole = self._spans(audio_span, bsz, total)
         if spans is not None:  # this chunk's part of each row's span; (0, 0) where it has none
             spans = (spans - start).clamp(0, length)
             spans = torch.where((spans[:, 1] > spans[:, 0])[:, None], spans, 0)
@@ -430,7 +461,7 @@ class AudioKVAttention(nn.Module):
         )
         if start == 0:
             rows = budgets.numel()
-            held = self._chunked_budget(mask, bsz, length, total) + rows * self._reserve(decode_tokens)
+            held = self._chunked_budget(mask, bsz, length, total, whole) + rows * self._reserve(decode_tokens)
             page = self.config.page_size or fit_page_size(held / rows)
             room = (held + rows * (page - 1)) // page  # every row wastes under a page
             self.pool = PagedKVPool.from_selection(
@@ -451,19 +482,26 @@ class AudioKVAttention(nn.Module):
             self._chunks = None
         return out
 
-    def _chunked_budget(self, first_mask: Tensor | None, bsz: int, first: int, total: int) -> int:
+    def _chunked_budget(self, first_mask: Tensor | None, bsz: int, first: int, total: int, spans: Tensor | None) -> int:
         """Tokens the pool will hold over all chunks of a ``total``-token prompt at most (all rows, all heads).
 
-        ``first``: the first chunk's length, ``first_mask`` its ``[B, first]`` padding mask or None.
+        ``first``: the first chunk's length, ``first_mask`` its ``[B, first]`` padding mask or None;
+        ``spans``: ``[B, 2]`` each row's audio span in the whole prompt, or None.
         """
         cfg = self.config
         chunk = cfg.prefill_chunk or total
-        lengths = [first] + [min(chunk, total - s) for s in range(first, total, chunk)]
+        starts = [0, *range(first, total, chunk)]
+        spans = None if spans is None else spans.cpu()
         held = 0
-        for i, n in enumerate(lengths):
+        for i, start in enumerate(starts):
+            n = first if i == 0 else min(chunk, total - start)
             valid = torch.full((bsz,), n) if i or first_mask is None else first_mask.sum(-1).cpu()
             mandatory = torch.clamp(valid, max=(cfg.sinks if i == 0 else 0) + cfg.window)
-            held += int(layer_budget(valid, self.num_kv_heads, self._ratio(n), mandatory).sum())
+            ratio = torch.full((bsz,), self._ratio(n), dtype=torch.float64)
+            if spans is not None:  # rows with audio in this chunk: the layer prior's ratio
+                audio = (spans[:, 0] < start + n) & (spans[:, 1] > start) & (spans[:, 1] > spans[:, 0])
+                ratio = ratio.masked_fill(audio, self._audio_ratio(self._ratio(n)))
+            held += int(layer_budget(valid, self.num_kv_heads, ratio, mandatory).sum())
         return held
 
     def _track(self, in_flight: int) -> None:

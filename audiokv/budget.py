@@ -59,19 +59,75 @@ def head_weights(prior: Tensor, strength: float) -> Tensor:
     return torch.exp(strength * z)
 
 
-def layer_budget(valid_tokens: Tensor, num_heads: int, ratio: float, mandatory: Tensor) -> Tensor:
+def layer_shares(layer_prior: Tensor, strength: float) -> Tensor:
+    """How much of the model's budget each layer deserves, from a calibrated prior.
+
+    Whisper aligns text to audio in its upper decoder layers (OpenAI's
+    alignment heads, and our calibration, sit there), and spending the same
+    fraction of every layer starves them first. A layer's share mixes the
+    uniform split with its mean audio-criticality.
+
+    Args:
+        layer_prior: ``[L]`` mean audio-criticality of every compressed layer's KV heads (non-negative).
+        strength: 0 keeps every layer at the same ratio; 1 splits in proportion
+            to the layers' mean prior. In [0, 1].
+
+    Returns:
+        ``[L]`` float64 shares, mean 1: ``(1 - strength) + strength * mean_l / mean``.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"layer prior strength must be in [0, 1], got {strength}")
+    if layer_prior.dim() != 1 or not torch.isfinite(layer_prior).all() or (layer_prior < 0).any():
+        raise ValueError(f"layer prior must be finite, non-negative and [L], got shape {tuple(layer_prior.shape)}")
+    layer_prior = layer_prior.double()
+    total = layer_prior.mean()
+    relative = layer_prior / total if total > 0 else torch.ones_like(layer_prior)
+    return (1 - strength) + strength * relative
+
+
+def layer_keeps(keep: float, shares: Tensor) -> Tensor:
+    """``[L]`` float64 fraction of its tokens each layer keeps: in proportion to ``shares``, at most 1, mean ``keep``.
+
+    Water-filling: a layer whose share would keep more than all its tokens keeps
+    them all and the rest is split among the others in proportion to their shares
+    (evenly, should those shares all be zero).
+
+    Args:
+        keep: mean fraction kept, in [0, 1].
+        shares: ``[L]`` non-negative shares, not all zero.
+    """
+    shares = shares.double()
+    if not 0.0 <= keep <= 1.0 or (shares < 0).any() or not shares.sum() > 0:
+        raise ValueError(f"keep must be in [0, 1] and shares non-negative, not all zero; got {keep}, {shares.tolist()}")
+    if keep == 1.0:
+        return torch.ones_like(shares)
+    keeps = torch.zeros_like(shares)
+    full = torch.zeros_like(shares, dtype=torch.bool)
+    for _ in range(len(shares)):  # each pass fills at least one more layer or ends
+        left = keep * len(shares) - int(full.sum())
+        weights = torch.where(full, 0.0, shares)
+        weights = weights if weights.sum() > 0 else (~full).double()
+        keeps = torch.where(full, 1.0, left * weights / weights.sum())
+        over = keeps > 1
+        if not over.any():
+            break
+        full |= over
+    return keeps.clamp(max=1.0)
+
+
+def layer_budget(valid_tokens: Tensor, num_heads: int, ratio: float | Tensor, mandatory: Tensor) -> Tensor:
     """Total tokens kept by one layer for each batch row.
 
     Args:
         valid_tokens: ``[B]`` non-padding prompt tokens per row.
         num_heads: KV heads of the layer.
-        ratio: fraction of KV entries removed, in [0, 1).
+        ratio: fraction of KV entries removed, in [0, 1); one value or ``[B]``.
         mandatory: ``[B]`` tokens every head must keep (sinks + window).
 
     Returns:
         ``[B]`` int64 budgets: ``num_heads * max(valid - floor(ratio * valid), mandatory)``.
     """
-    keep = valid_tokens - torch.floor(valid_tokens.double() * ratio).long()
+    keep = valid_tokens - torch.floor(valid_tokens.double() * ratio + 1e-6).long()  # 0.55 * 120 may be 65.99999
     return num_heads * torch.maximum(keep, mandatory.long())
 
 

@@ -42,6 +42,12 @@ class AudioKVConfig:
             density (for AudioKV, key novelty). In [0, 1].
         head_prior_strength: how strongly calibrated audio-critical heads are
             favoured in the budget split; 0 ignores the calibration. >= 0.
+        layer_prior: how far rows holding audio spend the model's budget
+            across layers by the calibration's mean per layer
+            (:func:`audiokv.budget.layer_shares`): 0 gives every layer the same
+            ratio, 1 (the default, chosen on the tune split) splits in
+            proportion to the layers' prior. In [0, 1]; read by the policies
+            that use the prior.
         safeguard: every KV head keeps at least this fraction of the average
             per-head budget (AdaKV's safeguard), in [0, 1]; None (the default):
             AdaKV's 0.2, and 0.35 in the audio rows AudioKV splits by key path
@@ -86,6 +92,7 @@ class AudioKVConfig:
     sss_cutoff: float = 0.1
     coverage_floor: float = 0.1
     head_prior_strength: float = 1.0
+    layer_prior: float = 1.0
     safeguard: float | None = None
     sinks: int = 4
     page_size: int | None = None
@@ -115,6 +122,8 @@ class AudioKVConfig:
             raise ValueError(f"coverage_floor must be in [0, 1], got {floor}")
         if _require_float("head_prior_strength", self.head_prior_strength) < 0:
             raise ValueError(f"head_prior_strength must be >= 0, got {self.head_prior_strength}")
+        if not 0.0 <= _require_float("layer_prior", self.layer_prior) <= 1.0:
+            raise ValueError(f"layer_prior must be in [0, 1], got {self.layer_prior}")
         if self.safeguard is not None and not 0.0 <= _require_float("safeguard", self.safeguard) <= 1.0:
             raise ValueError(f"safeguard must be in [0, 1] or None, got {self.safeguard}")
         _require_int("sinks", self.sinks, 0)

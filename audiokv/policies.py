@@ -68,6 +68,9 @@ class Policy:
             (query-free) instead of by the scores.
         text_rarity: choose the text tokens a head keeps by its scores *or* by
             how rare their values are (:meth:`text_scores`), not by the scores alone.
+        layer_split: with ``use_prior``, rows with audio spend the model's budget
+            across layers by the calibration (``AudioKVConfig.layer_prior``)
+            instead of the same ratio in every layer.
         path_safeguard: the least share of the average per-head budget every head
             keeps in a row split by :meth:`head_demand` (elsewhere AdaKV's 0.2;
             ``AudioKVConfig.safeguard`` overrides both).
@@ -81,6 +84,7 @@ class Policy:
     merge: bool = False
     path_budgets: bool = False
     text_rarity: bool = False
+    layer_split: bool = False
     path_safeguard: float = 0.35
 
     def score(self, inp: ScoreInput) -> Tensor:
@@ -253,7 +257,14 @@ class PyramidKV(Policy):
 
 # AudioKV's parts; each ablation switches one off
 AUDIOKV = dict(
-    head_budgets=True, smooth=False, use_prior=True, coverage=True, merge=True, path_budgets=True, text_rarity=True
+    head_budgets=True,
+    smooth=False,
+    use_prior=True,
+    coverage=True,
+    merge=True,
+    path_budgets=True,
+    text_rarity=True,
+    layer_split=True,
 )
 
 POLICIES: dict[str, Policy] = {
@@ -273,6 +284,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv", **AUDIOKV),
         AudioKV("audiokv-sss", **{**AUDIOKV, "smooth": True}),
         AudioKV("audiokv-no-heads", **{**AUDIOKV, "use_prior": False}),
+        AudioKV("audiokv-even-layers", **{**AUDIOKV, "layer_split": False}),
         AudioKV("audiokv-no-coverage", **{**AUDIOKV, "coverage": False}),
         AudioKV("audiokv-no-merge", **{**AUDIOKV, "merge": False}),
         AudioKV("audiokv-score-split", **{**AUDIOKV, "path_budgets": False}),

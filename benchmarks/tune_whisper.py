@@ -38,6 +38,8 @@ GRID: list[tuple[str, dict]] = [
     ("audiokv", {"safeguard": 0.5}),
     ("audiokv", {"safeguard": 1.0}),
     ("audiokv", {"head_prior_strength": 0.5}),
+    ("audiokv", {"layer_prior": 0.0}),
+    ("audiokv", {"layer_prior": 0.5}),
 ]
 
 

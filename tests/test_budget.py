@@ -5,7 +5,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audiokv.budget import demand_scores, head_budgets, head_weights, layer_budget, mark_mandatory
+from audiokv.budget import (
+    demand_scores,
+    head_budgets,
+    head_weights,
+    layer_budget,
+    layer_keeps,
+    layer_shares,
+    mark_mandatory,
+)
 from audiokv.select import select_tokens
 
 
@@ -146,3 +154,34 @@ def test_a_floor_per_row_equals_each_rows_own_scalar_floor():
     assert per_row[0].tolist() == head_budgets(scores[:1], 400, safeguard=0.2)[0].tolist()
     assert per_row[1].tolist() == head_budgets(scores[1:], 400, safeguard=0.35)[0].tolist()
     assert per_row.min(-1).values.tolist() == [20, 35]  # ceil(0.2 x 100) exactly, not 21 (0.2 in fp32 is more)
+
+
+def test_layer_shares_mix_the_uniform_split_with_the_layers_prior():
+    prior = torch.tensor([0.0, 1.0, 3.0])  # mean 4/3
+    assert torch.allclose(layer_shares(prior, 0.0), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(layer_shares(prior, 1.0), torch.tensor([0.0, 0.75, 2.25], dtype=torch.float64))
+    assert torch.allclose(layer_shares(prior, 0.5), torch.tensor([0.5, 0.875, 1.625], dtype=torch.float64))
+    assert torch.allclose(layer_shares(torch.zeros(3), 1.0), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="non-negative"):
+        layer_shares(torch.tensor([1.0, -1.0]), 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        layer_shares(prior, 1.5)
+
+
+@given(st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 5)), min_size=1, max_size=12).filter(any), st.floats(0, 1))
+def test_layer_keeps_water_fill_the_mean_under_one(shares, keep):
+    shares = torch.tensor(shares, dtype=torch.float64)
+    got = layer_keeps(keep, shares)
+    assert got.mean().item() == pytest.approx(keep, abs=1e-9)
+    assert ((got >= 0) & (got <= 1)).all()
+    below = (got < 1 - 1e-9) & (shares > 0)  # layers not full keep in proportion to their shares
+    if below.any():
+        per_share = got[below] / shares[below]
+        assert torch.allclose(per_share, per_share[0].expand_as(per_share), rtol=1e-6)
+        assert (shares[got >= 1 - 1e-9] >= shares[below].max() - 1e-9).all()  # the largest shares fill first
+
+
+def test_layer_keeps_fill_the_largest_share_first():
+    got = layer_keeps(0.5, torch.tensor([1.0, 1.0, 4.0]))
+    assert torch.allclose(got, torch.tensor([0.25, 0.25, 1.0], dtype=torch.float64))
+    assert torch.allclose(layer_keeps(0.8, torch.tensor([0.0, 1.0])), torch.tensor([0.6, 1.0], dtype=torch.float64))

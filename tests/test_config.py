@@ -22,6 +22,7 @@ from audiokv import AudioKVConfig
         ("sss_cutoff", 1.5, r"\(0, 1\]"),
         ("head_prior_strength", -1.0, ">= 0"),
         ("safeguard", 1.2, r"\[0, 1\]"),
+        ("layer_prior", 1.5, r"\[0, 1\]"),
         ("sinks", -1, "sinks"),
         ("page_size", 100, "power of two"),
         ("page_size", 8, ">= 16"),

@@ -204,3 +204,36 @@ def test_rows_split_by_key_path_keep_a_higher_floor_than_adakvs_and_text_rows_ke
     assert default[0] == higher[0] == [35, 165]  # ceil(0.35 x 100): the audio row's floor
     assert adakv[0] == [20, 180]  # ceil(0.2 x 100)
     assert default[1] == adakv[1] == [20, 180] and higher[1] == [35, 165]  # the text row: AdaKV's floor
+
+
+def test_the_layer_prior_moves_budget_between_layers_in_audio_rows_only():
+    """Two layers, the second audio-critical: audio rows keep more there and less in the first, the same in all."""
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, h, 120, 16, generator=gen) for h in (4, 2, 2))
+    spans = torch.tensor([[10, 110], [0, 0]])  # an audio row and a text-only row
+
+    def budgets(strength):
+        cfg = AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, sinks=2, layer_prior=strength)
+        out = []
+        for idx in range(2):
+            layer = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, head_prior=torch.tensor([0.2, 0.8]),
+                                     layer_prior=torch.tensor([0.1, 0.3]), layer_idx=idx, num_layers=2,
+                                     kernel="reference")  # fmt: skip
+            layer(q, k, v, audio_span=spans)
+            out.append(layer.budgets.sum(-1))
+        return torch.stack(out)  # [layer, row]
+
+    uniform, split = budgets(0.0), budgets(1.0)
+    assert uniform[0].tolist() == uniform[1].tolist() == [2 * 36, 2 * 36]  # 120 - floor(0.7 * 120) per head
+    assert split[:, 0].tolist() == [2 * 18, 2 * 54]  # keeps 0.15 and 0.45 of 120 per head: shares 0.5 and 1.5
+    assert split[:, 1].tolist() == uniform[:, 1].tolist()  # the text row ignores the layer prior
+    off = AudioKVAttention(AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, sinks=2), num_heads=4,
+                           num_kv_heads=2, head_dim=16, layer_prior=torch.tensor([0.1, 0.3]), num_layers=2,
+                           policy="audiokv-no-heads", kernel="reference")  # fmt: skip
+    off(q, k, v, audio_span=spans)
+    assert off.budgets.sum(-1).tolist() == uniform[0].tolist()  # the ablation without the prior drops it too
+    even = AudioKVAttention(AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, sinks=2, layer_prior=1.0),
+                            num_heads=4, num_kv_heads=2, head_dim=16, layer_prior=torch.tensor([0.1, 0.3]),
+                            num_layers=2, policy="audiokv-even-layers", kernel="reference")  # fmt: skip
+    even(q, k, v, audio_span=spans)
+    assert even.budgets.sum(-1).tolist() == uniform[0].tolist()

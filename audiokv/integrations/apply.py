@@ -243,6 +243,7 @@ def apply_audiokv(
         module.audiokv = engine
         handle._modules.append(module)
 
+    layer_prior = None if calibration is None else calibration.scores[list(roles.compressed)].float().mean(-1)
     for position, idx in enumerate(roles.compressed):
         module = modules[idx]
         engine = AudioKVAttention(
@@ -252,6 +253,7 @@ def apply_audiokv(
             head_dim=module.head_dim,
             scaling=module.scaling,
             head_prior=None if calibration is None else calibration.scores[idx].clone(),
+            layer_prior=layer_prior,
             policy=policy,
             layer_idx=position,
             num_layers=len(roles.compressed),
