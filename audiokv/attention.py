@@ -71,6 +71,11 @@ class KVMeter:
         self.total = self.peak = 0
 
 
+def chunk_layout(first: int, total: int, chunk: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of the chunks of a ``total``-token prompt: ``first`` tokens, then ``chunk`` at a time."""
+    return [(0, min(first, total))] + [(s, min(s + chunk, total)) for s in range(first, total, chunk)]
+
+
 class AudioKVAttention(nn.Module):
     """Attention over an AudioKV-compressed, paged KV cache for one layer.
 
@@ -489,12 +494,10 @@ class AudioKVAttention(nn.Module):
         ``spans``: ``[B, 2]`` each row's audio span in the whole prompt, or None.
         """
         cfg = self.config
-        chunk = cfg.prefill_chunk or total
-        starts = [0, *range(first, total, chunk)]
         spans = None if spans is None else spans.cpu()
         held = 0
-        for i, start in enumerate(starts):
-            n = first if i == 0 else min(chunk, total - start)
+        for i, (start, end) in enumerate(chunk_layout(first, total, cfg.prefill_chunk or total)):
+            n = end - start
             valid = torch.full((bsz,), n) if i or first_mask is None else first_mask.sum(-1).cpu()
             mandatory = torch.clamp(valid, max=(cfg.sinks if i == 0 else 0) + cfg.window)
             ratio = torch.full((bsz,), self._ratio(n), dtype=torch.float64)

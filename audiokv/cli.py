@@ -198,7 +198,7 @@ def _demo(args: argparse.Namespace) -> int:
         return _fail("demo", err)
     print("Whisper tiny.en, greedy, on the bundled evaluation clips; compressed: the decoder's cross-attention cache")
     _print_rows(rows)
-    print("ratio = fraction of KV entries removed; loops = share of outputs with a repeated 3-gram loop")
+    print("ratio = fraction of KV entries removed; loops = share of outputs repeating a phrase three times in a row")
     print(f"wrote {out / 'demo.json'} and {out / 'demo.png'}")
     return 0
 

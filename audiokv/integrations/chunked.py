@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from audiokv.attention import chunk_layout
 from audiokv.cache import AudioKVCache
 
 SEQUENCE_ARGS = ("input_ids", "inputs_embeds", "per_layer_inputs")  # [B, T, ...]
@@ -32,7 +33,7 @@ def chunk_bounds(total: int, chunk: int, key_mask: Tensor | None = None) -> list
     first = chunk
     if key_mask is not None and not key_mask.all():
         first += int((~key_mask.bool()).nonzero()[:, 1].max()) + 1
-    return [(0, min(first, total))] + [(s, min(s + chunk, total)) for s in range(first, total, chunk)]
+    return chunk_layout(first, total, chunk)
 
 
 def prefill_in_chunks(forward: Callable, prompt, chunk: int, args: tuple, kwargs: dict):
