@@ -124,10 +124,6 @@ class AudioKVAttention(nn.Module):
             raise ValueError(f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
         if head_prior is not None and head_prior.shape != (num_kv_heads,):
             raise ValueError(f"head_prior must be [{num_kv_heads}], got {tuple(head_prior.shape)}")
-        if layer_prior is not None:
-            layer_shares(layer_prior, config.layer_prior)  # a [num_layers], finite, non-negative prior or an error
-            if layer_prior.shape != (num_layers,):
-                raise ValueError(f"layer_prior must be [{num_layers}], got {tuple(layer_prior.shape)}")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
         self.config = config
@@ -137,6 +133,10 @@ class AudioKVAttention(nn.Module):
         self.cross_attention = cross_attention
         self.policy = get_policy(policy)
         self.layer_idx, self.num_layers = layer_idx, num_layers
+        if layer_prior is not None and self.policy.use_prior and self.policy.layer_split:
+            layer_shares(layer_prior, config.layer_prior)  # finite and non-negative, or an error now
+            if layer_prior.shape != (num_layers,):
+                raise ValueError(f"layer_prior must be [{num_layers}], got {tuple(layer_prior.shape)}")
         self.register_buffer("head_prior", head_prior, persistent=False)
         self.register_buffer("layer_prior", layer_prior, persistent=False)
         self.pool: PagedKVPool | None = None
@@ -340,13 +340,22 @@ class AudioKVAttention(nn.Module):
             return 0.0  # the observation window covers the whole prompt: a short prompt is kept whole
         return self.policy.layer_ratio(self.config.compression_ratio, self.layer_idx, self.num_layers)
 
-    def _audio_ratio(self, ratio: float) -> float:
-        """This layer's ratio in rows holding audio, given its ``ratio`` elsewhere: the layer prior's share."""
+    def _row_ratios(self, ratio: float, audio: Tensor, valid: Tensor, mandatory: Tensor) -> Tensor:
+        """``[B]`` float64 ratio of each row: ``ratio``, or the layer prior's where ``audio`` (``[B]`` bool) is set.
+
+        ``valid``, ``mandatory``: ``[B]`` tokens of each row and those it must keep; no
+        layer is given fewer (nor fewer than one), so the mean over layers stays exact.
+        """
         cfg, policy = self.config, self.policy
+        out = torch.full(audio.shape, ratio, dtype=torch.float64, device=valid.device)
         if ratio == 0 or not (policy.use_prior and policy.layer_split) or self.layer_prior is None:
-            return ratio
+            return out
         shares = layer_shares(self.layer_prior, cfg.layer_prior)
-        return 1.0 - float(layer_keeps(1.0 - cfg.compression_ratio, shares)[self.layer_idx])
+        keep = 1.0 - cfg.compression_ratio
+        for row in audio.nonzero()[:, 0].tolist():
+            low = min(max(int(mandatory[row]), 1) / max(int(valid[row]), 1), keep)
+            out[row] = 1.0 - float(layer_keeps(keep, shares, low)[self.layer_idx])
+        return out
 
     def _select(
         self, query: Tensor, key: Tensor, value: Tensor, spans: Tensor | None, key_mask: Tensor | None, sinks: int
@@ -384,8 +393,7 @@ class AudioKVAttention(nn.Module):
             audio = torch.zeros(bsz, 1, dtype=torch.bool, device=key.device)  # [B, 1] rows holding audio
             if spans is not None:
                 audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]
-            row_ratio = torch.full((bsz,), ratio, dtype=torch.float64, device=key.device)
-            row_ratio = row_ratio.masked_fill(audio[:, 0], self._audio_ratio(ratio))
+            row_ratio = self._row_ratios(ratio, audio[:, 0], valid.sum(-1), mandatory)
             budget = layer_budget(valid.sum(-1), heads, row_ratio, mandatory)
             weights, split = None, scores
             by_path = torch.zeros(bsz, dtype=torch.bool, device=key.device)  # rows split by key path
@@ -438,7 +446,8 @@ class AudioKVAttention(nn.Module):
         The chunk's queries see what the pool kept of the earlier chunks and
         their own chunk causally; the chunk is then compressed on its own (its
         last ``window`` queries score it, its share of the audio span is covered
-        and merged), so every chunk keeps ``1 - ratio`` of its tokens, but at
+        and merged), so every chunk keeps ``1 - ratio`` of its tokens (in rows
+        holding audio, the ratio the layer prior gives this layer), but at
         least its last ``window`` (a chunk no longer than the window is kept
         whole). The pool is allocated at the first chunk for what all chunks
         will keep, so it is never reallocated during the prefill.
@@ -500,10 +509,10 @@ class AudioKVAttention(nn.Module):
             n = end - start
             valid = torch.full((bsz,), n) if i or first_mask is None else first_mask.sum(-1).cpu()
             mandatory = torch.clamp(valid, max=(cfg.sinks if i == 0 else 0) + cfg.window)
-            ratio = torch.full((bsz,), self._ratio(n), dtype=torch.float64)
-            if spans is not None:  # rows with audio in this chunk: the layer prior's ratio
-                audio = (spans[:, 0] < start + n) & (spans[:, 1] > start) & (spans[:, 1] > spans[:, 0])
-                ratio = ratio.masked_fill(audio, self._audio_ratio(self._ratio(n)))
+            audio = torch.zeros(bsz, dtype=torch.bool)  # rows with audio in this chunk: the layer prior's ratio
+            if spans is not None:
+                audio = (spans[:, 0] < end) & (spans[:, 1] > start) & (spans[:, 1] > spans[:, 0])
+            ratio = self._row_ratios(self._ratio(n), audio, valid, mandatory)
             held += int(layer_budget(valid, self.num_kv_heads, ratio, mandatory).sum())
         return held
 

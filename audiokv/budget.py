@@ -85,34 +85,38 @@ def layer_shares(layer_prior: Tensor, strength: float) -> Tensor:
     return (1 - strength) + strength * relative
 
 
-def layer_keeps(keep: float, shares: Tensor) -> Tensor:
-    """``[L]`` float64 fraction of its tokens each layer keeps: in proportion to ``shares``, at most 1, mean ``keep``.
+def layer_keeps(keep: float, shares: Tensor, low: float = 0.0) -> Tensor:
+    """``[L]`` float64 fraction of its tokens each layer keeps: by ``shares``, in [``low``, 1], mean ``keep``.
 
-    Water-filling: a layer whose share would keep more than all its tokens keeps
-    them all and the rest is split among the others in proportion to their shares
-    (evenly, should those shares all be zero).
+    Water-filling: each layer keeps ``clip(c * share, low, 1)`` with ``c`` set
+    so that the mean is ``keep``; a layer whose share would keep more than all
+    its tokens keeps them all, one whose share would keep less than ``low``
+    (the tokens it must keep) keeps ``low``, and the others share the rest in
+    proportion to their shares. Should all the shares left be zero, they
+    share it evenly.
 
     Args:
-        keep: mean fraction kept, in [0, 1].
-        shares: ``[L]`` non-negative shares, not all zero.
+        keep: mean fraction kept, in [``low``, 1].
+        shares: ``[L]`` non-negative shares.
+        low: least fraction every layer keeps, in [0, ``keep``].
     """
     shares = shares.double()
-    if not 0.0 <= keep <= 1.0 or (shares < 0).any() or not shares.sum() > 0:
-        raise ValueError(f"keep must be in [0, 1] and shares non-negative, not all zero; got {keep}, {shares.tolist()}")
-    if keep == 1.0:
-        return torch.ones_like(shares)
-    keeps = torch.zeros_like(shares)
-    full = torch.zeros_like(shares, dtype=torch.bool)
-    for _ in range(len(shares)):  # each pass fills at least one more layer or ends
-        left = keep * len(shares) - int(full.sum())
-        weights = torch.where(full, 0.0, shares)
-        weights = weights if weights.sum() > 0 else (~full).double()
-        keeps = torch.where(full, 1.0, left * weights / weights.sum())
-        over = keeps > 1
-        if not over.any():
-            break
-        full |= over
-    return keeps.clamp(max=1.0)
+    if not 0.0 <= low <= keep <= 1.0 or (shares < 0).any():
+        raise ValueError(f"need 0 <= low ({low}) <= keep ({keep}) <= 1 and non-negative shares, got {shares.tolist()}")
+    if shares.sum() == 0:
+        shares = torch.ones_like(shares)
+
+    def mean_kept(c: float) -> float:
+        return float((c * shares).clamp(low, 1.0).mean())
+
+    lo, hi = 0.0, 1.0 / shares[shares > 0].min().item()  # at hi every layer with a share keeps everything
+    if mean_kept(hi) < keep:  # zero-share layers must take the rest: they share it evenly
+        rest = (keep * len(shares) - (shares > 0).sum().item()) / (shares == 0).sum().item()
+        return torch.where(shares > 0, 1.0, torch.tensor(rest, dtype=torch.float64))
+    for _ in range(100):  # bisection: the mean is continuous and non-decreasing in c
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_kept(mid) < keep else (lo, mid)
+    return (hi * shares).clamp(low, 1.0)
 
 
 def layer_budget(valid_tokens: Tensor, num_heads: int, ratio: float | Tensor, mandatory: Tensor) -> Tensor:

@@ -397,3 +397,31 @@ def test_chunked_prefill_attends_over_what_earlier_chunks_kept_and_holds_only_th
     for q_len in (1, 3, 1):
         step = qkv(bsz, 6, 2, q_len, 16, torch.float32, gen)
         torch.testing.assert_close(module(*step).double(), ref.step(*step), atol=1e-4, rtol=0)
+
+
+def test_chunked_prefill_sizes_each_layers_pool_for_what_its_layer_prior_keeps():
+    """Two layers, the second audio-critical, a row with audio in its middle chunks and a text-only row.
+
+    Each layer's pool is allocated once, at the first chunk, for what its rows will
+    keep: never grown later (too small) and never more than a page per row spare.
+    """
+    gen = torch.Generator().manual_seed(11)
+    length, chunk, page, reserve = 300, 64, 16, 4
+    cfg = AudioKVConfig(compression_ratio=0.7, window=8, sinks=2, page_size=page, decode_reserve=reserve,
+                        prefill_chunk=chunk, layer_prior=1.0)  # fmt: skip
+    q, k, v = qkv(2, 6, 2, length, 16, torch.float32, gen)
+    spans = torch.tensor([[70, 200], [0, 0]])
+    kept = []
+    for idx in range(2):
+        module = AudioKVAttention(cfg, num_heads=6, num_kv_heads=2, head_dim=16, head_prior=torch.tensor([0.3, 0.7]),
+                                  layer_prior=torch.tensor([0.1, 0.3]), layer_idx=idx, num_layers=2)  # fmt: skip
+        pages = []
+        for s in range(0, length, chunk):
+            e = min(s + chunk, length)
+            module(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], audio_span=spans, chunk=(s, length))
+            pages.append(module.pool.num_pages)
+        assert pages == pages[:1] * len(pages)
+        need = sum(-(-(n + reserve) // page) for n in module.budgets.flatten().tolist())
+        assert need <= pages[0] <= need + 4  # 4 rows: under a page each of rounding
+        kept.append(module.budgets.sum(-1).tolist())
+    assert kept[1][0] > kept[0][0] and kept[1][1] == kept[0][1]  # the audio row follows the prior, the text row not

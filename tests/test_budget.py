@@ -168,20 +168,27 @@ def test_layer_shares_mix_the_uniform_split_with_the_layers_prior():
         layer_shares(prior, 1.5)
 
 
-@given(st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 5)), min_size=1, max_size=12).filter(any), st.floats(0, 1))
-def test_layer_keeps_water_fill_the_mean_under_one(shares, keep):
-    shares = torch.tensor(shares, dtype=torch.float64)
-    got = layer_keeps(keep, shares)
+@given(
+    st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 5)), min_size=1, max_size=12),
+    st.floats(0, 1),
+    st.floats(0, 1),
+)
+def test_layer_keeps_water_fill_the_mean_between_low_and_one(shares, keep, low):
+    shares, low = torch.tensor(shares, dtype=torch.float64), low * keep
+    got = layer_keeps(keep, shares, low)
     assert got.mean().item() == pytest.approx(keep, abs=1e-9)
-    assert ((got >= 0) & (got <= 1)).all()
-    below = (got < 1 - 1e-9) & (shares > 0)  # layers not full keep in proportion to their shares
-    if below.any():
-        per_share = got[below] / shares[below]
+    assert ((got >= low - 1e-12) & (got <= 1)).all()
+    inside = (got > low + 1e-9) & (got < 1 - 1e-9) & (shares > 0)  # layers at neither bound keep by their shares
+    if inside.any():
+        per_share = got[inside] / shares[inside]
         assert torch.allclose(per_share, per_share[0].expand_as(per_share), rtol=1e-6)
-        assert (shares[got >= 1 - 1e-9] >= shares[below].max() - 1e-9).all()  # the largest shares fill first
+        assert (shares[got >= 1 - 1e-9] >= shares[inside].max() - 1e-9).all()  # the largest shares fill first
+        assert (shares[got <= low + 1e-9] <= shares[inside].min() + 1e-9).all()  # the smallest sit on the floor
 
 
 def test_layer_keeps_fill_the_largest_share_first():
     got = layer_keeps(0.5, torch.tensor([1.0, 1.0, 4.0]))
     assert torch.allclose(got, torch.tensor([0.25, 0.25, 1.0], dtype=torch.float64))
     assert torch.allclose(layer_keeps(0.8, torch.tensor([0.0, 1.0])), torch.tensor([0.6, 1.0], dtype=torch.float64))
+    low = layer_keeps(0.1, torch.tensor([0.0, 1.0, 3.0]), low=0.05)  # the zero share keeps the floor
+    assert torch.allclose(low, torch.tensor([0.05, 0.0625, 0.1875], dtype=torch.float64))

@@ -237,3 +237,30 @@ def test_the_layer_prior_moves_budget_between_layers_in_audio_rows_only():
                             num_layers=2, policy="audiokv-even-layers", kernel="reference")  # fmt: skip
     even(q, k, v, audio_span=spans)
     assert even.budgets.sum(-1).tolist() == uniform[0].tolist()
+
+
+def _layer_budgets(cfg, prior, q, k, v, **kwargs):
+    """``[layer, head]`` budgets of row 0 in two layers that share ``prior`` (``[2]``)."""
+    out = []
+    for idx in range(2):
+        layer = AudioKVAttention(cfg, num_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=16, layer_idx=idx,
+                                 num_layers=2, layer_prior=prior, kernel="reference", **kwargs)  # fmt: skip
+        layer(q, k, v, audio_span=(0, k.shape[2]))
+        out.append(layer.budgets[0].tolist())
+    return out
+
+
+def test_the_layer_prior_never_spends_more_than_the_even_split():
+    """At 0.9 a 400-token prompt keeps 40 per head, 36 of which (sinks and window) every layer must keep."""
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, h, 400, 16, generator=gen) for h in (4, 2, 2))
+    cfg = AudioKVConfig(compression_ratio=0.9, window=32, page_size=16, sinks=4, layer_prior=1.0, safeguard=1.0)
+    assert _layer_budgets(cfg, torch.tensor([0.1, 0.3]), q, k, v) == [[36, 36], [44, 44]]  # not [[36, 36], [60, 60]]
+
+
+def test_a_layer_without_prior_still_keeps_a_token_per_head():
+    """Cross-attention without sinks: a layer whose prior is zero keeps one token, not none."""
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = torch.randn(1, 4, 2, 16, generator=gen), *(torch.randn(1, 2, 100, 16, generator=gen) for _ in range(2))
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, sinks=0, layer_prior=1.0, safeguard=1.0)
+    assert _layer_budgets(cfg, torch.tensor([0.0, 1.0]), q, k, v, cross_attention=True) == [[1, 1], [99, 99]]
