@@ -23,6 +23,13 @@ def test_decode_benchmark_checks_correctness_and_counts_no_recompiles(tmp_path):
     assert balanced["kept_per_head_min_max"][0] == balanced["kept_per_head_min_max"][1]
 
 
+def test_decode_benchmark_counts_the_recompiles_of_a_growing_pool(tmp_path):
+    """A reserve of one token and a page of steps: the pool grows while timed, and flex compiles again."""
+    args = ["--context", "300", "--ratios", "0.6", "--steps", "140", "--reserve", "1", "--shape", "4,2,16"]
+    (row,) = main([*args, "--device", "cpu", "--out", str(tmp_path / "decode.json")])
+    assert row["pool_growths"] > 0 and row["recompiles_during_decode"] >= 1
+
+
 def test_prefill_benchmark_reports_the_compression_share(tmp_path):
     from benchmarks.prefill import main as prefill
 
