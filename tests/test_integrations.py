@@ -775,6 +775,14 @@ def gemma3n_inputs(gen, bsz=1, text_after=1500):
                 input_features_mask=torch.ones(bsz, 200, dtype=torch.bool))  # fmt: skip
 
 
+def test_a_shared_pool_carries_the_prior_of_every_layer_that_reads_it():
+    from audiokv.integrations.families import LayerRoles
+
+    roles = LayerRoles(compressed=[0, 2], shared={3: 2, 4: 2}, kept=[1])  # Gemma 3n-like: 3 and 4 read layer 2
+    scores = torch.tensor([[1.0, 3.0], [9.0, 9.0], [0.0, 2.0], [1.0, 1.0], [2.0, 0.0]])
+    assert roles.pool_prior(scores).tolist() == [2.0, 3.0]  # layer 0 alone; layer 2 plus its two readers
+
+
 @pytest.mark.parametrize("bsz", [1, 2])
 def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
     model = tiny_gemma3n()

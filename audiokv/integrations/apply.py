@@ -243,7 +243,7 @@ def apply_audiokv(
         module.audiokv = engine
         handle._modules.append(module)
 
-    layer_prior = None if calibration is None else calibration.scores[list(roles.compressed)].float().mean(-1)
+    layer_prior = None if calibration is None else roles.pool_prior(calibration.scores)
     for position, idx in enumerate(roles.compressed):
         module = modules[idx]
         engine = AudioKVAttention(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,19 @@ class LayerRoles:
     compressed: list[int]
     shared: dict[int, int]
     kept: list[int]
+
+    def pool_prior(self, scores: Tensor) -> Tensor:
+        """``[len(compressed)]`` calibrated prior of each compressed layer's pool, for the layer split.
+
+        ``scores``: ``[num_layers, H_kv]`` head scores of every layer. A pool serves
+        its own layer and the layers that share it, so its prior is the sum of their
+        mean head scores: a token evicted there is lost to all of them.
+        """
+        prior = scores.float().mean(-1)
+        pooled = {idx: prior[idx] for idx in self.compressed}
+        for idx, source in self.shared.items():
+            pooled[source] = pooled[source] + prior[idx]
+        return torch.stack([pooled[idx] for idx in self.compressed])
 
 
 def is_sliding(module: nn.Module, idx: int, text_config) -> bool:
