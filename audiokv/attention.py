@@ -76,6 +76,15 @@ def chunk_layout(first: int, total: int, chunk: int) -> list[tuple[int, int]]:
     return [(0, min(first, total))] + [(s, min(s + chunk, total)) for s in range(first, total, chunk)]
 
 
+def chunk_spans(spans: Tensor, start: int, end: int) -> Tensor:
+    """``[B, 2]`` each row's part of its audio span ``spans`` in the chunk ``[start, end)``, in chunk positions.
+
+    ``(0, 0)`` where the chunk holds none of it.
+    """
+    part = (spans - start).clamp(0, end - start)
+    return torch.where((part[:, 1] > part[:, 0])[:, None], part, 0)
+
+
 class AudioKVAttention(nn.Module):
     """Attention over an AudioKV-compressed, paged KV cache for one layer.
 
@@ -352,9 +361,12 @@ class AudioKVAttention(nn.Module):
             return out
         shares = layer_shares(self.layer_prior, cfg.layer_prior)
         keep = 1.0 - cfg.compression_ratio
+        ratios: dict[float, float] = {}  # rows of one length share one water-filling
         for row in audio.nonzero()[:, 0].tolist():
             low = min(max(int(mandatory[row]), 1) / max(int(valid[row]), 1), keep)
-            out[row] = 1.0 - float(layer_keeps(keep, shares, low)[self.layer_idx])
+            if low not in ratios:
+                ratios[low] = 1.0 - float(layer_keeps(keep, shares, low)[self.layer_idx])
+            out[row] = ratios[low]
         return out
 
     def _select(
@@ -455,10 +467,8 @@ class AudioKVAttention(nn.Module):
         self._check_shapes(query, key, value)
         bsz, _, length, _ = key.shape
         end, in_flight = start + length, key.nbytes + value.nbytes
-        spans = whole = self._spans(audio_span, bsz, total)
-        if spans is not None:  # this chunk's part of each row's span; (0, 0) where it has none
-            spans = (spans - start).clamp(0, length)
-            spans = torch.where((spans[:, 1] > spans[:, 0])[:, None], spans, 0)
+        whole = self._spans(audio_span, bsz, total)
+        spans = None if whole is None else chunk_spans(whole, start, end)
         mask = None if key_mask is None else key_mask[:, start:end]
         if start == 0:
             self.reset()
@@ -511,7 +521,8 @@ class AudioKVAttention(nn.Module):
             mandatory = torch.clamp(valid, max=(cfg.sinks if i == 0 else 0) + cfg.window)
             audio = torch.zeros(bsz, dtype=torch.bool)  # rows with audio in this chunk: the layer prior's ratio
             if spans is not None:
-                audio = (spans[:, 0] < end) & (spans[:, 1] > start) & (spans[:, 1] > spans[:, 0])
+                part = chunk_spans(spans, start, end)
+                audio = part[:, 1] > part[:, 0]
             ratio = self._row_ratios(self._ratio(n), audio, valid, mandatory)
             held += int(layer_budget(valid, self.num_kv_heads, ratio, mandatory).sum())
         return held

@@ -9,8 +9,9 @@ every row's stored (kept, merged) tokens (exact selection and merging are the
 tests' job), compiles outside the timing, takes the median of many steps and counts
 the graphs compiled during the timed steps (dynamo's ``unique_graphs``: its
 ``recompiles`` counter stays empty in torch 2.13 however often flex recompiles).
-On GPU the layer is replicated until its caches are twice the L2 cache and the steps rotate among the copies, so no step
-reads from L2; the dense baselines rotate the same way. The baselines' caches
+On GPU the layer is replicated until its caches are twice the L2 cache and
+the steps rotate among the copies, so no step reads from L2; the dense
+baselines rotate the same way. The baselines' caches
 grow by one token per step, as the pool does. Achieved bandwidth (bytes of K/V
 a step must read / time) is reported as a fraction of a measured
 device-to-device copy. On CPU, quote ratios between rows of one run, never
