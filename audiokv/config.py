@@ -50,7 +50,7 @@ class AudioKVConfig:
             that use the prior.
         safeguard: every KV head keeps at least this fraction of the average
             per-head budget (AdaKV's safeguard), in [0, 1]; None (the default):
-            AdaKV's 0.2, and 0.35 in the audio rows AudioKV splits by key path
+            AdaKV's 0.2, and 0.5 in the audio rows AudioKV splits by key path
             (chosen on the tune split: at 0.2 a head whose keys barely move gets
             so few tokens that Whisper base loops).
         sinks: number of first tokens always kept (attention sinks).

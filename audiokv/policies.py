@@ -85,7 +85,7 @@ class Policy:
     path_budgets: bool = False
     text_rarity: bool = False
     layer_split: bool = False
-    path_safeguard: float = 0.35
+    path_safeguard: float = 0.5
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""

@@ -35,7 +35,7 @@ GRID: list[tuple[str, dict]] = [
     ("audiokv", {"coverage_floor": 0.5}),
     ("audiokv-sss", {"sss_cutoff": 0.3}),
     ("audiokv", {"safeguard": 0.2}),
-    ("audiokv", {"safeguard": 0.5}),
+    ("audiokv", {"safeguard": 0.35}),
     ("audiokv", {"safeguard": 1.0}),
     ("audiokv", {"head_prior_strength": 0.5}),
     ("audiokv", {"layer_prior": 0.0}),

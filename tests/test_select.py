@@ -187,7 +187,7 @@ def test_path_budgets_follow_how_far_each_heads_keys_move_not_where_its_queries_
 
 
 def test_rows_split_by_key_path_keep_a_higher_floor_than_adakvs_and_text_rows_keep_adakvs():
-    """Head 0's audio keys stand still, so the path split gives it only its floor: 0.35 of the
+    """Head 0's audio keys stand still, so the path split gives it only its floor: 0.5 of the
     average by default in the audio row (0.2 starved heads on the tune split), AdaKV's 0.2 in a text row."""
     gen = torch.Generator().manual_seed(6)
     q, k, v = (torch.randn(2, h, 400, 16, generator=gen) for h in (4, 2, 2))
@@ -200,10 +200,10 @@ def test_rows_split_by_key_path_keep_a_higher_floor_than_adakvs_and_text_rows_ke
         layer(q, k, v, audio_span=torch.tensor([[8, 380], [0, 0]]))
         return layer.budgets.tolist()
 
-    default, adakv, higher = budgets(), budgets(safeguard=0.2), budgets(safeguard=0.35)
-    assert default[0] == higher[0] == [35, 165]  # ceil(0.35 x 100): the audio row's floor
+    default, adakv, higher = budgets(), budgets(safeguard=0.2), budgets(safeguard=0.5)
+    assert default[0] == higher[0] == [50, 150]  # ceil(0.5 x 100): the audio row's floor
     assert adakv[0] == [20, 180]  # ceil(0.2 x 100)
-    assert default[1] == adakv[1] == [20, 180] and higher[1] == [35, 165]  # the text row: AdaKV's floor
+    assert default[1] == adakv[1] == [20, 180] and higher[1] == [50, 150]  # the text row: AdaKV's floor
 
 
 def test_the_layer_prior_moves_budget_between_layers_in_audio_rows_only():
