@@ -30,8 +30,7 @@ from audiokv.budget import (
 )
 from audiokv.config import AudioKVConfig
 from audiokv.kernel import (
-    causal_attention,
-    merge_attention,
+    chunk_attention,
     paged_attention,
     reference_paged_attention,
     rows_attention,
@@ -159,11 +158,12 @@ class AudioKVAttention(nn.Module):
         self.peak_kv_bytes = 0  # the most K/V bytes this layer held at once since the prefill (see `_track`)
         self.meter: KVMeter | None = None  # shared by the layers of one model (`apply_audiokv`)
         self._chunks: list[tuple[Tensor, Tensor]] | None = None  # selections of the chunks prefilled so far
+        self.held_before_chunk: list[int] | None = None  # tokens per row before the chunk being prefilled
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
         self.pool = self.block_mask = self.budgets = self.kept_indices = self._evicted_kept = None
-        self._chunks = None
+        self._chunks = self.held_before_chunk = None
         self.decoding = False
         self.prompt_length = self.peak_kv_bytes = 0
 
@@ -476,10 +476,8 @@ class AudioKVAttention(nn.Module):
         else:
             if mask is not None and not mask.all():
                 raise ValueError("padding after the first prefill chunk: the first chunk must reach past it")
-            fp32 = query.float()  # both parts and their merge in fp32, rounded once
-            own = causal_attention(fp32, key, value, scale=self.scaling)
-            held = rows_attention(fp32, self.pool, scale=self.scaling, causal=False, return_lse=True)
-            out = merge_attention([held, own]).to(query.dtype)
+            out = chunk_attention(query, key, value, self.pool, scale=self.scaling)
+            self.held_before_chunk = self.pool.row_lengths  # for the layers that read this pool (Gemma 3n)
         key, value, indices, budgets, log_mass = self._select(
             query, key, value, spans, mask, self.config.sinks if start == 0 else 0
         )
@@ -503,7 +501,7 @@ class AudioKVAttention(nn.Module):
             self.pool.reserve = self._reserve(decode_tokens)
             self.pool.make_room(self.pool.reserve)
             self._compressed(indices[..., : int(budgets.max())], budgets, total)
-            self._chunks = None
+            self._chunks = None  # held_before_chunk stays: the layers reading this pool have yet to run
         return out
 
     def _chunked_budget(self, first_mask: Tensor | None, bsz: int, first: int, total: int, spans: Tensor | None) -> int:
@@ -592,11 +590,19 @@ class SharedKVAttention(nn.Module):
     ) -> Tensor:
         """``[B, H_q, q, D]`` output; ``key``/``value`` are the producer's K/V of this call (read at prefill only).
 
-        ``audio_span``, ``decode_tokens`` and ``chunk`` are accepted for a uniform call and ignored: the
-        producer compresses (chunked prefill is refused for models with shared layers).
+        ``audio_span`` and ``decode_tokens`` are accepted for a uniform call and ignored: the producer
+        compresses. A prompt prefilled in chunks (``chunk``: ``(start, total)``) is read as the producer
+        reads it: what its pool held before this chunk, then the chunk itself.
         """
-        if not self.source.decoding:
+        source = self.source
+        if chunk is not None and not source.decoding:
+            start, _ = chunk
+            if start > 0:  # the producer has already added this chunk's selection: read only what came before
+                held = source.held_before_chunk
+                return chunk_attention(query, key, value, source.pool, scale=self.scaling, held=held)
+            key_mask = None if key_mask is None else key_mask[:, : key.shape[2]]
+        if not source.decoding:
             return prompt_attention(query, key, value, self.scaling, key_mask)
         with torch.no_grad():  # the producer's pool may live on another device
-            out = self.source.attend(query.detach().to(self.source.pool.key_pages.device), self.scaling)
+            out = source.attend(query.detach().to(source.pool.key_pages.device), self.scaling)
             return out.to(query.device)

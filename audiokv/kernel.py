@@ -59,7 +59,14 @@ def paged_attention(query: Tensor, pool: PagedKVPool, block_mask: BlockMask, *, 
 
 
 def rows_attention(
-    query: Tensor, pool: PagedKVPool, *, scale: float, causal: bool = True, return_lse: bool = False, block: int = 2048
+    query: Tensor,
+    pool: PagedKVPool,
+    *,
+    scale: float,
+    causal: bool = True,
+    return_lse: bool = False,
+    block: int = 2048,
+    lengths: list[int] | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Attention of new queries over every row's tokens read in place, one row at a time (the CPU kernel).
 
@@ -69,7 +76,8 @@ def rows_attention(
     holds, its GQA group's queries together, ``block`` of them at a time (the
     logits held are ``[block, tokens]``: a prefill chunk's queries over a long
     pool fit). On a CPU this reads the kept bytes once, where the compiled
-    FlexAttention walks every block of the pool; math in float32.
+    FlexAttention walks every block of the pool; math in float32. ``lengths``
+    limits row ``r`` to its first ``lengths[r]`` tokens (not causal only).
     """
     bsz, heads, q_len, dim = query.shape
     group = heads // pool.num_kv_heads
@@ -82,7 +90,9 @@ def rows_attention(
         future = torch.ones(q_len, q_len, dtype=torch.bool, device=query.device).triu(1).repeat(group, 1)
     out = torch.zeros_like(rows)
     lse = torch.full(rows.shape[:-1], float("-inf"), device=rows.device)
-    for r, runs in enumerate(pool.token_runs()):
+    if lengths is not None and causal:
+        raise ValueError("rows_attention: lengths reads a prefix of each row, which the causal new tokens are not")
+    for r, runs in enumerate(pool.token_runs(lengths)):
         if not runs:
             continue  # a row without tokens: zeros, -inf
         offsets = list(itertools.accumulate((n for _, n in runs), initial=0))
@@ -178,6 +188,25 @@ def causal_attention(
         logits = logits.masked_fill(future, float("-inf"))
         out[..., s:e, :], lse[..., s:e] = _softmax_attention(logits, values[..., :e, :])
     return out.reshape(bsz, heads, q_len, dim).to(query.dtype), lse.reshape(bsz, heads, q_len)
+
+
+def chunk_attention(
+    query: Tensor, key: Tensor, value: Tensor, pool: PagedKVPool, *, scale: float, held: list[int] | None = None
+) -> Tensor:
+    """Attention of one prefill chunk: what ``pool`` held before the chunk, then the chunk itself causally.
+
+    Args:
+        query: ``[B, H_q, q, D]`` the chunk's queries.
+        key, value: ``[B, H_kv, q, D]`` the chunk's keys and values (not in ``held``).
+        held: tokens each of the pool's rows held before the chunk; default: all it holds now.
+
+    Returns:
+        ``[B, H_q, q, D]``; both parts and their merge in float32, rounded once.
+    """
+    fp32 = query.float()
+    own = causal_attention(fp32, key, value, scale=scale)
+    past = rows_attention(fp32, pool, scale=scale, causal=False, return_lse=True, lengths=held)
+    return merge_attention([past, own]).to(query.dtype)
 
 
 def merge_attention(parts: list[tuple[Tensor, Tensor]]) -> Tensor:

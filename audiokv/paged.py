@@ -363,14 +363,15 @@ class PagedKVPool:
             self._page_runs = (self.version, runs)
         return self._page_runs[1]
 
-    def token_runs(self) -> list[list[tuple[int, int]]]:
+    def token_runs(self, lengths: list[int] | None = None) -> list[list[tuple[int, int]]]:
         """Each row's tokens as runs of consecutive storage slots, ``(first slot, tokens)`` in logical order.
 
         A row is one run after a selection or a growth (:meth:`_regroup`); a
         prompt prefilled in chunks adds a run per chunk that took free pages.
+        ``lengths``: only each row's first ``lengths[r]`` tokens (default: all it holds).
         """
         ps, out = self.page_size, []
-        for row, n in zip(self._page_run_table(), self._lengths_host, strict=True):
+        for row, n in zip(self._page_run_table(), lengths or self._lengths_host, strict=True):
             slots = []
             for page, count in row:
                 if n <= 0:

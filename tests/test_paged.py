@@ -141,6 +141,7 @@ def test_the_rows_kernel_reads_each_row_in_place_as_the_reference_gathers_it(dat
     pool = PagedKVPool.from_selection(
         key, value, indices, counts, page_size=page, log_mass=mass, min_pages=used + spare
     )
+    first = PagedKVPool.from_selection(key, value, indices, counts, page_size=page, log_mass=mass)
     pool.extend(k2, v2, i2, c2, torch.rand(k2.shape[:3]))
     query = torch.randn(bsz, heads * group, q_len, dim, generator=torch.Generator().manual_seed(q_len))
     got, lse = rows_attention(query, pool, scale=0.3, causal=False, return_lse=True, block=block)
@@ -148,6 +149,10 @@ def test_the_rows_kernel_reads_each_row_in_place_as_the_reference_gathers_it(dat
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)  # -inf where a row holds nothing
     torch.testing.assert_close(rows_attention(query, pool, scale=0.3, causal=False, block=block), got)
+    # the rows' first selection only, as a layer sharing the pool reads it during a chunked prefill
+    prefix = rows_attention(query, pool, scale=0.3, causal=False, block=block, lengths=first.row_lengths)
+    want = reference_paged_attention(query, first, scale=0.3, causal=False)
+    torch.testing.assert_close(prefix, want, atol=1e-5, rtol=1e-5)
 
 
 def test_growing_lays_every_row_out_in_one_run_and_drops_free_pages():

@@ -221,8 +221,6 @@ def apply_audiokv(
         )
     chunked = None  # the decoder that prefills in chunks
     if config.prefill_chunk is not None and not family.cross_attention:
-        if roles.shared:
-            raise ValueError("prefill_chunk does not support layers that share another layer's KV (Gemma 3n) yet")
         chunked = layer_stack(model, family.attention)
         if "forward" in chunked.__dict__:
             raise ValueError(f"{type(chunked).__name__}.forward is already wrapped; remove the other handle first")
