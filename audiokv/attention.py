@@ -159,12 +159,13 @@ class AudioKVAttention(nn.Module):
         self.meter: KVMeter | None = None  # shared by the layers of one model (`apply_audiokv`)
         self._chunks: list[tuple[Tensor, Tensor]] | None = None  # selections of the chunks prefilled so far
         self.held_before_chunk: list[int] | None = None  # tokens per row before the chunk being prefilled
+        self._begun = 0  # new tokens of the decode call `begin_step` prepared (0: none yet)
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""
         self.pool = self.block_mask = self.budgets = self.kept_indices = self._evicted_kept = None
         self._chunks = self.held_before_chunk = None
-        self.decoding = False
+        self.decoding, self._begun = False, 0
         self.prompt_length = self.peak_kv_bytes = 0
 
     def select_batch(self, indices: Tensor) -> None:
@@ -242,18 +243,36 @@ class AudioKVAttention(nn.Module):
         with torch.no_grad():  # inference only: no gradients
             if not self.cross_attention:
                 self._check_shapes(query, key, value)
-                self.pool.append(key.detach(), value.detach())
-                self._track(key.nbytes + value.nbytes)
+            if not self._begun:  # called directly, not after a model's `begin_step`
+                self.begin_step(query.shape[2])
+            self._begun = 0
+            if not self.cross_attention:
+                self.pool.write(key.detach(), value.detach())
                 if self._evicted_kept is not None:  # bounded by decode_keep + decode_every
                     held = self._evicted_kept
                     new = held[:, -1:] + 1 + torch.arange(key.shape[2], device=held.device)
                     self._evicted_kept = torch.cat([held, new], 1)
-            self.decoding = True
             out = self.attend(query.detach())
             keep = self.config.decode_keep
             if keep is not None and self.pool.appended >= keep + self.config.decode_every:
                 self._evict_decoded(query.detach()[:, :, -1], keep)
             return out
+
+    def begin_step(self, tokens: int) -> None:
+        """The host side of the next decode call, of ``tokens`` new tokens: room in the pool, counts, the meter.
+
+        A model patched by :func:`audiokv.apply_audiokv` runs it from its forward
+        pre-hook, outside a compiled ``model.forward``, so the decode step itself
+        is tensor work only: one graph, recompiled only when the pool grows. A
+        direct call of this module runs it itself.
+        """
+        if not self.cross_attention:
+            self.pool.claim(tokens)
+            self._track(2 * self.pool.num_rows * tokens * self.head_dim * self.pool.key_pages.element_size())
+        if self.kernel_for(self.pool.key_pages.device) == "flex":
+            self.block_mask.update(tokens)
+        self.decoding = True
+        self._begun = tokens
 
     def _evict_decoded(self, query: Tensor, keep: int) -> None:
         """Keep ``keep`` appended tokens per row: the most recent ``min(window, keep)`` and the best by ``query``.
@@ -283,7 +302,9 @@ class AudioKVAttention(nn.Module):
         scale = self.scaling if scaling is None else scaling
         kernel = self.kernel_for(query.device)
         if kernel == "flex":
-            return paged_attention(query, self.pool, self.block_mask.update(query.shape[2]), scale=scale)
+            return paged_attention(query, self.pool, self.block_mask.mask(query.shape[2]), scale=scale)
+        if torch.compiler.is_compiling():
+            raise RuntimeError(f"a compiled decode step needs apply_audiokv(kernel='flex'), not {kernel!r}")
         attend = rows_attention if kernel == "rows" else reference_paged_attention
         return attend(query, self.pool, scale=scale, causal=not self.cross_attention)
 
@@ -301,6 +322,7 @@ class AudioKVAttention(nn.Module):
                 f"{self.head_dim}; got query {tuple(query.shape)} and key {tuple(key.shape)}"
             )
 
+    @torch.compiler.disable  # data-dependent (scores, budgets, selection): eager in a compiled model
     @torch.no_grad()
     def compress(
         self,
@@ -441,6 +463,7 @@ class AudioKVAttention(nn.Module):
         self._evicted_kept = None
         self.prompt_length = length
 
+    @torch.compiler.disable
     @torch.no_grad()
     def _prefill_chunk(
         self,

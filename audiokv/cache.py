@@ -25,13 +25,37 @@ class AudioKVLayer(CacheLayerMixin):
         super().__init__()
         self.engine = engine
         self.length = 0
+        self._begun = 0  # tokens of the decode call `begin_step` counted ahead (0: none)
+        self._mask_length = 0  # the mask length reported during that call
+        self._seen: torch.Tensor | None = None  # and the tokens seen before it, as a tensor
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
+    def begin_step(self, tokens: int) -> None:
+        """Count a decode call's ``tokens`` before the model's forward runs, and prepare the engine for them.
+
+        During that forward the layer reports, as transformers' static cache
+        does, the tokens seen as a tensor and a mask length that stays the same
+        until the pool grows (the logical length the pool can reach without
+        growing): a compiled forward then reads no integer that changes every
+        step. The compressed layers never read the model's mask. See
+        :meth:`AudioKVAttention.begin_step`.
+        """
+        self.engine.begin_step(tokens)
+        if self._seen is None:
+            self._seen = torch.zeros((), dtype=torch.long, device=self.engine.pool.lengths.device)
+        self._seen.fill_(self.length)
+        self.length += tokens
+        self._begun = tokens
+        self._mask_length = self.length + self.engine.pool.free_slots()
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """New K/V go straight to the attention engine; a first call starts a new sequence."""
+        if self._begun:  # counted by begin_step
+            self._begun = 0
+            return key_states, value_states
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self.length == 0:
@@ -39,11 +63,14 @@ class AudioKVLayer(CacheLayerMixin):
         self.length += key_states.shape[-2]
         return key_states, value_states
 
-    def get_seq_length(self, *args) -> int:
-        return self.length
+    def get_seq_length(self, *args) -> int | torch.Tensor:
+        """Tokens seen before the current call (a 0-d tensor inside a call prepared by :meth:`begin_step`)."""
+        return self._seen if self._begun else self.length
 
     def get_mask_sizes(self, query, *args) -> tuple[int, int]:
         """``(kv_length, kv_offset)``; ``query`` is a length (transformers >= 5.2x) or cache positions."""
+        if self._begun:
+            return self._mask_length, 0
         q_len = query if isinstance(query, int) else query.shape[0]
         return self.length + q_len, 0
 
@@ -53,7 +80,7 @@ class AudioKVLayer(CacheLayerMixin):
     get_max_cache_shape = get_max_length  # the same method's name in transformers < 5.2x
 
     def reset(self) -> None:
-        self.length = 0
+        self.length = self._begun = 0
         self.engine.reset()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
@@ -101,6 +128,16 @@ class AudioKVCache(DynamicCache):
         for idx, engine in engines.items():
             self.layers[idx] = AudioKVLayer(engine)
         self.engines = engines
+
+    def begin_step(self, tokens: int) -> None:
+        """Prepare every compressed layer for a decode call of ``tokens`` new tokens (:meth:`AudioKVLayer.begin_step`).
+
+        `apply_audiokv`'s forward pre-hook calls it, outside ``model.forward``,
+        so that a compiled forward does tensor work only.
+        """
+        for layer in self.layers:
+            if isinstance(layer, AudioKVLayer):
+                layer.begin_step(tokens)
 
     @property
     def kv_bytes(self) -> int:

@@ -51,10 +51,13 @@ def paged_attention(query: Tensor, pool: PagedKVPool, block_mask: BlockMask, *, 
     key = pool.key_pages.view(1, 1, -1, dim)
     value = pool.value_pages.view(1, 1, -1, dim)
     score_mod = None if pool.mass_pages is None else _add_mass(pool.mass_pages.view(-1))
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=4 * RECOMPILE_LIMIT):
-        out = compiled_flex()(
-            rows, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=True
-        )
+    kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=True)
+    if torch.compiler.is_compiling():  # traced into a compiled model (its graph compiles the kernel)
+        out = flex_attention(rows, key, value, **kwargs)
+    else:
+        limits = dict(recompile_limit=RECOMPILE_LIMIT, accumulated_recompile_limit=4 * RECOMPILE_LIMIT)
+        with torch._dynamo.config.patch(**limits):
+            out = compiled_flex()(rows, key, value, **kwargs)
     return out[:, :group].reshape(bsz, heads, q_len, dim)
 
 

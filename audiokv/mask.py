@@ -49,14 +49,18 @@ class PagedBlockMask:
         self.mask_mod = _paged_mask_mod(pool.page_owner, pool.page_rank, self.q_offset, pool.page_size, self.causal)
 
     def update(self, q_len: int) -> BlockMask:
-        """The mask for ``q_len`` new queries whose keys were just appended to the pool.
+        """The mask for ``q_len`` new queries whose slots are the last ``q_len`` of every row.
 
         Query ``i`` of row ``r`` sees the row's logical tokens ``0 .. lengths[r] - q_len + i``
         (causal), or all ``lengths[r]`` tokens (not causal: cross-attention).
+        A decode step updates it before a compiled forward runs, so that
+        FlexAttention there takes its tables as inputs (:meth:`mask`).
         """
         pool = self.pool
         if pool.version != self._version:
             self._bind()
+        if q_len not in self._masks:
+            self._masks[q_len] = self._build(q_len)
         ps = pool.page_size
         offset = pool.lengths - (q_len if self.causal else 1)  # last token the first query sees
         full = (offset + 1) // ps  # pages entirely visible to the first query
@@ -67,8 +71,10 @@ class PagedBlockMask:
         width = self.full_idx.shape[-1]
         cols = (full.long()[:, None] + torch.arange(width, device=full.device)).clamp(max=width - 1)
         self.partial_idx.view(-1, width).copy_(self.full_idx.view(-1, width).gather(1, cols))
-        if q_len not in self._masks:
-            self._masks[q_len] = self._build(q_len)
+        return self._masks[q_len]
+
+    def mask(self, q_len: int) -> BlockMask:
+        """The mask :meth:`update` last set for ``q_len`` queries."""
         return self._masks[q_len]
 
     def _build(self, q_len: int) -> BlockMask:

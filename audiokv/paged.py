@@ -267,26 +267,43 @@ class PagedKVPool:
         self.page_table, self._pages_per_row, self._free = table, pages, []
 
     def append(self, key: Tensor, value: Tensor) -> None:
-        """Write new tokens at the end of every row, in place.
+        """Write new tokens at the end of every row, in place: :meth:`claim`, then :meth:`write`.
 
         Args:
             key, value: ``[B, H_kv, q, D]`` the new tokens' keys and values.
         """
-        bsz, heads, q_len, dim = key.shape
+        self._check_new(key)
+        self.claim(key.shape[2])
+        self.write(key, value)
+
+    def claim(self, tokens: int) -> None:
+        """Make ``tokens`` more slots the last ones of every row: room in the pages, the lengths, the host's counts.
+
+        Growing is geometric, so it happens O(log(steps)) times (each a new
+        kernel shape). Kept apart from :meth:`write` so that a compiled decode
+        step changes no Python integer (dynamo would recompile for each value).
+        """
+        if self.free_slots() < tokens:
+            self.make_room(max(tokens, self.reserve, self._appended))
+        self.lengths += tokens
+        self._lengths_host = [n + tokens for n in self._lengths_host]
+        self._appended += tokens
+
+    def write(self, key: Tensor, value: Tensor) -> None:
+        """Fill each row's last ``q`` slots (:meth:`claim` made them) with ``[B, H_kv, q, D]`` keys and values."""
+        dim, q_len = key.shape[-1], key.shape[2]
+        pos = self.lengths.long()[:, None] - q_len + torch.arange(q_len, device=self.lengths.device)
+        slots = self._slots(pos).reshape(-1)
+        self.key_pages.view(-1, dim).index_copy_(0, slots, key.reshape(-1, dim).to(self.key_pages.dtype))
+        self.value_pages.view(-1, dim).index_copy_(0, slots, value.reshape(-1, dim).to(self.value_pages.dtype))
+
+    def _check_new(self, key: Tensor) -> None:
+        bsz, heads, _, dim = key.shape
         if bsz * heads != self.num_rows or dim != self.key_pages.shape[-1]:
             raise ValueError(
                 f"new keys {tuple(key.shape)} do not match the pool's {self.num_rows} rows "
                 f"of head_dim {self.key_pages.shape[-1]}"
             )
-        if self.free_slots() < q_len:  # geometric: O(log(steps)) reallocations (and kernel shapes)
-            self.make_room(max(q_len, self.reserve, self._appended))
-        pos = self.lengths.long()[:, None] + torch.arange(q_len, device=self.lengths.device)
-        slots = self._slots(pos).reshape(-1)
-        self.key_pages.view(-1, dim).index_copy_(0, slots, key.reshape(-1, dim).to(self.key_pages.dtype))
-        self.value_pages.view(-1, dim).index_copy_(0, slots, value.reshape(-1, dim).to(self.value_pages.dtype))
-        self.lengths += q_len
-        self._lengths_host = [n + q_len for n in self._lengths_host]
-        self._appended += q_len
 
     def _slots(self, pos: Tensor) -> Tensor:
         """``[R, n]`` storage slots of each row's logical positions ``pos`` (``[R, n]``)."""

@@ -65,6 +65,12 @@ def decode_tokens(model: nn.Module, args: tuple, kwargs: dict) -> int | None:
     return max(int(new) - 1, 0)
 
 
+def _new_tokens(args: tuple, kwargs: dict) -> int:
+    """Tokens a decoder-only model's forward call adds (its ``input_ids`` or ``inputs_embeds``)."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    return (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
+
+
 def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
     """``[B, 2]`` first and one-past-last position of the audio placeholder in each row ((0, 0): none)."""
     if token_id is None:
@@ -194,6 +200,7 @@ def apply_audiokv(
     config: AudioKVConfig,
     calibration: HeadScores | None = None,
     policy: str | Policy = "audiokv",
+    kernel: str = "auto",
 ) -> AudioKVHandle:
     """Compress ``model``'s KV cache with AudioKV from the next prefill on.
 
@@ -202,6 +209,10 @@ def apply_audiokv(
         config: compression settings.
         calibration: calibrated head scores of this model (its shape is checked).
         policy: ``"audiokv"`` or a baseline from :data:`audiokv.policies.POLICIES`.
+        kernel: attention over the compressed cache: ``"auto"`` (the per-row
+            kernel on CPU, FlexAttention elsewhere), ``"flex"`` (needed on CPU
+            for ``model.forward = torch.compile(model.forward)``: its decode
+            step is then one graph), ``"rows"`` or ``"reference"``.
 
     Returns:
         A handle; ``handle.remove()`` restores the model. ``model.generate`` works
@@ -253,6 +264,7 @@ def apply_audiokv(
             head_prior=None if calibration is None else calibration.scores[idx].clone(),
             layer_prior=layer_prior,
             policy=policy,
+            kernel=kernel,
             layer_idx=position,
             num_layers=len(roles.compressed),
             cross_attention=family.cross_attention,
@@ -271,8 +283,10 @@ def apply_audiokv(
         key = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), default_key)
         cache = kwargs.get(key)
         if isinstance(cache, AudioKVCache | AudioKVEncoderDecoderCache):
-            if cache.get_seq_length() > 0:
-                return args, kwargs  # decoding: nothing to set up
+            if cache.get_seq_length() > 0:  # decoding: the host's part of the step, outside a compiled forward
+                if isinstance(cache, AudioKVCache):
+                    cache.begin_step(_new_tokens(args, kwargs))
+                return args, kwargs
         elif cache is not None and cache.get_seq_length() > 0:
             raise ValueError("audiokv needs the cache from the start of the sequence; got a partly filled cache")
         elif kwargs.get("use_cache") is False:
