@@ -243,8 +243,11 @@ class AudioKVAttention(nn.Module):
         with torch.no_grad():  # inference only: no gradients
             if not self.cross_attention:
                 self._check_shapes(query, key, value)
+                self.pool.check_new(key)
             if not self._begun:  # called directly, not after a model's `begin_step`
                 self.begin_step(query.shape[2])
+            elif self._begun != query.shape[2]:
+                raise ValueError(f"this decode step was prepared for {self._begun} new tokens, got {query.shape[2]}")
             self._begun = 0
             if not self.cross_attention:
                 self.pool.write(key.detach(), value.detach())
@@ -256,6 +259,8 @@ class AudioKVAttention(nn.Module):
             keep = self.config.decode_keep
             if keep is not None and self.pool.appended >= keep + self.config.decode_every:
                 self._evict_decoded(query.detach()[:, :, -1], keep)
+                if self.kernel_for(query.device) == "flex":  # layers sharing this pool read it in this step still
+                    self.block_mask.update(query.shape[2])
             return out
 
     def begin_step(self, tokens: int) -> None:
@@ -273,6 +278,12 @@ class AudioKVAttention(nn.Module):
             self.block_mask.update(tokens)
         self.decoding = True
         self._begun = tokens
+
+    def cancel_step(self, tokens: int) -> None:
+        """Undo a :meth:`begin_step` of ``tokens`` (the model's forward raised): the pool forgets their slots."""
+        if not self.cross_attention:
+            self.pool.drop_last(tokens)
+        self._begun = 0
 
     def _evict_decoded(self, query: Tensor, keep: int) -> None:
         """Keep ``keep`` appended tokens per row: the most recent ``min(window, keep)`` and the best by ``query``.
@@ -621,8 +632,12 @@ class SharedKVAttention(nn.Module):
         if chunk is not None and not source.decoding:
             start, _ = chunk
             if start > 0:  # the producer has already added this chunk's selection: read only what came before
+                dev = source.pool.key_pages.device  # the producer's pool may live on another device
                 held = source.held_before_chunk
-                return chunk_attention(query, key, value, source.pool, scale=self.scaling, held=held)
+                out = chunk_attention(
+                    query.to(dev), key.to(dev), value.to(dev), source.pool, scale=self.scaling, held=held
+                )
+                return out.to(query.device)
             key_mask = None if key_mask is None else key_mask[:, : key.shape[2]]
         if not source.decoding:
             return prompt_attention(query, key, value, self.scaling, key_mask)

@@ -25,7 +25,8 @@ class AudioKVLayer(CacheLayerMixin):
         super().__init__()
         self.engine = engine
         self.length = 0
-        self._begun = 0  # tokens of the decode call `begin_step` counted ahead (0: none)
+        self._begun = 0  # tokens of the decode call `begin_step` counted ahead, until `update` (0: none)
+        self._step = 0  # the same, until `end_step`
         self._mask_length = 0  # the mask length reported during that call
         self._seen: torch.Tensor | None = None  # and the tokens seen before it, as a tensor
 
@@ -48,8 +49,15 @@ class AudioKVLayer(CacheLayerMixin):
             self._seen = torch.zeros((), dtype=torch.long, device=self.engine.pool.lengths.device)
         self._seen.fill_(self.length)
         self.length += tokens
-        self._begun = tokens
+        self._begun = self._step = tokens
         self._mask_length = self.length + self.engine.pool.free_slots()
+
+    def end_step(self, failed: bool) -> None:
+        """Close the step :meth:`begin_step` opened; undo it if the forward ``failed`` (raised) or never reached us."""
+        if self._step and (failed or self._begun or self.engine._begun):
+            self.engine.cancel_step(self._step)
+            self.length -= self._step
+        self._begun = self._step = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """New K/V go straight to the attention engine; a first call starts a new sequence."""
@@ -80,7 +88,7 @@ class AudioKVLayer(CacheLayerMixin):
     get_max_cache_shape = get_max_length  # the same method's name in transformers < 5.2x
 
     def reset(self) -> None:
-        self.length = self._begun = 0
+        self.length = self._begun = self._step = 0
         self.engine.reset()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
@@ -138,6 +146,12 @@ class AudioKVCache(DynamicCache):
         for layer in self.layers:
             if isinstance(layer, AudioKVLayer):
                 layer.begin_step(tokens)
+
+    def end_step(self, failed: bool) -> None:
+        """After the model's forward, even one that raised (``failed``): undo the step where it did not complete."""
+        for layer in self.layers:
+            if isinstance(layer, AudioKVLayer):
+                layer.end_step(failed)
 
     @property
     def kv_bytes(self) -> int:

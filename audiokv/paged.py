@@ -272,7 +272,7 @@ class PagedKVPool:
         Args:
             key, value: ``[B, H_kv, q, D]`` the new tokens' keys and values.
         """
-        self._check_new(key)
+        self.check_new(key)
         self.claim(key.shape[2])
         self.write(key, value)
 
@@ -297,7 +297,8 @@ class PagedKVPool:
         self.key_pages.view(-1, dim).index_copy_(0, slots, key.reshape(-1, dim).to(self.key_pages.dtype))
         self.value_pages.view(-1, dim).index_copy_(0, slots, value.reshape(-1, dim).to(self.value_pages.dtype))
 
-    def _check_new(self, key: Tensor) -> None:
+    def check_new(self, key: Tensor) -> None:
+        """Raise unless ``[B, H_kv, q, D]`` new keys fit the pool's rows and head size."""
         bsz, heads, _, dim = key.shape
         if bsz * heads != self.num_rows or dim != self.key_pages.shape[-1]:
             raise ValueError(

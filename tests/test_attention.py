@@ -211,6 +211,27 @@ def test_a_layer_sharing_the_kv_attends_over_the_producers_pool():
         torch.testing.assert_close(reader(own, k, v).double(), ref.attend(own), atol=1e-4, rtol=0)
 
 
+def test_a_layer_reading_an_evicting_pool_sees_what_the_producer_kept_in_this_step():
+    """Decode-time eviction shrinks the producer's rows in the middle of a step; the reader runs after it."""
+    gen = torch.Generator().manual_seed(9)
+    cfg = AudioKVConfig(compression_ratio=0.5, window=4, page_size=16, decode_keep=6, decode_every=4, decode_reserve=16)
+    producers = [
+        AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, kernel=k) for k in ("flex", "reference")
+    ]
+    readers = [SharedKVAttention(p, scaling=0.3) for p in producers]
+    q, k, v = qkv(1, 4, 2, 40, 16, torch.float32, gen)
+    for producer in producers:
+        producer(q, k, v)
+    for _ in range(16):  # evicts at the 10th and the 14th step
+        q, k, v = qkv(1, 4, 2, 1, 16, torch.float32, gen)
+        own = torch.randn(q.shape, generator=gen)
+        for producer in producers:
+            producer(q, k, v)
+        flex, reference = (reader(own, k, v) for reader in readers)
+        torch.testing.assert_close(flex, reference, atol=1e-5, rtol=0)
+    assert producers[0].decoded_kept.shape[1] == 8  # evicted twice: 6 kept, 2 appended since
+
+
 def test_left_padding_keeps_the_same_tokens_as_the_unpadded_row():
     gen = torch.Generator().manual_seed(5)
     # no pooling: max pooling creates plateaus of tied scores whose order is arbitrary

@@ -1,6 +1,7 @@
 """apply_audiokv on tiny random transformers models (built offline from their configs)."""
 
 import itertools
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -852,3 +853,39 @@ def test_gemma3n_prefilled_in_chunks_its_sharers_read_what_the_producer_held_bef
     want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
     assert torch.equal(out.sequences, want.sequences)
     torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
+
+
+def test_a_forward_without_a_cache_is_plain_attention_even_after_a_compressed_generate():
+    model = tiny("qwen2")
+    ids = torch.randint(3, 97, (2, 80), generator=torch.Generator().manual_seed(3))
+    want = model(ids, use_cache=False).logits
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.7, window=8, page_size=16)):
+        model.generate(ids, max_new_tokens=4, do_sample=False)
+        for _ in range(2):  # the engines hold the last pool: nothing may append to it or read it
+            torch.testing.assert_close(model(ids, use_cache=False).logits, want, atol=1e-5, rtol=0)
+
+
+def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
+    model = tiny("qwen2")
+    gen = torch.Generator().manual_seed(4)
+    ids, steps = torch.randint(3, 97, (1, 80), generator=gen), torch.randint(3, 97, (1, 3), generator=gen)
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16)
+
+    def run(fail_at):
+        cache = AudioKVCache(model.config, handle.engines)
+        model(ids, past_key_values=cache, use_cache=True)
+        logits = []
+        for i in range(3):
+            if i == fail_at:
+                second = model.model.layers[1].self_attn.audiokv  # the first layer has written its step
+                with (
+                    mock.patch.object(second, "forward", side_effect=RuntimeError("boom")),
+                    pytest.raises(RuntimeError),
+                ):
+                    model(steps[:, i : i + 1], past_key_values=cache, use_cache=True)
+                assert cache.get_seq_length() == 80 + i  # the failed step is not counted
+            logits.append(model(steps[:, i : i + 1], past_key_values=cache, use_cache=True).logits)
+        return torch.cat(logits, 1)
+
+    with apply_audiokv(model, cfg) as handle:
+        torch.testing.assert_close(run(fail_at=1), run(fail_at=None), atol=1e-6, rtol=0)

@@ -47,6 +47,7 @@ class _Prompt:
     key_mask: Tensor | None = None  # [B, T] bool
     decode_tokens: int | None = None  # tokens the running `generate` call appends after the prompt
     chunk: tuple[int, int] | None = None  # (start, total) of the prompt chunk being prefilled
+    bypass: bool = False  # a forward without a cache (use_cache=False): plain attention, nothing kept
 
 
 def decode_tokens(model: nn.Module, args: tuple, kwargs: dict) -> int | None:
@@ -87,7 +88,7 @@ def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
 
 def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     engine: AudioKVAttention | SharedKVAttention | None = getattr(module, "audiokv", None)
-    if engine is None:
+    if engine is None or engine.prompt.bypass:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
@@ -114,7 +115,7 @@ class AudioKVHandle:
     engines: dict[int, AudioKVAttention]
     _modules: list[nn.Module] = field(default_factory=list)
     _configs: list[tuple[object, str | None]] = field(default_factory=list)
-    _hook: object = None
+    _hooks: list[object] = field(default_factory=list)  # the model's forward pre- and post-hooks
     _generate: object = None  # the model's own `generate` instance attribute, if it had one
     _chunked: nn.Module | None = None  # the decoder whose forward prefills in chunks
     meter: KVMeter = field(default_factory=KVMeter)
@@ -125,15 +126,16 @@ class AudioKVHandle:
             del module.audiokv
         for config, impl in self._configs:
             config._attn_implementation = impl
-        if self._hook is not None:
-            self._hook.remove()
+        if self._hooks:
+            for hook in self._hooks:
+                hook.remove()
             if self._generate is None:
                 del self.model.generate
             else:
                 self.model.generate = self._generate
         if self._chunked is not None:
             del self._chunked.forward
-        self._modules, self._configs, self._hook, self._generate, self._chunked = [], [], None, None, None
+        self._modules, self._configs, self._hooks, self._generate, self._chunked = [], [], [], None, None
 
     def __enter__(self) -> AudioKVHandle:
         return self
@@ -279,9 +281,13 @@ def apply_audiokv(
     params = inspect.signature(model.forward).parameters
     default_key = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
 
-    def pre_hook(_module, args, kwargs):
+    def cache_of(kwargs: dict) -> tuple[str, object]:
         key = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), default_key)
-        cache = kwargs.get(key)
+        return key, kwargs.get(key)
+
+    def pre_hook(_module, args, kwargs):
+        key, cache = cache_of(kwargs)
+        prompt.bypass = False
         if isinstance(cache, AudioKVCache | AudioKVEncoderDecoderCache):
             if cache.get_seq_length() > 0:  # decoding: the host's part of the step, outside a compiled forward
                 if isinstance(cache, AudioKVCache):
@@ -289,7 +295,8 @@ def apply_audiokv(
                 return args, kwargs
         elif cache is not None and cache.get_seq_length() > 0:
             raise ValueError("audiokv needs the cache from the start of the sequence; got a partly filled cache")
-        elif kwargs.get("use_cache") is False:
+        elif kwargs.get("use_cache") is False:  # nothing is cached, so nothing is compressed
+            prompt.bypass = True
             return args, kwargs
         elif family.cross_attention:
             kwargs[key] = AudioKVEncoderDecoderCache(handle.engines)
@@ -304,7 +311,15 @@ def apply_audiokv(
         prompt.key_mask = mask.bool() if mask is not None and mask.dim() == 2 and not mask.all() else None
         return args, kwargs
 
-    handle._hook = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    def post_hook(_module, args, kwargs, output):  # runs even when the forward raised (output None)
+        _, cache = cache_of(kwargs)
+        if isinstance(cache, AudioKVCache):
+            cache.end_step(failed=output is None)  # a failed step is undone: the cache stays usable
+
+    handle._hooks = [
+        model.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        model.register_forward_hook(post_hook, with_kwargs=True, always_call=True),
+    ]
     handle._generate = model.__dict__.get("generate")
     generate = model.generate
 
