@@ -389,7 +389,7 @@ class PagedKVPool:
         ``lengths``: only each row's first ``lengths[r]`` tokens (default: all it holds).
         """
         ps, out = self.page_size, []
-        for row, n in zip(self._page_run_table(), lengths or self._lengths_host, strict=True):
+        for row, n in zip(self._page_run_table(), self._lengths_host if lengths is None else lengths, strict=True):
             slots = []
             for page, count in row:
                 if n <= 0:
