@@ -18,7 +18,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/audiokv demo
 
-# The tune/test speech sets (needs apt packages espeak-ng flite festival festvox-kallpc16k sox).
+# The tune/test speech sets (needs apt packages espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts sox).
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 
