@@ -71,8 +71,8 @@ results: $(STAMP)
 	$(BIN)/python -m benchmarks.report $(R)/*.json --readme > /dev/null
 
 lint: $(STAMP)
-	$(BIN)/ruff check audiokv tests benchmarks
-	$(BIN)/ruff format --check audiokv tests benchmarks
+	$(BIN)/ruff check audiokv tests benchmarks notebooks
+	$(BIN)/ruff format --check audiokv tests benchmarks notebooks
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -92,8 +92,8 @@ check-install: $(STAMP)
 	bash .ci/check_install
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix audiokv tests benchmarks
-	$(BIN)/ruff format audiokv tests benchmarks
+	$(BIN)/ruff check --fix audiokv tests benchmarks notebooks
+	$(BIN)/ruff format audiokv tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
