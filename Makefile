@@ -68,6 +68,7 @@ results: $(STAMP)
 	$(BIN)/python -m benchmarks.decode --steps 2000 --reserve 16 --out $(R)/decode-cpu-2000steps.json
 	$(BIN)/python -m benchmarks.prefill
 	$(BIN)/python -m benchmarks.generate
+	$(BIN)/python -m benchmarks.compiled
 	$(BIN)/python -m benchmarks.report $(R)/*.json --readme > /dev/null
 
 lint: $(STAMP)

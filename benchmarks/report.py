@@ -126,16 +126,25 @@ BENCHMARKS = {
             lambda r: f"{r['max_logit_diff_vs_masked']:.1e}" if r["cache"] == "audiokv" else "",
         ),
     ],
+    "compiled": [
+        ("context", lambda r: r["context"]),
+        ("cache", lambda r: r["cache"]),
+        ("ratio", lambda r: r["compression_ratio"]),
+        ("mode", lambda r: r["mode"]),
+        ("tokens/s vs dense eager", lambda r: f"{r['tokens_per_s'] / r['dense']['tokens_per_s']:.2f}"),
+        ("graphs after warm-up", lambda r: r.get("graphs_after_warmup", "")),
+        ("max logit diff vs eager", lambda r: f"{r['max_logit_diff_vs_eager']:.1e}" if r["mode"] == "compiled" else ""),
+    ],
 }
 
 
 def benchmark_table(kind: str, result: dict) -> str:
-    """A markdown table of a ``benchmarks.decode`` / ``prefill`` / ``generate`` results file."""
+    """A markdown table of a ``benchmarks.decode`` / ``prefill`` / ``generate`` / ``compiled`` results file."""
     columns = BENCHMARKS[kind]
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|---" * len(columns) + "|"]
     rows = result["rows"]
-    if kind == "generate":  # each row against the dense cache of its context, measured in the same run
-        dense = {r["context"]: r for r in rows if r["cache"] == "dense"}
+    if kind in ("generate", "compiled"):  # each row against the dense (eager) cache of its context, in the same run
+        dense = {r["context"]: r for r in rows if r["cache"] == "dense" and r.get("mode", "eager") == "eager"}
         rows = [{**r, "dense": dense[r["context"]]} for r in rows]
     lines += ["| " + " | ".join(str(f(r)) for _, f in columns) + " |" for r in rows]
     first = result["rows"][0]

@@ -68,6 +68,20 @@ def test_generate_benchmark_matches_the_masked_cache_and_frees_memory(tmp_path):
     assert all(r["decode_tokens_per_s"] > 0 for r in rows.values())
 
 
+def test_compiled_benchmark_decodes_as_eager_without_recompiles(tmp_path):
+    from benchmarks.compiled import main as compiled
+
+    args = ["--device", "cpu", "--layers", "1", "--context", "64", "--steps", "4", "--warmup", "2", "--ratios", "0.5"]
+    rows = compiled([*args, "--out", str(tmp_path / "compiled.json")])
+    setups = [(c, m) for c in ("dense", "audiokv") for m in ("eager", "compiled")]
+    assert [(r["cache"], r["mode"]) for r in rows] == setups
+    for row in rows:
+        if row["mode"] == "compiled":
+            assert row["graphs_after_warmup"] == 0  # one graph per decode step, compiled during warm-up
+            assert row["max_logit_diff_vs_eager"] < 1e-4  # the same tokens attended to
+    assert json.loads((tmp_path / "compiled.json").read_text())["rows"] == rows
+
+
 def test_tune_and_test_splits_share_no_voice_and_no_condition():
     from benchmarks.speech_set import CLIPS_PER_VOICE, SPLITS
 
