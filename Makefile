@@ -45,6 +45,8 @@ results: $(STAMP)
 	$(BIN)/python -m benchmarks.tune_whisper
 	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss,audiokv:safeguard=0.2,audiokv:safeguard=0.35,audiokv:layer_prior=0,audiokv:layer_prior=0.5
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--only audiokv,audiokv:safeguard=0.35,audiokv-sss --out $(R)/tune70-$$m.json; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json; done
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
