@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from audiokv.select import ranks
+
 ADAKV_SAFEGUARD = 0.2  # AdaKV's default floor: every head keeps at least 20% of the average
 
 
@@ -156,7 +158,7 @@ def demand_scores(scores: Tensor, demand: Tensor) -> Tensor:
     """
     if demand.shape != scores.shape[:2] or not (demand > 0).all():
         raise ValueError(f"demand must be positive and {tuple(scores.shape[:2])}, got {tuple(demand.shape)}")
-    rank = scores.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    rank = ranks(scores, descending=True)
     out = demand.float()[..., None] / (1 + rank.float())
     return torch.where(torch.isinf(scores), scores.float(), out)
 

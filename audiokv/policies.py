@@ -10,11 +10,13 @@ the kernel) is shared, so memory and speed compare fairly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
 
 from audiokv.scoring import key_novelty, pool_scores, rerank, value_rarity, window_scores
+from audiokv.select import ranks
 from audiokv.spectral import span_mask
 
 
@@ -44,6 +46,11 @@ class ScoreInput:
     pooling: str
     pooling_kernel: int
     seed: int = 0
+
+    @cached_property
+    def novelty(self) -> Tensor:
+        """``[B, H_kv, T]`` :func:`~audiokv.scoring.key_novelty` of the keys, computed once per layer and call."""
+        return key_novelty(self.key)
 
     def window_attention(self, all_queries: bool = False) -> Tensor:
         """``[B, H_kv, T]`` attention of the observation window (or of every prompt query)."""
@@ -118,7 +125,7 @@ class Policy:
         masked = text[:, None, :]
 
         def rank(scores: Tensor) -> Tensor:  # [B, H, T] 0 = lowest; non-text tokens rank below all text
-            return scores.masked_fill(~masked, float("-inf")).argsort(dim=-1, stable=True).argsort(dim=-1)
+            return ranks(scores.masked_fill(~masked, float("-inf")))
 
         positions = text.any(0).nonzero()[:, 0]  # text tokens of any row: audio spans are not scored
         rarity = raw.new_full(raw.shape, float("-inf"))
@@ -147,13 +154,13 @@ class AudioKV(Policy):
     """
 
     def density(self, inp: ScoreInput, raw: Tensor) -> Tensor:
-        return key_novelty(inp.key)
+        return inp.novelty
 
     def head_demand(self, inp: ScoreInput, spans: Tensor) -> Tensor | None:
         if not self.path_budgets:
             return None
         inside = span_mask(spans.to(inp.key.device), inp.key.shape[2], inp.key_mask)  # [B, T]
-        path = (key_novelty(inp.key) * inside[:, None, :]).sum(-1)  # [B, H_kv]
+        path = (inp.novelty * inside[:, None, :]).sum(-1)  # [B, H_kv]
         return path.clamp_min(1e-6) ** (2 / 3)
 
 

@@ -39,6 +39,16 @@ def select_tokens(scores: Tensor, budgets: Tensor) -> Tensor:
     return top.masked_fill(~used, length).sort(dim=-1).values
 
 
+def ranks(scores: Tensor, descending: bool = False) -> Tensor:
+    """``[..., N]`` int64 rank of each entry along the last axis (0: the lowest, or the highest if ``descending``).
+
+    Ties keep their order (a stable sort); the inverse of one argsort, not a second one.
+    """
+    order = scores.argsort(dim=-1, descending=descending, stable=True)
+    steps = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, steps)
+
+
 def _cap_density(density: Tensor, cap: Tensor) -> Tensor:
     """Clip ``[H, N]`` densities (rows sum to 1) at ``cap`` ``[H, N]`` (rows of ``cap`` sum to >= 1), keeping the sum.
 
@@ -79,7 +89,7 @@ def coverage_priority(raw: Tensor, density: Tensor, counts: Tensor) -> Tensor:
     mass = k * d
     middle = mass.cumsum(-1) - mass / 2  # [H, N] in [0, K)
     stratum = torch.minimum(middle.floor(), k - 1).long()
-    rank = raw.double().argsort(dim=-1, stable=True).argsort(-1)  # 0 = lowest raw score, n - 1 = highest
+    rank = ranks(raw)  # 0 = lowest raw score, n - 1 = highest
     rank = rank.masked_fill(~free, -1)  # must-keep and never-keep tokens do not compete for strata
     best = torch.full_like(rank, -1).scatter_reduce(1, stratum, rank, "amax")
     winner = free & (rank == best.gather(1, stratum))
@@ -123,6 +133,4 @@ def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spa
 
 def _top_mask(scores: Tensor, counts: Tensor) -> Tensor:
     """``[H, N]`` bool: the top ``counts[h]`` entries of each row."""
-    order = scores.argsort(dim=-1, descending=True, stable=True)
-    rank = order.argsort(-1)
-    return rank < counts[:, None]
+    return ranks(scores, descending=True) < counts[:, None]

@@ -8,7 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audiokv import AudioKVAttention, AudioKVConfig
-from audiokv.select import cover_spans, coverage_priority, select_tokens
+from audiokv.select import cover_spans, coverage_priority, ranks, select_tokens
+
+
+@given(n=st.integers(1, 60), levels=st.integers(1, 5), descending=st.booleans(), seed=st.integers(0, 2**16))
+def test_ranks_are_the_positions_a_stable_sort_gives(n, levels, descending, seed):
+    scores = torch.randint(levels, (3, n), generator=torch.Generator().manual_seed(seed)).float()  # many ties
+    scores[0, : n // 2] = float("inf")
+    got = ranks(scores, descending)
+    for row, rank in zip(scores.tolist(), got.tolist(), strict=True):
+        order = sorted(range(n), key=lambda i: -row[i] if descending else row[i])  # Python's sort is stable
+        assert rank == [order.index(i) for i in range(n)]
 
 
 def _kept(priority, counts):
