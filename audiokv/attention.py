@@ -32,6 +32,7 @@ from audiokv.config import AudioKVConfig
 from audiokv.kernel import (
     chunk_attention,
     paged_attention,
+    pages_attention,
     reference_paged_attention,
     rows_attention,
 )
@@ -42,7 +43,11 @@ from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import cover_spans, select_tokens
 from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
 
-KERNELS = ("auto", "flex", "rows", "reference")
+KERNELS = ("auto", "flex", "rows", "pages", "reference")
+# From this many rows on (batch x KV heads), "auto" decodes on CPU with the per-page kernel: it was
+# 1.8-2x faster than the per-row one for Whisper's 24-48 rows, level at 16-64 rows of 7 queries and
+# 1,000-4,000 tokens, and slower for 4 long rows (`python -m benchmarks.decode`, docs/results.md).
+PAGES_MIN_ROWS = 24
 
 
 class KVMeter:
@@ -100,8 +105,11 @@ class AudioKVAttention(nn.Module):
             (:func:`audiokv.budget.layer_shares`).
         kernel: how new queries attend over the pool: ``"flex"`` (compiled
             FlexAttention), ``"rows"`` (each row's tokens read in place, two matrix
-            products per row: faster on CPU), ``"auto"`` (the default: flex on
-            GPU, rows on CPU) or ``"reference"`` (dense PyTorch, for tests).
+            products per row: faster on CPU), ``"pages"`` (decode steps of one
+            token over all pages at once, :func:`~audiokv.kernel.pages_attention`;
+            longer steps as ``"rows"``), ``"auto"`` (the default: flex on GPU; on
+            CPU pages for one-token steps over at least ``PAGES_MIN_ROWS`` rows,
+            else rows) or ``"reference"`` (dense PyTorch, for tests).
         policy: how tokens are scored and budgets split (``"audiokv"`` by default;
             see :mod:`audiokv.policies` for the baselines).
         layer_idx, num_layers: this layer's place in the model (for layer-wise budgets).
@@ -121,7 +129,7 @@ class AudioKVAttention(nn.Module):
         scaling: float | None = None,
         head_prior: Tensor | None = None,
         layer_prior: Tensor | None = None,
-        kernel: Literal["auto", "flex", "rows", "reference"] = "auto",
+        kernel: Literal["auto", "flex", "rows", "pages", "reference"] = "auto",
         policy: str | Policy = "audiokv",
         layer_idx: int = 0,
         num_layers: int = 1,
@@ -305,17 +313,27 @@ class AudioKVAttention(nn.Module):
             return self.kernel
         return "rows" if torch.device(device).type == "cpu" else "flex"
 
+    def step_kernel(self, device: torch.device, q_len: int = 1) -> str:
+        """The kernel a step of ``q_len`` new queries per head runs on ``device``: flex, rows, pages or reference."""
+        kernel = self.kernel_for(device)
+        if kernel not in ("rows", "pages"):
+            return kernel
+        many = self.kernel == "auto" and self.pool is not None and self.pool.num_rows >= PAGES_MIN_ROWS
+        return "pages" if q_len == 1 and (kernel == "pages" or many) else "rows"
+
     def attend(self, query: Tensor, scaling: float | None = None) -> Tensor:
         """Attention of ``[B, H_q, q, D]`` new queries over the pool (causal: its last ``q`` tokens are theirs).
 
         Layers that share this layer's cache (Gemma 3n) call it with their own queries and ``scaling``.
         """
         scale = self.scaling if scaling is None else scaling
-        kernel = self.kernel_for(query.device)
+        kernel = self.step_kernel(query.device, query.shape[2])
         if kernel == "flex":
             return paged_attention(query, self.pool, self.block_mask.mask(query.shape[2]), scale=scale)
         if torch.compiler.is_compiling():
             raise RuntimeError(f"a compiled decode step needs apply_audiokv(kernel='flex'), not {kernel!r}")
+        if kernel == "pages":
+            return pages_attention(query, self.pool, scale=scale)
         attend = rows_attention if kernel == "rows" else reference_paged_attention
         return attend(query, self.pool, scale=scale, causal=not self.cross_attention)
 

@@ -1,4 +1,4 @@
-"""Attention over a paged pool: compiled FlexAttention (GPU), the per-row kernel (CPU) and a dense reference."""
+"""Attention over a paged pool: compiled FlexAttention (GPU), per-row and per-page kernels (CPU), a dense reference."""
 
 from __future__ import annotations
 
@@ -117,6 +117,54 @@ def rows_attention(
                 out[r, b : b + block].addmm_(weights[:, o : o + n], v)
     out = out.reshape(bsz, heads, q_len, dim).to(query.dtype)
     return (out, lse.reshape(bsz, heads, q_len)) if return_lse else out
+
+
+def pages_attention(query: Tensor, pool: PagedKVPool, *, scale: float) -> Tensor:
+    """One new query per head over every row's tokens, all pages at once (the CPU decode kernel for many rows).
+
+    Split-K by page, as flash-decoding splits a long row: each page's keys
+    meet its owner's queries in one batched matrix product over the whole
+    storage, read in place; each page keeps its logits' max, its exponentials'
+    sum and its weighted values, and a row adds its pages up rescaled to the
+    row's max. A dozen tensor operations per call however many rows, where
+    :func:`rows_attention` runs a few per row: faster when rows are many and
+    short (Whisper's cross-attention: a head per row, batch times heads
+    rows), slower for a few long ones. Slots past a row's length and pages no
+    row owns are masked; math in float32.
+
+    Args:
+        query: ``[B, H_q, 1, D]`` the new queries (their own tokens already in the pool).
+        pool: the layer's pool.
+        scale: softmax scale.
+
+    Returns:
+        ``[B, H_q, 1, D]``; a row without tokens gets zeros.
+    """
+    bsz, heads, q_len, dim = query.shape
+    if q_len != 1:
+        raise ValueError(f"pages_attention takes one new query per head, got {q_len}")
+    rows = query.reshape(pool.num_rows, heads // pool.num_kv_heads, dim).float() * scale  # [R, G, D]
+    owner = pool.page_owner.long()  # [P], -1 for a free page
+    row = owner.clamp_min(0)
+    size = pool.page_size
+    held = torch.where(owner >= 0, pool.lengths.long()[row], 0)  # [P] tokens of the page's row
+    valid = pool.page_rank.long()[:, None] * size + torch.arange(size, device=owner.device) < held[:, None]
+    logits = torch.bmm(rows[row], pool.key_pages.float().transpose(1, 2))  # [P, G, page]
+    if pool.mass_pages is not None:
+        logits += pool.mass_pages[:, None, :]
+    logits.masked_fill_(~valid[:, None, :], float("-inf"))
+    page_max = logits.amax(-1)  # [P, G], -inf on a page without tokens
+    seen = torch.isfinite(page_max)
+    page_max = torch.where(seen, page_max, 0.0)
+    weights = (logits - page_max[..., None]).exp_()  # 0 on masked slots
+    row_max = torch.full_like(rows[..., 0], float("-inf")).scatter_reduce_(0, row[:, None].expand_as(seen),
+                                                                            torch.where(seen, page_max, float("-inf")),
+                                                                            "amax")  # fmt: skip
+    rescale = torch.exp(page_max - torch.where(torch.isfinite(row_max), row_max, 0.0)[row]) * seen  # [P, G]
+    total = torch.zeros_like(row_max).index_add_(0, row, rescale * weights.sum(-1))  # [R, G]
+    out = torch.zeros_like(rows).index_add_(0, row, rescale[..., None] * torch.bmm(weights, pool.value_pages.float()))
+    out = out / total.clamp_min(torch.finfo(out.dtype).tiny)[..., None]
+    return out.reshape(bsz, heads, 1, dim).to(query.dtype)
 
 
 def _joined(parts: list[Tensor]) -> Tensor:

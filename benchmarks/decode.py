@@ -2,9 +2,10 @@
 
 `python -m benchmarks.decode [--device cuda] [--context 4096 16384 65536] [--batch 1 8]
 [--shape 28,4,128 32,32,128] ...` writes `benchmarks/results/decode-<device>.json`.
-audiokv runs the device's default kernel (compiled FlexAttention on GPU, the
-per-row kernel on CPU, where the compiled FlexAttention is timed too, as
-``flex``). Per row it first checks each kernel against dense attention over
+audiokv runs the device's default kernel (compiled FlexAttention on GPU; on
+CPU the per-row or, for many rows, the per-page kernel, where the per-row,
+per-page and compiled FlexAttention kernels are each timed too, as ``rows``,
+``pages`` and ``flex``). Per row it first checks each kernel against dense attention over
 every row's stored (kept, merged) tokens (exact selection and merging are the
 tests' job), compiles outside the timing, takes the median of many steps and counts
 the graphs compiled during the timed steps (dynamo's ``unique_graphs``: its
@@ -90,7 +91,9 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
         return layer
 
     first = compressed_layer("auto")
-    kernels = {"audiokv": "auto"} if first.kernel_for(device) == "flex" else {"audiokv": "auto", "flex": "flex"}
+    kernels = {"audiokv": "auto"}
+    if first.kernel_for(device) != "flex":  # CPU: every kernel, each as a user could pick it
+        kernels.update(rows="rows", pages="pages", flex="flex")
     l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
     copies = min(MAX_COPIES, max(1, math.ceil(2 * l2 / first.kv_bytes)))
     layers = {  # same tensors: same budgets, same kernel shapes
@@ -144,9 +147,9 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
         "compression_ratio": ratio, "head_budgets": budgets,
         "kept_per_head_min_max": [int(kept_per_head.min()), int(kept_per_head.max())],
         "max_abs_error": worst, "copies_rotated": copies, "steps": steps, "dense_backend": backend,
-        "audiokv_kernel": first.kernel_for(device),
+        "audiokv_kernel": first.step_kernel(device),
         "audiokv_s": a, "dense_sdpa_s": d, "uniform_cut_sdpa_s": c,
-        "flex_s": statistics.median(times["flex"]) if "flex" in times else None,
+        **{f"{n}_s": statistics.median(times[n]) if n in times else None for n in ("rows", "pages", "flex")},
         "audiokv_vs_ideal": a / (d * audiokv_read / dense_read),  # ideal: dense time scaled by the bytes read
         "audiokv_bandwidth_fraction": audiokv_read / a / bandwidth,
         "dense_bandwidth_fraction": dense_read / d / bandwidth,

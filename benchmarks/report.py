@@ -104,7 +104,10 @@ BENCHMARKS = {
         ("audiokv / dense SDPA", lambda r: f"{r['audiokv_s'] / r['dense_sdpa_s']:.2f}"),
         ("vs ideal", lambda r: f"{r['audiokv_vs_ideal']:.2f}"),
         ("cut SDPA / dense", lambda r: f"{r['uniform_cut_sdpa_s'] / r['dense_sdpa_s']:.2f}"),
-        ("flex / dense", lambda r: f"{r['flex_s'] / r['dense_sdpa_s']:.2f}" if r.get("flex_s") else ""),
+        *(
+            (f"{k} / dense", lambda r, k=k: f"{r[f'{k}_s'] / r['dense_sdpa_s']:.2f}" if r.get(f"{k}_s") else "")
+            for k in ("rows", "pages", "flex")
+        ),
         ("KV held", lambda r: _pct(r["kv_bytes"] / r["kv_bytes_dense"])),
         ("recompiles", lambda r: r["recompiles_during_decode"]),
         ("pool growths", lambda r: r.get("pool_growths", "")),

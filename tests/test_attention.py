@@ -88,7 +88,7 @@ def tolerance(dtype):
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
     steps=st.lists(st.sampled_from([1, 1, 1, 3]), min_size=1, max_size=5),
     seed=st.integers(0, 2**16),
-    kernel=st.sampled_from(["flex", "rows"]),
+    kernel=st.sampled_from(["flex", "rows", "pages"]),
 )
 def test_kernels_equal_attention_over_exactly_the_kept_tokens(
     bsz, hkv, group, length, ratio, page, dtype, steps, seed, kernel
@@ -150,7 +150,7 @@ def test_300_decode_steps_cross_pages_match_the_reference_without_recompiling():
     assert min(crossed) >= 18  # every row walked through 18+ new pages
 
 
-@pytest.mark.parametrize("kernel", ["flex", "rows"])
+@pytest.mark.parametrize("kernel", ["flex", "rows", "pages"])
 def test_pool_growth_keeps_results_right(kernel):
     gen = torch.Generator().manual_seed(4)
     cfg = AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, decode_reserve=0)
@@ -188,6 +188,42 @@ def test_the_default_kernel_on_cpu_reads_rows_in_place_without_compiling(monkeyp
     torch.testing.assert_close(module(q, k, v).double(), ref.step(q, k, v), atol=1e-5, rtol=0)
     assert calls == [1] and module.kernel_for(torch.device("cpu")) == "rows"
     assert module.kernel_for(torch.device("cuda")) == "flex"
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_the_default_kernel_on_cpu_decodes_many_rows_page_by_page(monkeypatch, cross):
+    import audiokv.attention
+
+    calls = []
+
+    def spy(name, kernel):
+        def run(*args, **kwargs):
+            calls.append((name, args[0].shape[2]))
+            return kernel(*args, **kwargs)
+
+        return run
+
+    for name in ("pages_attention", "rows_attention"):
+        monkeypatch.setattr(audiokv.attention, name, spy(name, getattr(audiokv.attention, name)))
+    gen = torch.Generator().manual_seed(6)
+    rows = audiokv.attention.PAGES_MIN_ROWS
+    cfg = AudioKVConfig(compression_ratio=0.7, window=8, page_size=16)
+    module = AudioKVAttention(cfg, num_heads=2 * rows, num_kv_heads=rows, head_dim=16, cross_attention=cross)
+    q, k, v = qkv(1, 2 * rows, rows, 90, 16, torch.float32, gen)
+    module(q, k, v)
+    ref = KeptReference(module, k, v, causal=not cross)
+    steps = (1, 1) if cross else (1, 3, 1)
+    for q_len in steps:
+        q, k, v = qkv(1, 2 * rows, rows, q_len, 16, torch.float32, gen)
+        want = ref.step(q, k, v) if not cross else ref.attend(q)
+        torch.testing.assert_close(module(q, k, v).double(), want, atol=1e-5, rtol=0)
+    assert calls == [("pages_attention" if n == 1 else "rows_attention", n) for n in steps]  # longer steps: rows
+    fewer = AudioKVAttention(cfg, num_heads=2 * rows - 2, num_kv_heads=rows - 1, head_dim=16)
+    q, k, v = qkv(1, 2 * rows - 2, rows - 1, 90, 16, torch.float32, gen)
+    fewer(q, k, v)
+    calls.clear()
+    fewer(*qkv(1, 2 * rows - 2, rows - 1, 1, 16, torch.float32, gen))
+    assert calls == [("rows_attention", 1)]  # below the threshold, one row at a time
 
 
 def test_a_layer_sharing_the_kv_attends_over_the_producers_pool():
@@ -376,6 +412,7 @@ def chunked_reference(module, q, k, v, bounds, span):
         ("reference", "audiokv", 2, 257, 100, 0.8, (10, 217)),
         ("flex", "audiokv", 2, 257, 100, 0.8, (10, 217)),
         ("rows", "audiokv", 2, 257, 100, 0.8, (10, 217)),  # rows of several runs: one per chunk
+        ("pages", "audiokv", 2, 257, 100, 0.8, (10, 217)),
         ("reference", "audiokv-sss", 2, 300, 64, 0.6, (150, 290)),  # the first chunks hold no audio
     ],
 )
@@ -396,7 +433,7 @@ def test_chunked_prefill_attends_over_what_earlier_chunks_kept_and_holds_only_th
         got.append(module(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], audio_span=span, chunk=(s, length)))
         pages.append(module.pool.num_pages)
     assert pages == pages[:1] * len(pages)  # allocated once at the first chunk for every chunk's selection
-    if kernel == "rows":
+    if kernel in ("rows", "pages"):
         assert max(len(runs) for runs in module.pool.token_runs()) > 1
     got = torch.cat(got, 2)
     torch.testing.assert_close(got.double(), chunked_reference(module, q, k, v, bounds, span), atol=1e-4, rtol=0)

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audiokv.kernel import reference_paged_attention, rows_attention
+from audiokv.kernel import pages_attention, reference_paged_attention, rows_attention
 from audiokv.paged import PagedKVPool, fit_page_size
 
 
@@ -153,6 +153,26 @@ def test_the_rows_kernel_reads_each_row_in_place_as_the_reference_gathers_it(dat
     prefix = rows_attention(query, pool, scale=0.3, causal=False, block=block, lengths=first.row_lengths)
     want = reference_paged_attention(query, first, scale=0.3, causal=False)
     torch.testing.assert_close(prefix, want, atol=1e-5, rtol=1e-5)
+
+
+@given(st.data(), st.sampled_from([1, 3, 7]), st.booleans())
+def test_the_pages_kernel_adds_up_each_rows_pages_as_the_reference_attends_over_the_row(data, group, mass):
+    """Rows of one or several runs, free pages no row owns, empty rows, with and without log mass, GQA."""
+    key, value, indices, counts, page, _ = data.draw(selections())
+    bsz, heads, _, dim = key.shape
+    k2, v2, i2, c2, _, _ = data.draw(selections((bsz, heads, dim)))
+    used = sum(max(1, math.ceil(n / page)) for n in counts.flatten().tolist())
+    spare = data.draw(st.integers(0, 30))
+    masses = (torch.rand(key.shape[:3]), torch.rand(k2.shape[:3])) if mass else (None, None)
+    pool = PagedKVPool.from_selection(
+        key, value, indices, counts, page_size=page, log_mass=masses[0], min_pages=used + spare
+    )
+    pool.extend(k2, v2, i2, c2, masses[1])
+    query = torch.randn(bsz, heads * group, 1, dim, generator=torch.Generator().manual_seed(group))
+    got = pages_attention(query, pool, scale=0.3)
+    torch.testing.assert_close(got, reference_paged_attention(query, pool, scale=0.3), atol=1e-5, rtol=1e-5)
+    empty = torch.tensor([n == 0 for n in pool.row_lengths]).repeat_interleave(group)
+    assert torch.equal(got.reshape(-1, dim)[empty], torch.zeros(int(empty.sum()), dim))  # a row without tokens: 0
 
 
 def test_growing_lays_every_row_out_in_one_run_and_drops_free_pages():

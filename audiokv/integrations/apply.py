@@ -211,10 +211,10 @@ def apply_audiokv(
         config: compression settings.
         calibration: calibrated head scores of this model (its shape is checked).
         policy: ``"audiokv"`` or a baseline from :data:`audiokv.policies.POLICIES`.
-        kernel: attention over the compressed cache: ``"auto"`` (the per-row
-            kernel on CPU, FlexAttention elsewhere), ``"flex"`` (needed on CPU
+        kernel: attention over the compressed cache: ``"auto"`` (the per-row and per-page
+            kernels on CPU, FlexAttention elsewhere), ``"flex"`` (needed on CPU
             for ``model.forward = torch.compile(model.forward)``: its decode
-            step is then one graph), ``"rows"`` or ``"reference"``.
+            step is then one graph), ``"rows"``, ``"pages"`` or ``"reference"``.
 
     Returns:
         A handle; ``handle.remove()`` restores the model. ``model.generate`` works
