@@ -95,6 +95,7 @@ def _pct(x: float) -> str:
 # benchmark files (no ``policy`` column): the columns of each kind, (header, value of a row)
 BENCHMARKS = {
     "decode": [
+        ("heads", lambda r: f"{r['heads']}/{r['kv_heads']}×{r['head_dim']}"),
         ("kernel", lambda r: r.get("audiokv_kernel", "flex")),
         ("head budgets", lambda r: r.get("head_budgets", "skewed")),
         ("batch", lambda r: r["batch"]),
@@ -150,8 +151,8 @@ def benchmark_table(kind: str, result: dict) -> str:
         dense = {r["context"]: r for r in rows if r["cache"] == "dense" and r.get("mode", "eager") == "eager"}
         rows = [{**r, "dense": dense[r["context"]]} for r in rows]
     lines += ["| " + " | ".join(str(f(r)) for _, f in columns) + " |" for r in rows]
-    first = result["rows"][0]
-    shape = f"{first['heads']}/{first['kv_heads']} heads, head_dim {first['head_dim']}, " if "heads" in first else ""
+    shapes = {(r["heads"], r["kv_heads"], r["head_dim"]) for r in result["rows"] if "heads" in r}
+    shape = "{}/{} heads, head_dim {}, ".format(*shapes.pop()) if len(shapes) == 1 else ""  # else per row
     where = f"commit {result['commit']}, {result['device']}, {result['threads']} threads"
     caption = f"`benchmarks.{kind}`: {shape}{result['dtype']} ({where})"
     return caption + "\n\n" + "\n".join(lines)
