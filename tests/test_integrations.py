@@ -227,6 +227,30 @@ def test_generate_after_compression_keeps_positions_and_memory():
         assert sampled.shape == (2, 405)
 
 
+def test_4000_generated_tokens_with_decode_time_eviction_stay_within_the_kept_part_throughout():
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**{**COMMON, "max_position_embeddings": 8192})).eval()
+    ids = torch.randint(3, 97, (1, 200), generator=torch.Generator().manual_seed(2))
+    keep, every = 64, 16
+    cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_keep=keep, decode_every=every)
+    held, memory = [], []
+
+    def record(*_):  # after each forward: the generated tokens a row holds, the bytes all pools hold
+        held.append(max(e.pool.appended for e in handle.engines.values()))
+        memory.append(handle.kv_bytes)
+
+    with apply_audiokv(model, cfg) as handle:
+        hook = model.register_forward_hook(record)
+        try:
+            out = model.generate(ids, max_new_tokens=4000, min_new_tokens=4000, do_sample=False)
+        finally:
+            hook.remove()
+    assert out.shape == (1, 4200) and len(held) == 4000  # the prefill and 3,999 decode steps
+    assert max(held) <= keep + every  # generated tokens per row never pass the target and one period
+    assert held[-1] >= keep  # and it keeps what it should, the latest window included
+    assert max(memory[every * 2 :]) == memory[-1]  # the storage stopped growing after the first evictions
+
+
 def test_unsupported_model_and_wrong_calibration_are_clear_errors():
     from transformers import GPT2Config, GPT2LMHeadModel
 
