@@ -67,7 +67,7 @@ results: $(STAMP)
 	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl \
 		--policies audiokv,full --ratios 0.4,0.7,0.8 --out $(R)/time-whisper-tiny.en.json
 	$(BIN)/python -m benchmarks.decode --shape 28,4,128 --context 4096 --batch 1 4 --budgets skewed balanced
-	$(BIN)/python -m benchmarks.decode --shape 6,6,64 8,8,64 --context 1500 --batch 1 8 --out $(R)/decode-cpu-whisper.json
+	$(BIN)/python -m benchmarks.decode --shape 6,6,64 8,8,64 --context 1500 --batch 1 8 --steps 200 --out $(R)/decode-cpu-whisper.json
 	$(BIN)/python -m benchmarks.decode --steps 2000 --reserve 16 --out $(R)/decode-cpu-2000steps.json
 	$(BIN)/python -m benchmarks.prefill
 	$(BIN)/python -m benchmarks.generate

@@ -44,9 +44,9 @@ from audiokv.select import cover_spans, select_tokens
 from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
 
 KERNELS = ("auto", "flex", "rows", "pages", "reference")
-# From this many rows on (batch x KV heads), "auto" decodes on CPU with the per-page kernel: it was
-# 1.8-2x faster than the per-row one for Whisper's 24-48 rows, level at 16-64 rows of 7 queries and
-# 1,000-4,000 tokens, and slower for 4 long rows (`python -m benchmarks.decode`, docs/results.md).
+# From this many rows on (batch x KV heads), "auto" decodes on CPU with the per-page kernel: faster than
+# the per-row one for Whisper's 48 and 64 rows (decode-cpu-whisper.json), slower for 4 or 16 long rows of
+# 7 queries (decode-cpu.json); 24 is between, from an ad-hoc timing (docs/results.md, "Benchmarks").
 PAGES_MIN_ROWS = 24
 
 

@@ -160,7 +160,8 @@ def pages_attention(query: Tensor, pool: PagedKVPool, *, scale: float) -> Tensor
     row_max = torch.full_like(rows[..., 0], float("-inf")).scatter_reduce_(0, row[:, None].expand_as(seen),
                                                                             torch.where(seen, page_max, float("-inf")),
                                                                             "amax")  # fmt: skip
-    rescale = torch.exp(page_max - torch.where(torch.isfinite(row_max), row_max, 0.0)[row]) * seen  # [P, G]
+    shift = page_max - torch.where(torch.isfinite(row_max), row_max, 0.0)[row]
+    rescale = torch.where(seen, shift.exp(), 0.0)  # [P, G]; an empty page's shift may overflow: never multiplied
     total = torch.zeros_like(row_max).index_add_(0, row, rescale * weights.sum(-1))  # [R, G]
     out = torch.zeros_like(rows).index_add_(0, row, rescale[..., None] * torch.bmm(weights, pool.value_pages.float()))
     out = out / total.clamp_min(torch.finfo(out.dtype).tiny)[..., None]

@@ -154,7 +154,7 @@ class AudioKV(Policy):
     """
 
     def density(self, inp: ScoreInput, raw: Tensor) -> Tensor:
-        return inp.novelty
+        return inp.novelty  # shared with head_demand: whoever smooths or reshapes it must not do so in place
 
     def head_demand(self, inp: ScoreInput, spans: Tensor) -> Tensor | None:
         if not self.path_budgets:

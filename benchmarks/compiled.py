@@ -81,8 +81,10 @@ def run(model, ids, cache: str, ratio: float, mode: str, steps: int, warmup: int
     counters.clear()
     compiled = mode == "compiled"
     if cache == "dense":
-        kv = StaticCache(config=model.config, max_cache_len=ids.shape[1] + warmup + steps) if compiled else None
-        kv = kv or DynamicCache(config=model.config)
+        if compiled:
+            kv = StaticCache(config=model.config, max_cache_len=ids.shape[1] + warmup + steps)
+        else:
+            kv = DynamicCache(config=model.config)
         return decode(model, ids, kv, steps, warmup, feed, torch.compile(model.forward) if compiled else None)
     cfg = AudioKVConfig(compression_ratio=ratio, decode_reserve=warmup + steps)
     with apply_audiokv(model, cfg, kernel="flex" if compiled else "auto") as handle:

@@ -125,16 +125,18 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
              for name, caches, length in (("dense", dense, context), ("cut", cut, kept))}  # fmt: skip
     times = {name: [] for name in (*layers, "dense", "cut")}
     torch._dynamo.utils.counters.clear()
-    with backend_context():  # they take turns each step, so a slow moment of the machine hits them all
-        for i in range(steps):
+    names = list(times)
+    with backend_context():  # they take turns each step, so a slow moment of the machine hits them all,
+        for i in range(steps):  # each in every place of the turn (the first place ran slower on this CPU)
             query = new[i % 8][0]
-            for name, copies_of_kernel in layers.items():
-                times[name].append(timer(lambda i=i, c=copies_of_kernel: c[i % copies](*new[i % 8])))
-            for name in ("dense", "cut"):
-                kv = views[name][i]
-                times[name].append(
-                    timer(lambda q=query, kv=kv: F.scaled_dot_product_attention(q, *kv, enable_gqa=True))
-                )
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                if name in layers:
+                    times[name].append(timer(lambda i=i, c=layers[name]: c[i % copies](*new[i % 8])))
+                else:
+                    kv = views[name][i]
+                    times[name].append(
+                        timer(lambda q=query, kv=kv: F.scaled_dot_product_attention(q, *kv, enable_gqa=True))
+                    )
     recompiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # graphs compiled while timing
     a, d, c = (statistics.median(times[name]) for name in ("audiokv", "dense", "cut"))
     token_bytes = 2 * dim * torch.finfo(dtype).bits // 8  # K and V of one token of one head

@@ -175,6 +175,17 @@ def test_the_pages_kernel_adds_up_each_rows_pages_as_the_reference_attends_over_
     assert torch.equal(got.reshape(-1, dim)[empty], torch.zeros(int(empty.sum()), dim))  # a row without tokens: 0
 
 
+def test_the_pages_kernel_stays_finite_when_every_logit_is_far_below_zero():
+    """Rows whose pages include empty ones (decode reserve, free pages) and logits near -1000."""
+    key, value = torch.ones(1, 2, 40, 8), torch.randn(1, 2, 40, 8, generator=torch.Generator().manual_seed(0))
+    indices, counts = torch.arange(40).expand(1, 2, 40), torch.tensor([[40, 5]])
+    pool = PagedKVPool.from_selection(key, value, indices, counts, page_size=16, reserve=20, min_pages=12)
+    query = torch.full((1, 2, 1, 8), -125.0)  # logits of -1000 at scale 1
+    got = pages_attention(query, pool, scale=1.0)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, reference_paged_attention(query, pool, scale=1.0), atol=1e-5, rtol=1e-5)
+
+
 def test_growing_lays_every_row_out_in_one_run_and_drops_free_pages():
     key, value = torch.randn(2, 3, 50, 8), torch.randn(2, 3, 50, 8)
     indices = torch.arange(50).expand(2, 3, 50)
