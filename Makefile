@@ -61,6 +61,8 @@ results: $(STAMP)
 		--out $(R)/passkey-4k-query-agnostic-chunked-smollm2-135m.json
 	$(BIN)/audiokv eval --task passkey --protocol query-aware --model smollm2-135m --context 4096 --limit 10 --seed 1 \
 		--policies full,audiokv,tova,snapkv --ratios 0.5,0.75 --out $(R)/passkey-4k-query-aware-smollm2-135m.json
+	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 8000 --limit 10 --seed 1 \
+		--policies full,audiokv,tova --ratios 0.5,0.75 --out $(R)/passkey-8k-query-agnostic-smollm2-135m.json
 	$(BIN)/audiokv calibrate --model whisper-tiny.en --method word-timed \
 		--data audiokv/data/speech/calib_timed/manifest.jsonl --out $(R)/whisper-tiny.en-word-timed.safetensors
 	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl --policies full,audiokv \
