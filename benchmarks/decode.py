@@ -125,11 +125,11 @@ def bench(heads: int, kv_heads: int, dim: int, batch: int, context: int, ratio: 
              for name, caches, length in (("dense", dense, context), ("cut", cut, kept))}  # fmt: skip
     times = {name: [] for name in (*layers, "dense", "cut")}
     torch._dynamo.utils.counters.clear()
-    names = list(times)
+    names, shuffle = list(times), torch.Generator().manual_seed(1)
     with backend_context():  # they take turns each step, so a slow moment of the machine hits them all,
-        for i in range(steps):  # each in every place of the turn (the first place ran slower on this CPU)
+        for i in range(steps):  # in a new order each step: a kernel ran slower right after another on this CPU
             query = new[i % 8][0]
-            for name in names[i % len(names) :] + names[: i % len(names)]:
+            for name in (names[j] for j in torch.randperm(len(names), generator=shuffle).tolist()):
                 if name in layers:
                     times[name].append(timer(lambda i=i, c=layers[name]: c[i % copies](*new[i % 8])))
                 else:
