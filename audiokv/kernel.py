@@ -153,13 +153,11 @@ def pages_attention(query: Tensor, pool: PagedKVPool, *, scale: float) -> Tensor
     if pool.mass_pages is not None:
         logits += pool.mass_pages[:, None, :]
     logits.masked_fill_(~valid[:, None, :], float("-inf"))
-    page_max = logits.amax(-1)  # [P, G], -inf on a page without tokens
-    seen = torch.isfinite(page_max)
-    page_max = torch.where(seen, page_max, 0.0)
+    top = logits.amax(-1)  # [P, G], -inf on a page without tokens
+    seen = torch.isfinite(top)
+    page_max = torch.where(seen, top, 0.0)
     weights = (logits - page_max[..., None]).exp_()  # 0 on masked slots
-    row_max = torch.full_like(rows[..., 0], float("-inf")).scatter_reduce_(0, row[:, None].expand_as(seen),
-                                                                            torch.where(seen, page_max, float("-inf")),
-                                                                            "amax")  # fmt: skip
+    row_max = torch.full_like(rows[..., 0], float("-inf")).scatter_reduce_(0, row[:, None].expand_as(top), top, "amax")
     shift = page_max - torch.where(torch.isfinite(row_max), row_max, 0.0)[row]
     rescale = torch.where(seen, shift.exp(), 0.0)  # [P, G]; an empty page's shift may overflow: never multiplied
     total = torch.zeros_like(row_max).index_add_(0, row, rescale * weights.sum(-1))  # [R, G]
