@@ -475,7 +475,8 @@ class AudioKVAttention(nn.Module):
                 safeguard = safeguard.masked_fill(by_path, policy.path_safeguard)
             budgets = head_budgets(split, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:
-                scores = cover_spans(scores, raw, trend, budgets, spans, cfg.coverage_floor)
+                pick = policy.stratum_scores(inp, raw)
+                scores = cover_spans(scores, pick, trend, budgets, spans, cfg.coverage_floor)
         self.compressions += 1
         indices = select_tokens(scores, budgets)
         log_mass = None

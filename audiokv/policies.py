@@ -81,6 +81,11 @@ class Policy:
         path_safeguard: the least share of the average per-head budget every head
             keeps in a row split by :meth:`head_demand` (elsewhere AdaKV's 0.2;
             ``AudioKVConfig.safeguard`` overrides both).
+        joint_law: spend the audio budget by one law over every (head, frame):
+            density ``novelty^(2/3)``, a head's demand its sum (instead of
+            density ``novelty`` and demand ``(sum novelty)^(2/3)``).
+        pick_novelty: inside a coverage stratum keep the frame of highest key
+            novelty instead of the best window score.
     """
 
     name: str
@@ -93,6 +98,8 @@ class Policy:
     text_rarity: bool = False
     layer_split: bool = False
     path_safeguard: float = 0.5
+    joint_law: bool = False
+    pick_novelty: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -104,6 +111,10 @@ class Policy:
 
     def density(self, inp: ScoreInput, raw: Tensor) -> Tensor:
         """``[B, H_kv, T]`` how many tokens each stretch of audio deserves (coverage policies); ``raw`` by default."""
+        return raw
+
+    def stratum_scores(self, inp: ScoreInput, raw: Tensor) -> Tensor:
+        """``[B, H_kv, T]`` which token a coverage stratum keeps (the highest); ``raw`` by default."""
         return raw
 
     def head_demand(self, inp: ScoreInput, spans: Tensor) -> Tensor | None:
@@ -154,12 +165,19 @@ class AudioKV(Policy):
     """
 
     def density(self, inp: ScoreInput, raw: Tensor) -> Tensor:
+        if self.joint_law:
+            return inp.novelty ** (2 / 3)
         return inp.novelty  # shared with head_demand: whoever smooths or reshapes it must not do so in place
+
+    def stratum_scores(self, inp: ScoreInput, raw: Tensor) -> Tensor:
+        return inp.novelty if self.pick_novelty else raw
 
     def head_demand(self, inp: ScoreInput, spans: Tensor) -> Tensor | None:
         if not self.path_budgets:
             return None
         inside = span_mask(spans.to(inp.key.device), inp.key.shape[2], inp.key_mask)  # [B, T]
+        if self.joint_law:
+            return (inp.novelty ** (2 / 3) * inside[:, None, :]).sum(-1).clamp_min(1e-6)
         path = (inp.novelty * inside[:, None, :]).sum(-1)  # [B, H_kv]
         return path.clamp_min(1e-6) ** (2 / 3)
 
@@ -296,6 +314,11 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-no-merge", **{**AUDIOKV, "merge": False}),
         AudioKV("audiokv-score-split", **{**AUDIOKV, "path_budgets": False}),
         AudioKV("audiokv-window-text", **{**AUDIOKV, "text_rarity": False}),
+        AudioKV("audiokv-joint", **{**AUDIOKV, "joint_law": True}),
+        AudioKV("audiokv-pick", **{**AUDIOKV, "pick_novelty": True}),
+        AudioKV("audiokv-pick-sss", **{**AUDIOKV, "pick_novelty": True, "smooth": True}),
+        AudioKV("audiokv-joint-pick", **{**AUDIOKV, "joint_law": True, "pick_novelty": True}),
+        AudioKV("audiokv-joint-pick-sss", **{**AUDIOKV, "joint_law": True, "pick_novelty": True, "smooth": True}),
     )
 }
 
