@@ -166,7 +166,7 @@ class AudioKV(Policy):
 
     def density(self, inp: ScoreInput, raw: Tensor) -> Tensor:
         if self.joint_law:
-            return inp.novelty ** (2 / 3)
+            return inp.novelty.clamp_min(0) ** (2 / 3)  # 1 - cos rounds to just below 0 for equal keys
         return inp.novelty  # shared with head_demand: whoever smooths or reshapes it must not do so in place
 
     def stratum_scores(self, inp: ScoreInput, raw: Tensor) -> Tensor:
@@ -177,7 +177,7 @@ class AudioKV(Policy):
             return None
         inside = span_mask(spans.to(inp.key.device), inp.key.shape[2], inp.key_mask)  # [B, T]
         if self.joint_law:
-            return (inp.novelty ** (2 / 3) * inside[:, None, :]).sum(-1).clamp_min(1e-6)
+            return (self.density(inp, inp.novelty) * inside[:, None, :]).sum(-1).clamp_min(1e-6)
         path = (inp.novelty * inside[:, None, :]).sum(-1)  # [B, H_kv]
         return path.clamp_min(1e-6) ** (2 / 3)
 
