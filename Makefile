@@ -24,14 +24,15 @@ speech: $(STAMP)
 
 WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-merge,audiokv-score-split
 # Whisper results on the test split (tiny.en; MODEL=whisper-base for base; POLICIES=... for a subset),
-# then their table in the README.
+# then their table in the README and the accuracy targets with bootstrap intervals (benchmarks.targets).
 MODEL ?= whisper-tiny.en
 POLICIES ?= $(WHISPER_POLICIES)
 results-whisper: $(STAMP)
 	$(BIN)/audiokv eval --model $(MODEL) --data benchmarks/data/speech/test/manifest.jsonl \
 		--policies $(POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 \
 		--out benchmarks/results/test-$(MODEL).json --plot benchmarks/results/test-$(MODEL).png
-	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json --readme
+	$(BIN)/python -m benchmarks.targets benchmarks/results/test-$(MODEL).json
+	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json benchmarks/results/targets-$(MODEL).json --readme
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
 # commit (about 3 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
@@ -46,6 +47,10 @@ results: $(STAMP)
 	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss,audiokv:safeguard=0.2,audiokv:safeguard=0.35,audiokv:layer_prior=0,audiokv:layer_prior=0.5
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--only audiokv,audiokv:safeguard=0.35,audiokv-sss --out $(R)/tune70-$$m.json; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--only audiokv-joint --out $(R)/tune70-joint-$$m.json; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--only audiokv-pick,audiokv-pick-sss --out $(R)/tune70-pick-$$m.json; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json; done

@@ -26,15 +26,29 @@ def normalize_text(text: str) -> str:
     return _normalizer()(text)
 
 
-def word_error_rate(refs: list[str], hyps: list[str]) -> float:
-    """Corpus WER after :func:`normalize_text`: total edits over total reference words (jiwer)."""
+def word_errors(refs: list[str], hyps: list[str]) -> tuple[list[int], list[int]]:
+    """Per utterance, after :func:`normalize_text`: ``(edits, reference words)``.
+
+    Edits are jiwer's substitutions, deletions and insertions of each pair; an
+    empty reference counts every hypothesis word as an insertion.
+    """
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     refs, hyps = [normalize_text(r) for r in refs], [normalize_text(h) for h in hyps]
     if not any(r.split() for r in refs):
         raise ValueError("references contain no words")
-    keep = [i for i, r in enumerate(refs) if r.split()]  # jiwer refuses empty references
-    edits = sum(len(hyps[i].split()) for i, r in enumerate(refs) if not r.split())  # all insertions
-    out = jiwer.process_words([refs[i] for i in keep], [hyps[i] for i in keep])
-    words = sum(len(refs[i].split()) for i in keep)
-    return (out.substitutions + out.deletions + out.insertions + edits) / words
+    edits, words = [], []
+    for ref, hyp in zip(refs, hyps, strict=True):
+        if ref.split():  # jiwer refuses empty references
+            out = jiwer.process_words(ref, hyp)
+            edits.append(out.substitutions + out.deletions + out.insertions)
+        else:
+            edits.append(len(hyp.split()))
+        words.append(len(ref.split()))
+    return edits, words
+
+
+def word_error_rate(refs: list[str], hyps: list[str]) -> float:
+    """Corpus WER after :func:`normalize_text`: total edits over total reference words (jiwer)."""
+    edits, words = word_errors(refs, hyps)
+    return sum(edits) / sum(words)

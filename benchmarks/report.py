@@ -33,6 +33,8 @@ def render(name: str, result: dict) -> str:
     kind = name.split("-")[0]
     if kind in BENCHMARKS:
         return benchmark_table(kind, result)
+    if kind == "targets":
+        return targets_table(result)
     if kind == "time":  # every row made in one run: their times compare
         full = next(r for r in result["rows"] if r["policy"] == "full")
         seconds = _grid(result["rows"], lambda r: f"{r['seconds'] / full['seconds']:.2f}")
@@ -60,6 +62,34 @@ def table(result: dict) -> str:
         peak = _grid(rows, lambda r: f"{100 * r['peak_kv_bytes'] / r['kv_bytes_full']:.0f}")
         text += "\n\nPeak K/V held during the run, % of the dense cache:\n\n" + peak
     return text
+
+
+def targets_table(result: dict) -> str:
+    """A markdown table of a :mod:`benchmarks.targets` file: differences in WER points, 95% intervals, verdicts."""
+    from benchmarks.targets import verdict
+
+    def cell(c: dict | None) -> list[str]:
+        if c is None:
+            return ["", ""]
+        allowed = "" if c["allowed"] is None else f"≤ {c['allowed']:+.0f}: "
+        return [f"{c['diff']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]", allowed + verdict(c)]
+
+    policy = result["policy"]
+    lines = [
+        f"| ratio | {policy} − full [95%] | target | {policy} − best baseline [95%] | baseline | target |",
+        "|---" * 6 + "|",
+    ]
+    for row in result["rows"]:
+        best = row.get("vs_best_baseline")
+        cells = [f"{row['ratio']:g}", *cell(row["vs_full"]), *cell(best)[:1], best["baseline"] if best else ""]
+        cells.append(cell(best)[1])
+        lines.append("| " + " | ".join(cells) + " |")
+    made = ", ".join(dict.fromkeys(r["commit"] for r in result["rows"]))
+    caption = (
+        f"{result['model']}, WER points on the {result['clips']} clips of `{result['source']}` "
+        f"({policy} rows made at {made}); 95% paired bootstrap intervals, commit {result['commit']}"
+    )
+    return caption + "\n\n" + "\n".join(lines)
 
 
 def _grid(rows: list[dict], cell) -> str:

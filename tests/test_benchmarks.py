@@ -200,3 +200,38 @@ def test_rescore_recounts_loops_from_the_stored_outputs_only():
     assert rescore(result, "abc") == 1
     assert [r["repetition_rate"] for r in rows] == [0.5, 0.0] and rows[0]["wer"] == 0.5
     assert result["loops_counted_at"] == "abc"
+
+
+def test_paired_bootstrap_interval_holds_the_difference_and_shrinks_to_it_when_every_clip_agrees():
+    from benchmarks.targets import paired_bootstrap
+
+    words = [10] * 20
+    diff, low, high = paired_bootstrap([2] * 20, [1] * 20, words)  # every clip one edit worse: 10 points, no noise
+    assert (diff, low, high) == pytest.approx((10.0, 10.0, 10.0))
+    diff, low, high = paired_bootstrap([0] * 19 + [20], [0] * 20, words)  # one clip looping: a wide interval
+    assert diff == pytest.approx(10.0) and low == 0.0 and high > 20
+
+
+def test_targets_compare_with_the_full_cache_and_the_best_baseline_of_each_ratio():
+    from benchmarks.report import targets_table
+    from benchmarks.targets import check, verdict
+
+    refs = ["red green blue black white"] * 4
+    rows = [
+        {"policy": "full", "compression_ratio": 0.0, "repetition_rate": 0.0, "hypotheses": refs},
+        {"policy": "stride", "compression_ratio": 0.6, "repetition_rate": 0.0, "hypotheses": ["red green"] * 4},
+        {"policy": "random", "compression_ratio": 0.6, "repetition_rate": 0.0, "hypotheses": ["red"] * 4},
+        {"policy": "audiokv", "compression_ratio": 0.6, "repetition_rate": 0.0, "commit": "abc",
+         "hypotheses": ["red green blue black"] * 4},
+    ]  # fmt: skip
+    (row,) = check({"rows": rows, "commit": "abc"}, refs)
+    assert row["vs_full"]["diff"] == pytest.approx(20.0) and row["vs_full"]["allowed"] == 1.0
+    assert verdict(row["vs_full"]) == "missed"  # every clip agrees: no noise to hide in
+    best = row["vs_best_baseline"]
+    assert best["baseline"] == "stride" and best["diff"] == pytest.approx(-40.0) and verdict(best) == "met"
+    assert verdict({"diff": 2.0, "low": -1.0, "high": 5.0, "allowed": 1.0}) == "missed (within noise)"
+    assert verdict({"diff": 0.5, "low": -1.0, "high": 5.0, "allowed": 1.0}) == "met (within noise)"
+    result = {"model": "m", "source": "f.json", "clips": 4, "policy": "audiokv", "commit": "def", "rows": [row]}
+    assert "| 0.6 | +20.0 [+20.0, +20.0] | ≤ +1: missed | -40.0 [-40.0, -40.0] | stride | ≤ +0: met |" in targets_table(
+        result
+    )

@@ -173,3 +173,17 @@ def test_a_rare_text_token_the_window_ignores_is_kept_only_with_text_rarity():
         kept[name] = layer.kept_indices[0, 0, : layer.budgets[0, 0]].tolist()
     assert 21 in kept["audiokv"] and 21 not in kept["audiokv-window-text"]
     assert len(kept["audiokv"]) == len(kept["audiokv-window-text"]) == 20
+
+
+def test_the_joint_law_gives_each_head_the_sum_of_its_density_even_where_keys_repeat():
+    from audiokv.policies import ScoreInput
+
+    key = torch.randn(1, 2, 40, 8)
+    key[:, 1] = key[:, 1, :1]  # a head whose keys never move: novelty rounds to about 0, maybe below
+    inp = ScoreInput(torch.randn(1, 2, 3, 8), key, torch.randn(1, 2, 40, 8), 1.0, None, 4, False, "max", 1)
+    policy = get_policy("audiokv-joint")
+    density = policy.density(inp, inp.novelty)
+    assert torch.allclose(density, inp.novelty.clamp_min(0) ** (2 / 3))
+    demand = policy.head_demand(inp, torch.tensor([[5, 35]]))
+    assert torch.allclose(demand[0, 0], density[0, 0, 5:35].sum()) and demand[0, 1] > 0  # finite, positive
+    assert torch.equal(get_policy("audiokv-pick").stratum_scores(inp, torch.zeros(1, 2, 40)), inp.novelty)
