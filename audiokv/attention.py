@@ -228,7 +228,9 @@ class AudioKVAttention(nn.Module):
             query: ``[B, H_q, q, D]`` new queries.
             key, value: ``[B, H_kv, q, D]`` new keys and values.
             audio_span: prefill only; the audio tokens ``(start, end)`` or
-                ``[B, 2]``, smoothed by SSS. None: no smoothing.
+                ``[B, 2]``, smoothed by SSS. None: no smoothing. In cross-attention
+                every key is audio, and the span (if given) marks the frames of
+                real sound, before the padding of a fixed-length input.
             key_mask: prefill only; ``[B, T]`` bool, False on padding tokens,
                 which are never kept.
             decode_tokens: prefill only; how many tokens will be appended after
@@ -372,7 +374,12 @@ class AudioKVAttention(nn.Module):
         """
         bsz, _, length, _ = key.shape
         spans = self._spans(audio_span, bsz, length)
-        key, value, indices, budgets, log_mass = self._select(query, key, value, spans, key_mask, self.config.sinks)
+        content = spans  # where the audio's content is: the density and path lengths are read there
+        if self.cross_attention and audio_span is not None:
+            content = span_rows(audio_span, bsz, length)
+        key, value, indices, budgets, log_mass = self._select(
+            query, key, value, spans, key_mask, self.config.sinks, content
+        )
         reserve = self._reserve(decode_tokens)
         page = self.config.page_size or fit_page_size(budgets.float().mean().item() + reserve)
         self.pool = PagedKVPool.from_selection(
@@ -421,13 +428,23 @@ class AudioKVAttention(nn.Module):
         return out
 
     def _select(
-        self, query: Tensor, key: Tensor, value: Tensor, spans: Tensor | None, key_mask: Tensor | None, sinks: int
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        spans: Tensor | None,
+        key_mask: Tensor | None,
+        sinks: int,
+        content: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """What each head keeps of ``[B, H_kv, T, D]`` keys and values: ``(key, value, indices, budgets, log_mass)``.
 
         ``key``/``value`` come back merged (:mod:`audiokv.merge`), ``indices`` are
         :func:`select_tokens`' ``[B, H_kv, K]``, ``budgets`` ``[B, H_kv]``, ``log_mass``
         ``[B, H_kv, T]`` or None; ``sinks`` first valid tokens are always kept.
+        ``content`` (``[B, 2]``, inside ``spans``; None: ``spans``) is the real sound
+        of each span: a policy with ``content_density`` reads its density and path
+        lengths there only, and the rest of the span keeps the uniform floor.
         """
         cfg = self.config
         bsz, heads, length, _ = key.shape
@@ -448,6 +465,10 @@ class AudioKVAttention(nn.Module):
             text = valid if spans is None else valid & ~span_mask(spans.to(key.device), length)
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
+            if not policy.content_density or content is None:
+                content = spans
+            elif policy.coverage:
+                trend = trend * span_mask(content.to(key.device), length)[:, None, :]
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores
@@ -463,7 +484,7 @@ class AudioKVAttention(nn.Module):
             if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
                 if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
                     weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
-                demand = policy.head_demand(inp, spans)
+                demand = policy.head_demand(inp, content)
                 if demand is not None:
                     split = torch.where(audio[..., None], demand_scores(scores, demand), scores)
                     by_path = audio[:, 0]

@@ -50,7 +50,7 @@ def whisper_cross_attention(speech: SpeechModel, utt: Utterance) -> list[Tensor]
     audio = utt.audio()
     text_ids = speech.tokenizer.encode(" " + utt.text, add_special_tokens=False)
     ids = torch.tensor([speech.prompt_ids + text_ids])
-    out = speech.model(input_features=log_mel(speech, [audio]), decoder_input_ids=ids, output_attentions=True)
+    out = speech.model(input_features=log_mel(speech, [audio])[0], decoder_input_ids=ids, output_attentions=True)
     frames = min(math.ceil(len(audio) / 16_000 * FRAMES_PER_SECOND), out.cross_attentions[0].shape[-1])
     rows = slice(len(speech.prompt_ids) - 1, ids.shape[1])  # queries emitting text tokens and end-of-text
     return [layer[0, :, rows, :frames].float() for layer in out.cross_attentions]

@@ -85,6 +85,10 @@ class Policy:
             density ``novelty^(2/3)``, a head's demand its sum (instead of
             density ``novelty`` and demand ``(sum novelty)^(2/3)``); rejected on
             the tune split (``audiokv-joint``).
+        content_density: where a cross-attention row's real sound ends before
+            its padding (the span given to the engine), read the density and
+            the path lengths over the sound only; the padding keeps the uniform
+            coverage floor (and merging keeps its attention mass).
         pick_novelty: inside a coverage stratum keep the frame of highest key
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
@@ -102,6 +106,7 @@ class Policy:
     path_safeguard: float = 0.5
     joint_law: bool = False
     pick_novelty: bool = False
+    content_density: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -320,6 +325,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-joint", **{**AUDIOKV, "joint_law": True}),
         AudioKV("audiokv-pick", **{**AUDIOKV, "pick_novelty": True}),
         AudioKV("audiokv-pick-sss", **{**AUDIOKV, "pick_novelty": True, "smooth": True}),
+        AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
     )
 }
 

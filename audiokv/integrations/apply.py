@@ -86,6 +86,21 @@ def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
     return torch.stack([start, end], -1).cpu()
 
 
+def sound_spans(feature_mask: Tensor | None, frames: int) -> Tensor | None:
+    """``[B, 2]`` encoder frames ``(0, end)`` that hold sound, from a ``[B, F]`` mask over the input features.
+
+    Whisper pads every input to 30 s; its feature extractor's ``attention_mask``
+    (``return_attention_mask=True``) marks the real audio. The encoder maps the
+    ``F`` feature frames onto ``frames`` outputs; a frame holds sound if any of
+    its inputs did. None without a mask.
+    """
+    if feature_mask is None:
+        return None
+    sound = feature_mask.long().sum(-1).cpu()
+    end = (sound * frames + feature_mask.shape[-1] - 1) // feature_mask.shape[-1]  # ceil
+    return torch.stack([torch.zeros_like(end), end.clamp(0, frames)], -1)
+
+
 def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     engine: AudioKVAttention | SharedKVAttention | None = getattr(module, "audiokv", None)
     if engine is None or engine.prompt.bypass:
@@ -303,8 +318,9 @@ def apply_audiokv(
         else:
             kwargs[key] = AudioKVCache(model.config, handle.engines)
         handle.meter.reset()  # a new sequence
-        if family.cross_attention:
-            return args, kwargs  # all encoder frames are audio; padding is part of Whisper's input
+        if family.cross_attention:  # every encoder frame is attended; the features' mask says which are sound
+            prompt.audio_span = sound_spans(kwargs.get("attention_mask"), model.config.max_source_positions)
+            return args, kwargs
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         prompt.audio_span = audio_spans(input_ids, token_id) if input_ids is not None else None
         mask = kwargs.get("attention_mask")
