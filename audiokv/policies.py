@@ -88,7 +88,8 @@ class Policy:
         content_density: where a cross-attention row's real sound ends before
             its padding (the span given to the engine), read the density and
             the path lengths over the sound only; the padding keeps the uniform
-            coverage floor (and merging keeps its attention mass).
+            coverage floor (and merging keeps its attention mass); rejected on
+            the tune split (``audiokv-content``: Whisper base stops early).
         pick_novelty: inside a coverage stratum keep the frame of highest key
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).

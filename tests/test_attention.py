@@ -483,3 +483,29 @@ def test_chunked_prefill_sizes_each_layers_pool_for_what_its_layer_prior_keeps()
         assert need <= pages[0] <= need + 4  # 4 rows: under a page each of rounding
         kept.append(module.budgets.sum(-1).tolist())
     assert kept[1][0] > kept[0][0] and kept[1][1] == kept[0][1]  # the audio row follows the prior, the text row not
+
+
+def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_that_reads_it():
+    """Cross-attention over 100 frames, 60 of sound then jittery padding (high key novelty)."""
+    gen = torch.Generator().manual_seed(0)
+    sound = torch.randn(1, 2, 1, 16, generator=gen) + 0.3 * torch.randn(1, 2, 60, 16, generator=gen)
+    key = torch.cat([sound, torch.randn(1, 2, 40, 16, generator=gen)], 2)
+    value, query = torch.randn(1, 2, 100, 16, generator=gen), torch.randn(1, 2, 3, 16, generator=gen)
+    kept = {}
+    for policy, span in (
+        ("audiokv", None),
+        ("audiokv", (0, 60)),
+        ("audiokv-content", None),
+        ("audiokv-content", (0, 60)),
+    ):
+        module = AudioKVAttention(
+            AudioKVConfig(compression_ratio=0.7, page_size=16, sinks=0),
+            num_heads=2, num_kv_heads=2, head_dim=16, cross_attention=True, policy=policy,
+        )  # fmt: skip
+        module(query, key, value, audio_span=span)
+        kept[policy, span] = [set(module.kept_indices[0, h, : module.budgets[0, h]].tolist()) for h in range(2)]
+    assert kept["audiokv", None] == kept["audiokv", (0, 60)] == kept["audiokv-content", None]  # the span is ignored
+    for h in range(2):
+        in_sound = sum(t < 60 for t in kept["audiokv-content", (0, 60)][h]) / len(kept["audiokv-content", (0, 60)][h])
+        assert in_sound > 0.85  # the padding keeps about the uniform floor's share (0.1 x 40%)
+        assert sum(t < 60 for t in kept["audiokv", None][h]) / len(kept["audiokv", None][h]) < 0.6

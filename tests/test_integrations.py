@@ -913,3 +913,12 @@ def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
 
     with apply_audiokv(model, cfg) as handle:
         torch.testing.assert_close(run(fail_at=1), run(fail_at=None), atol=1e-6, rtol=0)
+
+
+def test_sound_spans_map_the_feature_mask_onto_encoder_frames():
+    from audiokv.integrations.apply import sound_spans
+
+    mask = torch.zeros(3, 10, dtype=torch.long)
+    mask[0, :7], mask[1, :] = 1, 1
+    assert sound_spans(mask, 5).tolist() == [[0, 4], [0, 5], [0, 0]]  # a frame holds sound if any input did
+    assert sound_spans(None, 5) is None

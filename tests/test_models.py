@@ -315,3 +315,23 @@ def test_demo_uses_the_shipped_calibration_and_reports_every_run(tmp_path, capsy
     assert runs[("full", 0.0)]["wer"] < 0.12  # 8.1% measured on these 6 clips
     assert runs[("audiokv", 0.7)]["kv_bytes"] < 0.4 * runs[("full", 0.0)]["kv_bytes"]
     assert (tmp_path / "demo.png").stat().st_size > 0 and "no calibration" not in capsys.readouterr().err
+
+
+def test_transcription_tells_the_cross_attention_where_the_sound_ends(tiny, eval_clip, monkeypatch):
+    from audiokv.attention import AudioKVAttention
+
+    spans = []
+    compress = AudioKVAttention.compress
+
+    def spy(self, *args, **kwargs):
+        spans.append(kwargs["audio_span"])
+        return compress(self, *args, **kwargs)
+
+    monkeypatch.setattr(AudioKVAttention, "compress", spy)
+    audio = eval_clip.audio()
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.5), policy="audiokv-content"):
+        greedy_transcribe(tiny, [audio, audio[: len(audio) // 2]])
+    assert len(spans) == tiny.model.config.decoder_layers
+    starts, ends = spans[0].T.tolist()
+    assert starts == [0, 0]
+    assert abs(ends[0] - len(audio) / 320) <= 1 and abs(ends[1] - len(audio) / 640) <= 1  # 50 frames a second
