@@ -374,8 +374,8 @@ class AudioKVAttention(nn.Module):
         """
         bsz, _, length, _ = key.shape
         spans = self._spans(audio_span, bsz, length)
-        content = spans  # where the audio's content is: the density and path lengths are read there
-        if self.cross_attention and audio_span is not None:
+        content = None  # the frames of real sound, for a policy that reads its density there only
+        if self.cross_attention and audio_span is not None and self.policy.content_density:
             content = span_rows(audio_span, bsz, length)
         key, value, indices, budgets, log_mass = self._select(
             query, key, value, spans, key_mask, self.config.sinks, content
@@ -442,9 +442,9 @@ class AudioKVAttention(nn.Module):
         ``key``/``value`` come back merged (:mod:`audiokv.merge`), ``indices`` are
         :func:`select_tokens`' ``[B, H_kv, K]``, ``budgets`` ``[B, H_kv]``, ``log_mass``
         ``[B, H_kv, T]`` or None; ``sinks`` first valid tokens are always kept.
-        ``content`` (``[B, 2]``, inside ``spans``; None: ``spans``) is the real sound
-        of each span: a policy with ``content_density`` reads its density and path
-        lengths there only, and the rest of the span keeps the uniform floor.
+        ``content`` (``[B, 2]`` inside ``spans``, or None) is the real sound of each
+        span: the density and the path lengths are read there only, and the rest of
+        the span keeps the uniform floor (``content_density`` policies).
         """
         cfg = self.config
         bsz, heads, length, _ = key.shape
@@ -465,9 +465,7 @@ class AudioKVAttention(nn.Module):
             text = valid if spans is None else valid & ~span_mask(spans.to(key.device), length)
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
-            if not policy.content_density or content is None:
-                content = spans
-            elif policy.coverage:
+            if content is not None and policy.coverage:
                 trend = trend * span_mask(content.to(key.device), length)[:, None, :]
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
@@ -484,7 +482,7 @@ class AudioKVAttention(nn.Module):
             if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
                 if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
                     weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
-                demand = policy.head_demand(inp, content)
+                demand = policy.head_demand(inp, spans if content is None else content)
                 if demand is not None:
                     split = torch.where(audio[..., None], demand_scores(scores, demand), scores)
                     by_path = audio[:, 0]

@@ -81,8 +81,8 @@ def targets_table(result: dict) -> str:
     ]
     for row in result["rows"]:
         best = row.get("vs_best_baseline")
-        cells = [f"{row['ratio']:g}", *cell(row["vs_full"]), *cell(best)[:1], best["baseline"] if best else ""]
-        cells.append(cell(best)[1])
+        diff, target = cell(best)
+        cells = [f"{row['ratio']:g}", *cell(row["vs_full"]), diff, best["baseline"] if best else "", target]
         lines.append("| " + " | ".join(cells) + " |")
     made = ", ".join(dict.fromkeys(r["commit"] for r in result["rows"]))
     caption = (

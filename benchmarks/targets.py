@@ -1,7 +1,8 @@
 """Issue 11's accuracy targets on a Whisper results file, with paired bootstrap intervals.
 
 ``python -m benchmarks.targets benchmarks/results/test-whisper-tiny.en.json [--policy audiokv]``
-writes ``benchmarks/results/targets-<model>.json`` (rendered by
+writes ``benchmarks/results/targets-<model>.json`` (``targets-`` and the file's
+name after ``test-``; rendered by
 :mod:`benchmarks.report`). For every ratio it compares the policy with the
 full cache (the target: at most +1 WER point at 0.4 and 0.6, +3 at 0.7, +5
 at 0.8) and with the best baseline of that ratio (the target: no worse).
@@ -45,8 +46,11 @@ def paired_bootstrap(
 def check(result: dict, refs: list[str], policy: str = "audiokv") -> list[dict]:
     """One row per ratio of ``policy`` in ``result``: its differences to the full cache and the best baseline."""
     rows = result["rows"]
-    errors = {(r["policy"], r["compression_ratio"]): word_errors(refs, r["hypotheses"]) for r in rows}
-    full, words = next(e for (p, _), e in errors.items() if p == "full")
+    cells = [(r["policy"], r["compression_ratio"]) for r in rows]
+    if len(set(cells)) < len(cells) or ("full", 0.0) not in cells:
+        raise SystemExit("a targets file needs one full-cache row and one row per policy and ratio (no tuning knobs)")
+    errors = {cell: word_errors(refs, r["hypotheses"]) for cell, r in zip(cells, rows, strict=True)}
+    full, words = errors["full", 0.0]
     out = []
     for ratio in sorted(x for p, x in errors if p == policy):
         mine = errors[policy, ratio][0]
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         **environment(),
         "rows": check(result, refs, args.policy),
     }
-    out = args.out or args.file.with_name(f"targets-{result['model']}.json")
+    out = args.out or args.file.with_name(f"targets-{args.file.stem.removeprefix('test-')}.json")
     out.write_text(json.dumps(checked, indent=1))
     print(f"wrote {out}")
     return checked

@@ -509,3 +509,23 @@ def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_th
         in_sound = sum(t < 60 for t in kept["audiokv-content", (0, 60)][h]) / len(kept["audiokv-content", (0, 60)][h])
         assert in_sound > 0.85  # the padding keeps about the uniform floor's share (0.1 x 40%)
         assert sum(t < 60 for t in kept["audiokv", None][h]) / len(kept["audiokv", None][h]) < 0.6
+
+
+def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound():
+    """Head 0: calm sound, jittery padding; head 1: livelier sound, calm padding. The content span flips their split."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 2, 1, 16, generator=gen)
+    jitter = torch.tensor([0.1, 0.6])[None, :, None, None]
+    sound = base + jitter * torch.randn(1, 2, 60, 16, generator=gen)
+    padding = torch.stack([torch.randn(40, 16, generator=gen), 0.01 * torch.randn(40, 16, generator=gen)])[None]
+    key = torch.cat([sound, padding + torch.tensor([0.0, 1.0])[None, :, None, None] * base], 2)
+    value, query = torch.randn(1, 2, 100, 16, generator=gen), torch.randn(1, 2, 3, 16, generator=gen)
+    budgets = {}
+    for span in (None, (0, 60)):
+        module = AudioKVAttention(
+            AudioKVConfig(compression_ratio=0.7, page_size=16, sinks=0),
+            num_heads=2, num_kv_heads=2, head_dim=16, cross_attention=True, policy="audiokv-content",
+        )  # fmt: skip
+        module(query, key, value, audio_span=span)
+        budgets[span] = module.budgets[0].tolist()
+    assert budgets[None][0] > budgets[None][1] and budgets[0, 60][1] > budgets[0, 60][0]

@@ -178,12 +178,32 @@ def test_a_rare_text_token_the_window_ignores_is_kept_only_with_text_rarity():
 def test_the_joint_law_gives_each_head_the_sum_of_its_density_even_where_keys_repeat():
     from audiokv.policies import ScoreInput
 
-    key = torch.randn(1, 2, 40, 8)
-    key[:, 1] = key[:, 1, :1]  # a head whose keys never move: novelty rounds to about 0, maybe below
+    gen = torch.Generator().manual_seed(0)
+    key = torch.randn(1, 2, 40, 8, generator=gen)
+    key[:, 1] = key[:, 1, :1]  # a head whose keys never move
     inp = ScoreInput(torch.randn(1, 2, 3, 8), key, torch.randn(1, 2, 40, 8), 1.0, None, 4, False, "max", 1)
+    assert inp.novelty[0, 1].min() < 0  # 1 - cos of equal keys rounds to just below 0 (this seed)
     policy = get_policy("audiokv-joint")
     density = policy.density(inp, inp.novelty)
     assert torch.allclose(density, inp.novelty.clamp_min(0) ** (2 / 3))
     demand = policy.head_demand(inp, torch.tensor([[5, 35]]))
     assert torch.allclose(demand[0, 0], density[0, 0, 5:35].sum()) and demand[0, 1] > 0  # finite, positive
-    assert torch.equal(get_policy("audiokv-pick").stratum_scores(inp, torch.zeros(1, 2, 40)), inp.novelty)
+
+
+def test_choosing_by_novelty_keeps_the_most_novel_frame_of_each_stratum():
+    """Uniform novelty but one spike per stretch of 10 frames; window scores point elsewhere."""
+    gen = torch.Generator().manual_seed(0)
+    key = torch.randn(1, 1, 1, 16, generator=gen) + 0.05 * torch.randn(1, 1, 100, 16, generator=gen)
+    spikes = list(range(5, 100, 10))
+    key[0, 0, spikes] = torch.randn(len(spikes), 16, generator=gen) * 3
+    query, value = torch.randn(1, 1, 2, 16, generator=gen), torch.randn(1, 1, 100, 16, generator=gen)
+    kept = {}
+    for policy in ("audiokv", "audiokv-pick"):
+        module = AudioKVAttention(
+            AudioKVConfig(compression_ratio=0.9, page_size=16, sinks=0, coverage_floor=1.0),
+            num_heads=1, num_kv_heads=1, head_dim=16, cross_attention=True, policy=policy,
+        )  # fmt: skip
+        module(query, key, value)
+        kept[policy] = module.kept_indices[0, 0, : module.budgets[0, 0]].tolist()
+    assert kept["audiokv-pick"] == spikes  # one token per stratum of 10, the spike in it
+    assert kept["audiokv"] != spikes
