@@ -72,11 +72,12 @@ def targets_table(result: dict) -> str:
         if c is None:
             return ["", ""]
         allowed = "" if c["allowed"] is None else f"≤ {c['allowed']:+.0f}: "
-        return [f"{c['diff']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]", allowed + verdict(c)]
+        spread = f"[{c['low']:+.1f}, {c['high']:+.1f}] [{c['voice_low']:+.1f}, {c['voice_high']:+.1f}]"
+        return [f"{c['diff']:+.1f} {spread}", allowed + verdict(c)]
 
     policy = result["policy"]
     lines = [
-        f"| ratio | {policy} − full [95%] | target | {policy} − best baseline [95%] | baseline | target |",
+        f"| ratio | {policy} − full | target | {policy} − best baseline | baseline | target |",
         "|---" * 6 + "|",
     ]
     for row in result["rows"]:
@@ -87,7 +88,8 @@ def targets_table(result: dict) -> str:
     made = ", ".join(dict.fromkeys(r["commit"] for r in result["rows"]))
     caption = (
         f"{result['model']}, WER points on the {result['clips']} clips of `{result['source']}` "
-        f"({policy} rows made at {made}); 95% paired bootstrap intervals, commit {result['commit']}"
+        f"({policy} rows made at {made}), each with 95% paired bootstrap intervals resampling clips, "
+        f"then the {result['voices']} voices; commit {result['commit']}"
     )
     return caption + "\n\n" + "\n".join(lines)
 

@@ -210,6 +210,11 @@ def test_paired_bootstrap_interval_holds_the_difference_and_shrinks_to_it_when_e
     assert (diff, low, high) == pytest.approx((10.0, 10.0, 10.0))
     diff, low, high = paired_bootstrap([0] * 19 + [20], [0] * 20, words)  # one clip looping: a wide interval
     assert diff == pytest.approx(10.0) and low == 0.0 and high > 20
+    voices = [f"v{i % 4}" for i in range(20)]  # the same clips drawn by voice: whole voices come and go
+    _, voice_low, voice_high = paired_bootstrap([0] * 19 + [20], [0] * 20, words, groups=voices)
+    assert voice_low == 0.0 and voice_high == pytest.approx(30.0)  # 3 of 4 draws the looping voice: 60 / 200 edits
+    _, low, high = paired_bootstrap([1, 3] * 10, [0] * 20, words, groups=[f"v{i % 2}" for i in range(20)])
+    assert (low, high) == pytest.approx((10.0, 30.0))  # two voices of 10 and 30 points: all of one or the other
 
 
 def test_targets_compare_with_the_full_cache_and_the_best_baseline_of_each_ratio():
@@ -224,14 +229,24 @@ def test_targets_compare_with_the_full_cache_and_the_best_baseline_of_each_ratio
         {"policy": "audiokv", "compression_ratio": 0.6, "repetition_rate": 0.0, "commit": "abc",
          "hypotheses": ["red green blue black"] * 4},
     ]  # fmt: skip
-    (row,) = check({"rows": rows, "commit": "abc"}, refs)
+    (row,) = check({"rows": rows, "commit": "abc"}, refs, ["v1", "v1", "v2", "v2"])
     assert row["vs_full"]["diff"] == pytest.approx(20.0) and row["vs_full"]["allowed"] == 1.0
     assert verdict(row["vs_full"]) == "missed"  # every clip agrees: no noise to hide in
     best = row["vs_best_baseline"]
     assert best["baseline"] == "stride" and best["diff"] == pytest.approx(-40.0) and verdict(best) == "met"
-    assert verdict({"diff": 2.0, "low": -1.0, "high": 5.0, "allowed": 1.0}) == "missed (within noise)"
-    assert verdict({"diff": 0.5, "low": -1.0, "high": 5.0, "allowed": 1.0}) == "met (within noise)"
-    result = {"model": "m", "source": "f.json", "clips": 4, "policy": "audiokv", "commit": "def", "rows": [row]}
-    assert "| 0.6 | +20.0 [+20.0, +20.0] | ≤ +1: missed | -40.0 [-40.0, -40.0] | stride | ≤ +0: met |" in targets_table(
-        result
-    )
+    clips_wide = {"diff": 2.0, "low": -1.0, "high": 5.0, "voice_low": 1.5, "voice_high": 2.5, "allowed": 1.0}
+    assert verdict(clips_wide) == "missed (within noise)"  # either interval reaching the allowance is noise
+    assert verdict({**clips_wide, "low": 1.5, "high": 2.5, "voice_low": -1.0}) == "missed (within noise)"
+    assert verdict({**clips_wide, "low": 1.5}) == "missed"
+    assert verdict({**clips_wide, "diff": 0.5}) == "met (within noise)"
+    result = {
+        "model": "m",
+        "source": "f.json",
+        "clips": 4,
+        "voices": 2,
+        "policy": "audiokv",
+        "commit": "d",
+        "rows": [row],
+    }
+    table = targets_table(result)
+    assert "| 0.6 | +20.0 [+20.0, +20.0] [+20.0, +20.0] | ≤ +1: missed | -40.0 [-40.0, -40.0] [-40.0, -40.0] |" in table
