@@ -466,7 +466,11 @@ class AudioKVAttention(nn.Module):
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
             if content is not None and policy.coverage:
-                trend = trend * span_mask(content.to(key.device), length)[:, None, :]
+                sound = span_mask(content.to(key.device), length)[:, None, :]  # [B, 1, T]
+                rest = 0.0  # outside the sound: the uniform floor only, or the sound's mean density
+                if policy.padding_at_mean:
+                    rest = (trend * sound).sum(-1, keepdim=True) / sound.sum(-1, keepdim=True).clamp_min(1)
+                trend = torch.where(sound, trend, rest)
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores

@@ -90,6 +90,9 @@ class Policy:
             the path lengths over the sound only; the padding keeps the uniform
             coverage floor (and merging keeps its attention mass); rejected on
             the tune split (``audiokv-content``: Whisper base stops early).
+        padding_at_mean: with ``content_density``, the padding's density is the
+            sound's mean instead of zero: it keeps tokens at the sound's average
+            rate (``audiokv-content-mean``).
         pick_novelty: inside a coverage stratum keep the frame of highest key
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
@@ -108,6 +111,7 @@ class Policy:
     joint_law: bool = False
     pick_novelty: bool = False
     content_density: bool = False
+    padding_at_mean: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -327,6 +331,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-pick", **{**AUDIOKV, "pick_novelty": True}),
         AudioKV("audiokv-pick-sss", **{**AUDIOKV, "pick_novelty": True, "smooth": True}),
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
+        AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
     )
 }
 
