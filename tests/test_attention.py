@@ -492,12 +492,8 @@ def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_th
     key = torch.cat([sound, torch.randn(1, 2, 40, 16, generator=gen)], 2)
     value, query = torch.randn(1, 2, 100, 16, generator=gen), torch.randn(1, 2, 3, 16, generator=gen)
     kept = {}
-    for policy, span in (
-        ("audiokv", None),
-        ("audiokv", (0, 60)),
-        ("audiokv-content", None),
-        ("audiokv-content", (0, 60)),
-    ):
+    runs = [("audiokv", None), ("audiokv", (0, 60)), ("audiokv-content", None), ("audiokv-content", (0, 60))]
+    for policy, span in [*runs, ("audiokv-content-mean", (0, 60))]:
         module = AudioKVAttention(
             AudioKVConfig(compression_ratio=0.7, page_size=16, sinks=0),
             num_heads=2, num_kv_heads=2, head_dim=16, cross_attention=True, policy=policy,
@@ -509,6 +505,8 @@ def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_th
         in_sound = sum(t < 60 for t in kept["audiokv-content", (0, 60)][h]) / len(kept["audiokv-content", (0, 60)][h])
         assert in_sound > 0.85  # the padding keeps about the uniform floor's share (0.1 x 40%)
         assert sum(t < 60 for t in kept["audiokv", None][h]) / len(kept["audiokv", None][h]) < 0.6
+        at_mean = kept["audiokv-content-mean", (0, 60)][h]
+        assert 0.5 < sum(t < 60 for t in at_mean) / len(at_mean) < 0.75  # the padding at the sound's rate: ~60%
 
 
 def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound():
