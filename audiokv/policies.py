@@ -92,7 +92,7 @@ class Policy:
             the tune split (``audiokv-content``: Whisper base stops early).
         padding_at_mean: with ``content_density``, the padding's density is the
             sound's mean instead of zero: it keeps tokens at the sound's average
-            rate (``audiokv-content-mean``).
+            rate (``audiokv-content-mean``); rejected on the tune split.
         pick_novelty: inside a coverage stratum keep the frame of highest key
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
