@@ -12,8 +12,8 @@ voices (each drawn voice brings all its clips; the manifest's ``voice``
 field), which is the question the project asks: would another set of voices
 agree? With a few voices the second is crude (a percentile bootstrap over 7
 groups can come out narrower than over 42 clips), so a verdict is "within
-noise" when either interval straddles the allowance. Nothing is decoded again: the hypotheses stored in the file are
-rescored.
+noise" when either interval straddles the allowance. Nothing is decoded
+again: the hypotheses stored in the file are rescored.
 """
 
 from __future__ import annotations
@@ -65,16 +65,15 @@ def check(result: dict, refs: list[str], voices: list[str], policy: str = "audio
 
     ``refs`` and ``voices``: the transcript and the voice of each clip, in the file's order.
     """
-    rows = result["rows"]
-    cells = [(r["policy"], r["compression_ratio"]) for r in rows]
-    if len(set(cells)) < len(cells) or ("full", 0.0) not in cells:
+    rows = {(r["policy"], r["compression_ratio"]): r for r in result["rows"]}
+    if len(rows) < len(result["rows"]) or ("full", 0.0) not in rows:
         raise SystemExit("a targets file needs one full-cache row and one row per policy and ratio (no tuning knobs)")
-    errors = {cell: word_errors(refs, r["hypotheses"]) for cell, r in zip(cells, rows, strict=True)}
+    errors = {cell: word_errors(refs, r["hypotheses"]) for cell, r in rows.items()}
     full, words = errors["full", 0.0]
     out = []
     for ratio in sorted(x for p, x in errors if p == policy):
         mine = errors[policy, ratio][0]
-        made = next(r for r in rows if r["policy"] == policy and r["compression_ratio"] == ratio)
+        made = rows[policy, ratio]
         row = {"ratio": ratio, "commit": made.get("commit", result["commit"]), "loops": made["repetition_rate"]}
         row["vs_full"] = {**compare(mine, full, words, voices), "allowed": ABOVE_FULL.get(ratio)}
         baselines = {p: e for (p, x), (e, _) in errors.items() if x == ratio and p in BASELINES}
