@@ -18,7 +18,8 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/audiokv demo
 
-# The tune/test speech sets (needs apt packages espeak-ng flite festival festvox-kallpc16k festvox-us-slt-hts sox).
+# The tune/test/holdout speech sets (needs apt packages espeak-ng flite festival festvox-kallpc16k
+# festvox-kdlpc16k festvox-us-slt-hts sox freetts).
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 

@@ -9,9 +9,12 @@ default that only fits the tuning voices shows up as a gap on ``test``:
   clean, white noise at 15-20 dB SNR, a small-room reverb;
 - test: espeak-ng en-gb, en-us-nyc+f4, en-gb-x-rp+m1, en-gb-x-gbclan+klatt; flite awb, rms;
   festival kal_diphone; clean, pink noise at 10-15 dB SNR, telephone band (300-3,400 Hz, 8 kHz),
-  a large-hall reverb with noise.
+  a large-hall reverb with noise;
+- holdout, built after every default was fixed and never tuned on: FreeTTS kevin16 (a fourth
+  engine) and six espeak-ng timbres of neither split; clean, babble of four tune voices at
+  15-20 dB SNR, 8 kHz mu-law, tempo 1.15 with a small-room reverb; sentences of its own.
 
-Passages are 1-5 sentences drawn (seeded) from one pool, kept between 8 and
+Passages are 1-5 sentences drawn (seeded) from a pool (tune and test share one), kept between 8 and
 28 s. Each split gets ``manifest.jsonl`` (NeMo style, with voice, engine,
 condition and duration per clip), readable by ``audiokv eval --data``.
 
@@ -21,7 +24,7 @@ neither split, speaking the bundled calibration sentences, with each word's
 start and end time (from festival's own segmentation) in the manifest.
 
 Needs Debian's ``espeak-ng``, ``flite``, ``festival`` (+ ``festvox-kallpc16k``,
-``festvox-kdlpc16k``, ``festvox-us-slt-hts``) and ``sox``. sox dithers what it
+``festvox-kdlpc16k``, ``festvox-us-slt-hts``), ``sox`` and, for holdout, ``freetts``. sox dithers what it
 writes, so rebuilt reverb clips differ from the committed ones in the lowest bits.
 """
 
@@ -93,6 +96,46 @@ SENTENCES = [
     "He carefully wrapped the glass vase in newspaper before the move.",
 ]
 
+# the holdout split's own sentences: no sentence, and few phrases, of the pool above
+HOLDOUT_SENTENCES = [
+    "The old sailor mended his nets on the pier while gulls circled overhead.",
+    "Every morning the baker lights the oven long before the town wakes up.",
+    "A gentle breeze carried the smell of pine needles across the valley.",
+    "The committee postponed its decision until the budget report was finished.",
+    "She found a silver coin buried in the sand near the lifeguard tower.",
+    "The nurse checked the patient's temperature and wrote it on the chart.",
+    "Heavy snow closed the airport, and hundreds of passengers slept on benches.",
+    "The carpenter measured the doorway twice before cutting the new frame.",
+    "Our football team won the final match after a long and tiring season.",
+    "The professor encouraged her students to question every assumption.",
+    "A flock of geese flew south in a perfect line above the frozen pond.",
+    "The mechanic replaced the brakes and told us to drive carefully.",
+    "In the evening the whole village gathered around the fire to sing.",
+    "The detective studied the footprints in the mud beside the garden gate.",
+    "Fresh strawberries were sold from a wooden cart at the corner of the square.",
+    "The spacecraft sent back pictures of a distant moon covered in ice.",
+    "He learned to play chess from his uncle during the long winter holidays.",
+    "The ferry was cancelled because the waves had grown too high.",
+    "A quiet librarian helped me find an old map of the county.",
+    "The farmers hoped for rain after three months of dry and dusty weather.",
+    "The toddler laughed as the puppy chased its own tail around the kitchen.",
+    "Workers painted the bridge bright red so that ships could see it in fog.",
+    "The singer forgot the words but the audience cheered her on anyway.",
+    "Please send the signed contract back to our office before Friday.",
+    "The hospital opened a new wing for children with serious illnesses.",
+    "Tall grass swayed in the wind as the horses galloped toward the barn.",
+    "The engineer explained how the dam controls the flow of the river.",
+    "Grandmother kept her recipes in a battered tin box on the top shelf.",
+    "The hotel lobby was crowded with tourists waiting for their rooms.",
+    "A loud knock on the door woke everyone in the house at midnight.",
+    "The gardener planted tulips in rows of yellow, white and purple.",
+    "Scientists warned that the glacier is melting faster than expected.",
+    "The boys built a raft from empty barrels and floated it down the stream.",
+    "Our neighbor repairs old radios and sells them at the weekend market.",
+    "The judge listened carefully before announcing her final verdict.",
+    "Smoke from the chimney curled slowly into the cold winter sky.",
+]
+
 
 @dataclass(frozen=True)
 class Voice:
@@ -100,7 +143,7 @@ class Voice:
 
     engine: str
     name: str
-    speeds: tuple[float, ...]  # espeak words per minute, or flite/festival duration stretch
+    speeds: tuple[float, ...]  # espeak words per minute, flite/festival duration stretch, or FreeTTS tempo
     pitch: int = 50  # espeak only
     gap: int = 0  # espeak only: extra pause between words, in 10 ms units
 
@@ -145,8 +188,25 @@ SPLITS: dict[str, dict] = {
         "conditions": ["clean", "pink-noise", "telephone", "hall-reverb-noise"],
         "seed": 23,
     },
+    # built after every default was fixed, never tuned on: a fourth engine (FreeTTS), espeak-ng timbres
+    # of neither split, conditions of neither split, and sentences of their own
+    "holdout": {
+        "voices": [
+            Voice("freetts", "kevin16", (1.0, 1.15)),
+            Voice("espeak-ng", "en-gb+croak", (140, 160), pitch=40, gap=1),
+            Voice("espeak-ng", "en-gb-x-rp+john", (150, 170), pitch=45),
+            Voice("espeak-ng", "en-us-nyc+Michael", (160, 185), pitch=45),
+            Voice("espeak-ng", "en-gb-x-gbclan+edward", (145, 165), pitch=50),
+            Voice("espeak-ng", "en-gb+Alicia", (155, 175), pitch=60),
+            Voice("espeak-ng", "en-gb-x-rp+f3", (135, 155), pitch=55, gap=2),
+        ],
+        "conditions": ["clean", "babble", "mu-law", "fast-room"],
+        "sentences": HOLDOUT_SENTENCES,
+        "seed": 37,
+    },
 }
-CLIPS_PER_VOICE = {"tune": 5, "test": 6}
+CLIPS_PER_VOICE = {"tune": 5, "test": 6, "holdout": 6}
+FREETTS_JAR = "/usr/share/java/freetts.jar"
 
 
 def synthesize(voice: Voice, text: str, speed: float, path: Path) -> None:
@@ -161,6 +221,11 @@ def synthesize(voice: Voice, text: str, speed: float, path: Path) -> None:
         cmd = ["text2wave", "-eval", script, "-o", str(path)]
         subprocess.run(cmd, input=text, text=True, check=True, capture_output=True)
         return
+    elif voice.engine == "freetts":  # no speed setting of its own: sox changes the tempo
+        spoken = path.with_name(f"{path.stem}.freetts.wav")
+        cmd = ["java", "-jar", FREETTS_JAR, "-voice", voice.name, "-dumpAudio", str(spoken), "-text", text]
+        subprocess.run(cmd, check=True, capture_output=True)
+        cmd = ["sox", str(spoken), str(path), "tempo", str(speed)]
     else:
         raise ValueError(f"unknown engine {voice.engine!r}")
     subprocess.run(cmd, check=True, capture_output=True)
@@ -176,12 +241,15 @@ def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.fft.irfft(spectrum, n=n)
 
 
+def mix(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``audio`` plus ``noise`` (as long) scaled to ``snr_db`` below the speech's power."""
+    speech_power = np.mean(audio[np.abs(audio) > 1e-3] ** 2)
+    return audio + noise * np.sqrt(speech_power / 10 ** (snr_db / 10) / np.mean(noise**2))
+
+
 def add_noise(audio: np.ndarray, kind: str, snr_db: float, rng: np.random.Generator) -> np.ndarray:
     """``audio`` plus ``kind`` ("white" or "pink") noise at ``snr_db`` relative to the speech power."""
-    noise = _noise(kind, len(audio), rng)
-    speech_power = np.mean(audio[np.abs(audio) > 1e-3] ** 2)
-    noise *= np.sqrt(speech_power / 10 ** (snr_db / 10) / np.mean(noise**2))
-    return audio + noise
+    return mix(audio, _noise(kind, len(audio), rng), snr_db)
 
 
 def sox(audio: np.ndarray, *effects: str) -> np.ndarray:
@@ -193,8 +261,39 @@ def sox(audio: np.ndarray, *effects: str) -> np.ndarray:
         return load_audio(dst)
 
 
-def degrade(audio: np.ndarray, condition: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """Apply one named condition; returns the audio and a description with its drawn settings."""
+def mu_law(audio: np.ndarray) -> np.ndarray:
+    """``audio`` (16 kHz) through an 8 kHz, 8-bit mu-law channel (G.711, the classic telephone codec)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, mid, dst = (Path(tmp) / f"{name}.wav" for name in ("in", "mid", "out"))
+        write_wav(src, audio / max(1e-9, np.abs(audio).max()) * 0.5)
+        subprocess.run(["sox", str(src), "-e", "u-law", "-r", "8000", str(mid)], check=True, capture_output=True)
+        subprocess.run(["sox", str(mid), "-e", "signed", "-b", "16", "-r", str(SAMPLE_RATE), str(dst)],
+                       check=True, capture_output=True)  # fmt: skip
+        return load_audio(dst)
+
+
+def babble_bed(rng: np.random.Generator, tmp: Path, talkers: int = 4) -> np.ndarray:
+    """About a minute of ``talkers`` voices of the tune split talking at once, each at its own level."""
+    voices = [v for v in SPLITS["tune"]["voices"] if v.engine != "festival"][:talkers]
+    streams = []
+    for voice in voices:
+        text = " ".join(SENTENCES[i] for i in rng.permutation(len(SENTENCES))[:12])
+        synthesize(voice, text, voice.speeds[0], tmp / "talker.wav")
+        talker = load_audio(tmp / "talker.wav")
+        streams.append(talker / np.sqrt(np.mean(talker**2)) * rng.uniform(0.5, 1.0))
+    bed = np.zeros(min(len(s) for s in streams))
+    for talker in streams:
+        bed += np.roll(talker[: len(bed)], int(rng.integers(len(bed))))
+    return bed
+
+
+def degrade(
+    audio: np.ndarray, condition: str, rng: np.random.Generator, bed: np.ndarray | None = None
+) -> tuple[np.ndarray, str]:
+    """Apply one named condition; returns the audio and a description with its drawn settings.
+
+    ``bed`` is the :func:`babble_bed` that the ``babble`` condition mixes in.
+    """
     if condition == "clean":
         return audio, "clean"
     if condition == "white-noise":
@@ -211,15 +310,26 @@ def degrade(audio: np.ndarray, condition: str, rng: np.random.Generator) -> tupl
         snr = float(rng.uniform(15, 20))
         wet = sox(audio, "reverb", "70", "50", "100")
         return add_noise(wet, "pink", snr, rng), f"hall reverb 70% + pink noise {snr:.1f} dB SNR"
+    if condition == "babble":
+        snr = float(rng.uniform(15, 20))
+        start = int(rng.integers(len(bed) - len(audio))) if len(bed) > len(audio) else 0
+        noise = np.resize(np.roll(bed, -start), len(audio))  # a long clip hears the bed again from its start
+        return mix(audio, noise, snr), f"babble of 4 voices {snr:.1f} dB SNR"
+    if condition == "mu-law":
+        return mu_law(audio), "mu-law 8 kHz 8 bit"
+    if condition == "fast-room":
+        return sox(audio, "tempo", "1.15", "reverb", "30", "50", "20"), "tempo 1.15 + reverb 30% small room"
     raise ValueError(f"unknown condition {condition!r}")
 
 
-def passage(voice: Voice, rng: np.random.Generator, speed: float, tmp: Path) -> tuple[str, np.ndarray]:
-    """A passage of 1-5 pool sentences spoken by ``voice``, between MIN_SECONDS and MAX_SECONDS long."""
-    order = rng.permutation(len(SENTENCES))
+def passage(
+    voice: Voice, rng: np.random.Generator, speed: float, tmp: Path, sentences: list[str] = SENTENCES
+) -> tuple[str, np.ndarray]:
+    """A passage of 1-5 ``sentences`` spoken by ``voice``, between MIN_SECONDS and MAX_SECONDS long."""
+    order = rng.permutation(len(sentences))
     count = int(rng.integers(2, 6))
     while True:
-        text = " ".join(SENTENCES[i] for i in order[:count])
+        text = " ".join(sentences[i] for i in order[:count])
         raw = tmp / "raw.wav"
         synthesize(voice, text, speed, raw)
         audio = load_audio(raw)
@@ -242,13 +352,14 @@ def build_split(split: str, out: Path) -> list[dict]:
     folder.mkdir(parents=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        bed = babble_bed(rng, Path(tmp)) if "babble" in spec["conditions"] else None
         for v, voice in enumerate(spec["voices"]):
             for c in range(CLIPS_PER_VOICE[split]):
                 speed = voice.speeds[c % len(voice.speeds)]
-                text, audio = passage(voice, rng, speed, Path(tmp))
+                text, audio = passage(voice, rng, speed, Path(tmp), spec.get("sentences", SENTENCES))
                 audio = audio / max(1e-9, np.abs(audio).max()) * 0.5
                 condition = spec["conditions"][(v + c) % len(spec["conditions"])]
-                audio, described = degrade(audio, condition, rng)
+                audio, described = degrade(audio, condition, rng, bed)
                 audio = audio / max(1e-9, np.abs(audio).max()) * 10 ** (-1 / 20)
                 name = f"{split}_{v:02d}_{c}.wav"
                 write_wav(folder / name, audio)
@@ -314,10 +425,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(rows)} word-timed calibration clips -> {CALIB_TIMED_DIR}")
         return
     missing = [tool for tool in ("espeak-ng", "flite", "text2wave", "sox") if shutil.which(tool) is None]
+    if "holdout" in args.splits:
+        missing += [need for need, found in (("java", shutil.which("java")), (FREETTS_JAR, Path(FREETTS_JAR).is_file()))
+                    if not found]  # fmt: skip
     if missing:
         raise SystemExit(
             f"missing {', '.join(missing)}: apt-get install espeak-ng flite festival festvox-kallpc16k"
-            " festvox-us-slt-hts sox"
+            " festvox-us-slt-hts sox freetts"
         )
     for split in args.splits:
         rows = build_split(split, args.out)

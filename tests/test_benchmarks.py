@@ -83,12 +83,15 @@ def test_compiled_benchmark_decodes_as_eager_without_recompiles(tmp_path):
     assert json.loads((tmp_path / "compiled.json").read_text())["rows"] == rows
 
 
-def test_tune_and_test_splits_share_no_voice_and_no_condition():
-    from benchmarks.speech_set import CLIPS_PER_VOICE, SPLITS
+def test_the_splits_share_no_voice_and_no_condition_and_holdout_no_sentence():
+    from itertools import combinations
 
-    tune, test = SPLITS["tune"], SPLITS["test"]
-    assert not {v.label for v in tune["voices"]} & {v.label for v in test["voices"]}
-    assert not set(tune["conditions"]) - {"clean"} & set(test["conditions"])
+    from benchmarks.speech_set import CLIPS_PER_VOICE, SENTENCES, SPLITS
+
+    for a, b in combinations(SPLITS.values(), 2):
+        assert not {v.label for v in a["voices"]} & {v.label for v in b["voices"]}
+        assert not (set(a["conditions"]) - {"clean"}) & set(b["conditions"])
+    assert not set(SPLITS["holdout"]["sentences"]) & set(SENTENCES)
     voices = {v.label for split in SPLITS.values() for v in split["voices"]}
     clips = sum(len(SPLITS[s]["voices"]) * CLIPS_PER_VOICE[s] for s in SPLITS)
     assert len(voices) >= 10 and clips >= 60
