@@ -39,6 +39,7 @@ results-whisper: $(STAMP)
 # commit (about 3.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
+HOLDOUT_POLICIES := full,random,stride,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads
 AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 R := benchmarks/results
 results: $(STAMP)
@@ -59,6 +60,9 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
+		--data benchmarks/data/speech/holdout/manifest.jsonl --policies $(HOLDOUT_POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 \
+		--out $(R)/holdout-$$m.json --plot $(R)/holdout-$$m.png && $(BIN)/python -m benchmarks.targets $(R)/holdout-$$m.json; done
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
 	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \
