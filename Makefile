@@ -36,7 +36,7 @@ results-whisper: $(STAMP)
 	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json benchmarks/results/targets-$(MODEL).json --readme
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
-# commit (about 3.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
+# commit (about 4.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 HOLDOUT_POLICIES := full,random,stride,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads
@@ -48,21 +48,21 @@ results: $(STAMP)
 	$(BIN)/python -m benchmarks.tune_whisper
 	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss,audiokv:safeguard=0.2,audiokv:safeguard=0.35,audiokv:layer_prior=0,audiokv:layer_prior=0.5
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv,audiokv:safeguard=0.35,audiokv-sss --out $(R)/tune70-$$m.json; done
+		--only audiokv,audiokv:safeguard=0.35,audiokv-sss --out $(R)/tune70-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-joint --out $(R)/tune70-joint-$$m.json; done
+		--only audiokv-joint --out $(R)/tune70-joint-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-pick,audiokv-pick-sss --out $(R)/tune70-pick-$$m.json; done
+		--only audiokv-pick,audiokv-pick-sss --out $(R)/tune70-pick-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-content --out $(R)/tune70-content-$$m.json; done
+		--only audiokv-content --out $(R)/tune70-content-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-content-mean --out $(R)/tune70-content-mean-$$m.json; done
+		--only audiokv-content-mean --out $(R)/tune70-content-mean-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
-		--out $(R)/test-$$m-floor-0.35.json; done
+		--out $(R)/test-$$m-floor-0.35.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/holdout/manifest.jsonl --policies $(HOLDOUT_POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 \
-		--out $(R)/holdout-$$m.json --plot $(R)/holdout-$$m.png && $(BIN)/python -m benchmarks.targets $(R)/holdout-$$m.json; done
+		--out $(R)/holdout-$$m.json --plot $(R)/holdout-$$m.png && $(BIN)/python -m benchmarks.targets $(R)/holdout-$$m.json || exit 1; done
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
 	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \

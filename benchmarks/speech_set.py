@@ -11,8 +11,10 @@ default that only fits the tuning voices shows up as a gap on ``test``:
   festival kal_diphone; clean, pink noise at 10-15 dB SNR, telephone band (300-3,400 Hz, 8 kHz),
   a large-hall reverb with noise;
 - holdout, built after every default was fixed and never tuned on: FreeTTS kevin16 (a fourth
-  engine) and six espeak-ng timbres of neither split; clean, babble of four tune voices at
-  15-20 dB SNR, 8 kHz mu-law, tempo 1.15 with a small-room reverb; sentences of its own.
+  engine, on the kal diphones flite's and festival's kal voices also use) and six espeak-ng
+  accent+timbre pairs of neither split (test's accents; the f3 timbre is also tune's, on another
+  accent); clean, babble of four tune voices at 15-20 dB SNR, 8 kHz mu-law, tempo 1.15 with a
+  small-room reverb; sentences of its own (the babble speaks the shared pool).
 
 Passages are 1-5 sentences drawn (seeded) from a pool (tune and test share one), kept between 8 and
 28 s. Each split gets ``manifest.jsonl`` (NeMo style, with voice, engine,
@@ -25,7 +27,9 @@ start and end time (from festival's own segmentation) in the manifest.
 
 Needs Debian's ``espeak-ng``, ``flite``, ``festival`` (+ ``festvox-kallpc16k``,
 ``festvox-kdlpc16k``, ``festvox-us-slt-hts``), ``sox`` and, for holdout, ``freetts``. sox dithers what it
-writes, so rebuilt reverb clips differ from the committed ones in the lowest bits.
+writes, so rebuilt clips that pass through sox differ from the committed ones in the lowest bits
+(mu-law's coarse steps turn that into up to 3% of full scale), and holdout_00_3 (a FreeTTS clip
+sped up twice) more: sox's tempo search lands elsewhere on dithered input.
 """
 
 from __future__ import annotations
@@ -173,6 +177,7 @@ SPLITS: dict[str, dict] = {
             Voice("festival", "cmu_us_slt_arctic_hts", (1.0,)),
         ],
         "conditions": ["clean", "white-noise", "room-reverb"],
+        "sentences": SENTENCES,
         "seed": 11,
     },
     "test": {
@@ -186,9 +191,10 @@ SPLITS: dict[str, dict] = {
             Voice("festival", "kal_diphone", (1.0, 1.1)),
         ],
         "conditions": ["clean", "pink-noise", "telephone", "hall-reverb-noise"],
+        "sentences": SENTENCES,
         "seed": 23,
     },
-    # built after every default was fixed, never tuned on: a fourth engine (FreeTTS), espeak-ng timbres
+    # built after every default was fixed, never tuned on: a fourth engine (FreeTTS), espeak-ng voices
     # of neither split, conditions of neither split, and sentences of their own
     "holdout": {
         "voices": [
@@ -206,7 +212,8 @@ SPLITS: dict[str, dict] = {
     },
 }
 CLIPS_PER_VOICE = {"tune": 5, "test": 6, "holdout": 6}
-FREETTS_JAR = "/usr/share/java/freetts.jar"
+FREETTS_JAR, FREETTS_KAL = "/usr/share/java/freetts.jar", "/usr/share/java/cmu_us_kal.jar"
+BABBLE_TALKERS = 4
 
 
 def synthesize(voice: Voice, text: str, speed: float, path: Path) -> None:
@@ -252,29 +259,31 @@ def add_noise(audio: np.ndarray, kind: str, snr_db: float, rng: np.random.Genera
     return mix(audio, _noise(kind, len(audio), rng), snr_db)
 
 
-def sox(audio: np.ndarray, *effects: str) -> np.ndarray:
-    """Run ``audio`` (16 kHz) through sox effects and read it back at 16 kHz."""
+def sox(audio: np.ndarray, *effects: str, encode: tuple[str, ...] = ()) -> np.ndarray:
+    """Run ``audio`` (16 kHz) through sox effects and read it back at 16 kHz.
+
+    ``encode``: sox output options of a file the audio passes through first (a
+    codec, a sample rate), decoded back to 16-bit PCM at 16 kHz.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "in.wav", Path(tmp) / "out.wav"
+        src, mid, dst = (Path(tmp) / f"{name}.wav" for name in ("in", "mid", "out"))
         write_wav(src, audio / max(1e-9, np.abs(audio).max()) * 0.5)
-        subprocess.run(["sox", str(src), str(dst), *effects], check=True, capture_output=True)
+        output: tuple[str, ...] = ()
+        if encode:
+            subprocess.run(["sox", str(src), *encode, str(mid)], check=True, capture_output=True)
+            src, output = mid, ("-e", "signed", "-b", "16", "-r", str(SAMPLE_RATE))
+        subprocess.run(["sox", str(src), *output, str(dst), *effects], check=True, capture_output=True)
         return load_audio(dst)
 
 
 def mu_law(audio: np.ndarray) -> np.ndarray:
     """``audio`` (16 kHz) through an 8 kHz, 8-bit mu-law channel (G.711, the classic telephone codec)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src, mid, dst = (Path(tmp) / f"{name}.wav" for name in ("in", "mid", "out"))
-        write_wav(src, audio / max(1e-9, np.abs(audio).max()) * 0.5)
-        subprocess.run(["sox", str(src), "-e", "u-law", "-r", "8000", str(mid)], check=True, capture_output=True)
-        subprocess.run(["sox", str(mid), "-e", "signed", "-b", "16", "-r", str(SAMPLE_RATE), str(dst)],
-                       check=True, capture_output=True)  # fmt: skip
-        return load_audio(dst)
+    return sox(audio, encode=("-e", "u-law", "-r", "8000"))
 
 
-def babble_bed(rng: np.random.Generator, tmp: Path, talkers: int = 4) -> np.ndarray:
-    """About a minute of ``talkers`` voices of the tune split talking at once, each at its own level."""
-    voices = [v for v in SPLITS["tune"]["voices"] if v.engine != "festival"][:talkers]
+def babble_bed(rng: np.random.Generator, tmp: Path) -> np.ndarray:
+    """About a minute of BABBLE_TALKERS voices of the tune split talking at once, each at its own level."""
+    voices = [v for v in SPLITS["tune"]["voices"] if v.engine != "festival"][:BABBLE_TALKERS]
     streams = []
     for voice in voices:
         text = " ".join(SENTENCES[i] for i in rng.permutation(len(SENTENCES))[:12])
@@ -311,10 +320,12 @@ def degrade(
         wet = sox(audio, "reverb", "70", "50", "100")
         return add_noise(wet, "pink", snr, rng), f"hall reverb 70% + pink noise {snr:.1f} dB SNR"
     if condition == "babble":
+        if bed is None:
+            raise ValueError("the babble condition needs a babble_bed")
         snr = float(rng.uniform(15, 20))
         start = int(rng.integers(len(bed) - len(audio))) if len(bed) > len(audio) else 0
         noise = np.resize(np.roll(bed, -start), len(audio))  # a long clip hears the bed again from its start
-        return mix(audio, noise, snr), f"babble of 4 voices {snr:.1f} dB SNR"
+        return mix(audio, noise, snr), f"babble of {BABBLE_TALKERS} voices {snr:.1f} dB SNR"
     if condition == "mu-law":
         return mu_law(audio), "mu-law 8 kHz 8 bit"
     if condition == "fast-room":
@@ -323,7 +334,7 @@ def degrade(
 
 
 def passage(
-    voice: Voice, rng: np.random.Generator, speed: float, tmp: Path, sentences: list[str] = SENTENCES
+    voice: Voice, rng: np.random.Generator, speed: float, tmp: Path, sentences: list[str]
 ) -> tuple[str, np.ndarray]:
     """A passage of 1-5 ``sentences`` spoken by ``voice``, between MIN_SECONDS and MAX_SECONDS long."""
     order = rng.permutation(len(sentences))
@@ -356,7 +367,7 @@ def build_split(split: str, out: Path) -> list[dict]:
         for v, voice in enumerate(spec["voices"]):
             for c in range(CLIPS_PER_VOICE[split]):
                 speed = voice.speeds[c % len(voice.speeds)]
-                text, audio = passage(voice, rng, speed, Path(tmp), spec.get("sentences", SENTENCES))
+                text, audio = passage(voice, rng, speed, Path(tmp), spec["sentences"])
                 audio = audio / max(1e-9, np.abs(audio).max()) * 0.5
                 condition = spec["conditions"][(v + c) % len(spec["conditions"])]
                 audio, described = degrade(audio, condition, rng, bed)
@@ -416,7 +427,7 @@ def build_timed_calibration(folder: Path = CALIB_TIMED_DIR) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for tune/ and test/")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the splits' subfolders")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     parser.add_argument("--calib", action="store_true", help="write the word-timed calibration set instead")
     args = parser.parse_args(argv)
@@ -426,12 +437,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     missing = [tool for tool in ("espeak-ng", "flite", "text2wave", "sox") if shutil.which(tool) is None]
     if "holdout" in args.splits:
-        missing += [need for need, found in (("java", shutil.which("java")), (FREETTS_JAR, Path(FREETTS_JAR).is_file()))
-                    if not found]  # fmt: skip
+        missing += [
+            need for need in ("java", FREETTS_JAR, FREETTS_KAL) if not (shutil.which(need) or Path(need).is_file())
+        ]
     if missing:
         raise SystemExit(
             f"missing {', '.join(missing)}: apt-get install espeak-ng flite festival festvox-kallpc16k"
-            " festvox-us-slt-hts sox freetts"
+            " festvox-kdlpc16k festvox-us-slt-hts sox freetts"
         )
     for split in args.splits:
         rows = build_split(split, args.out)
