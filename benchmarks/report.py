@@ -77,13 +77,16 @@ def targets_table(result: dict) -> str:
 
     policy = result["policy"]
     lines = [
-        f"| ratio | {policy} − full | target | {policy} − best baseline | baseline | target |",
-        "|---" * 6 + "|",
+        f"| ratio | {policy} − full | target | {policy} − best baseline | baseline | target "
+        "| − full, looping clips left out |",
+        "|---" * 7 + "|",
     ]
     for row in result["rows"]:
         best = row.get("vs_best_baseline")
         diff, target = cell(best)
         cells = [f"{row['ratio']:g}", *cell(row["vs_full"]), diff, best["baseline"] if best else "", target]
+        loops = len(row["looping_clips"])
+        cells.append(f"{row['vs_full_without_loops']:+.1f} ({loops} left out)" if loops else "no loop")
         lines.append("| " + " | ".join(cells) + " |")
     made = ", ".join(dict.fromkeys(r["commit"] for r in result["rows"]))
     caption = (

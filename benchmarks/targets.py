@@ -26,7 +26,7 @@ import torch
 
 from audiokv.data import checkout_relative
 from audiokv.dataset import load_speech_set
-from audiokv.eval import environment
+from audiokv.eval import environment, has_repetition
 from audiokv.metrics import word_errors
 
 # the most WER points above the full cache the issue allows, by ratio
@@ -64,6 +64,9 @@ def check(result: dict, refs: list[str], voices: list[str], policy: str = "audio
     """One row per ratio of ``policy`` in ``result``: its differences to the full cache and the best baseline.
 
     ``refs`` and ``voices``: the transcript and the voice of each clip, in the file's order.
+    ``looping_clips`` are the clips (file order) whose transcript loops, and
+    ``vs_full_without_loops`` the difference to the full cache over the others
+    (no interval): how far a miss is single looping clips.
     """
     rows = {(r["policy"], r["compression_ratio"]): r for r in result["rows"]}
     if len(rows) < len(result["rows"]) or ("full", 0.0) not in rows:
@@ -76,6 +79,9 @@ def check(result: dict, refs: list[str], voices: list[str], policy: str = "audio
         made = rows[policy, ratio]
         row = {"ratio": ratio, "commit": made.get("commit", result["commit"]), "loops": made["repetition_rate"]}
         row["vs_full"] = {**compare(mine, full, words, voices), "allowed": ABOVE_FULL.get(ratio)}
+        row["looping_clips"] = [i for i, text in enumerate(made["hypotheses"]) if has_repetition(text)]
+        rest = [i for i in range(len(words)) if i not in set(row["looping_clips"])]
+        row["vs_full_without_loops"] = 100 * sum(mine[i] - full[i] for i in rest) / max(1, sum(words[i] for i in rest))
         baselines = {p: e for (p, x), (e, _) in errors.items() if x == ratio and p in BASELINES}
         if baselines:
             best = min(baselines, key=lambda p: sum(baselines[p]))

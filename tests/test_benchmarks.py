@@ -253,3 +253,23 @@ def test_targets_compare_with_the_full_cache_and_the_best_baseline_of_each_ratio
     }
     table = targets_table(result)
     assert "| 0.6 | +20.0 [+20.0, +20.0] [+20.0, +20.0] | ≤ +1: missed | -40.0 [-40.0, -40.0] [-40.0, -40.0] |" in table
+    assert table.splitlines()[-1].endswith("| no loop |")
+
+
+def test_targets_leave_the_looping_clips_out_of_a_second_difference():
+    from benchmarks.report import targets_table
+    from benchmarks.targets import check
+
+    refs = ["red green blue black white"] * 4
+    looping = "red green " + "the end " * 10
+    rows = [
+        {"policy": "full", "compression_ratio": 0.0, "repetition_rate": 0.0, "hypotheses": refs},
+        {"policy": "audiokv", "compression_ratio": 0.8, "repetition_rate": 0.25, "commit": "abc",
+         "hypotheses": ["red green blue black"] * 3 + [looping]},
+    ]  # fmt: skip
+    (row,) = check({"rows": rows, "commit": "abc"}, refs, ["v1", "v1", "v2", "v2"])
+    assert row["looping_clips"] == [3]
+    assert row["vs_full"]["diff"] == pytest.approx(100 * (3 + 20) / 20)  # the loop: 3 substituted, 17 inserted
+    assert row["vs_full_without_loops"] == pytest.approx(100 * 3 / 15)
+    result = {"model": "m", "source": "f.json", "clips": 4, "voices": 2, "policy": "audiokv", "commit": "d"}
+    assert targets_table({**result, "rows": [row]}).splitlines()[-1].endswith("| +20.0 (1 left out) |")
