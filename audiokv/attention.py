@@ -39,8 +39,8 @@ from audiokv.kernel import (
 from audiokv.mask import PagedBlockMask
 from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool, fit_page_size
-from audiokv.policies import Policy, ScoreInput, get_policy
-from audiokv.select import cover_spans, select_tokens
+from audiokv.policies import ONSET_TOKENS, ONSET_WEIGHT, Policy, ScoreInput, get_policy
+from audiokv.select import cover_spans, select_tokens, weight_onset
 from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
 
 KERNELS = ("auto", "flex", "rows", "pages", "reference")
@@ -471,6 +471,8 @@ class AudioKVAttention(nn.Module):
                 if policy.padding_at_mean:
                     rest = (trend * sound).sum(-1, keepdim=True) / sound.sum(-1, keepdim=True).clamp_min(1)
                 trend = torch.where(sound, trend, rest)
+            if policy.onset and policy.coverage and spans is not None:
+                trend = weight_onset(trend, spans, ONSET_TOKENS, ONSET_WEIGHT)
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores

@@ -96,6 +96,10 @@ class Policy:
         pick_novelty: inside a coverage stratum keep the frame of highest key
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
+        onset: the first :data:`ONSET_TOKENS` of an audio span get
+            :data:`ONSET_WEIGHT` times their density (``audiokv-onset``):
+            every loop of the default on the tune split began within the
+            transcript's first seven words.
     """
 
     name: str
@@ -112,6 +116,7 @@ class Policy:
     pick_novelty: bool = False
     content_density: bool = False
     padding_at_mean: bool = False
+    onset: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -202,6 +207,8 @@ class Full(Policy):
 
 
 GOLDEN = (5**0.5 - 1) / 2
+# ``onset``: the first 2 s of Whisper's encoder frames (50 per second) keep three times their density
+ONSET_TOKENS, ONSET_WEIGHT = 100, 3.0
 
 
 class Stride(Policy):
@@ -332,6 +339,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-pick-sss", **{**AUDIOKV, "pick_novelty": True, "smooth": True}),
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
+        AudioKV("audiokv-onset", **{**AUDIOKV, "onset": True}),
     )
 }
 

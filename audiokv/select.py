@@ -97,6 +97,19 @@ def coverage_priority(raw: Tensor, density: Tensor, counts: Tensor) -> Tensor:
     return priority.masked_fill(must, float("inf")).masked_fill(never, float("-inf"))
 
 
+def weight_onset(density: Tensor, spans: Tensor, tokens: int, factor: float) -> Tensor:
+    """``[B, H, T]`` ``density`` times ``factor`` on the first ``tokens`` of each row's ``[B, 2]`` span.
+
+    A decoder writes its first words with no text before them to lean on, so
+    it reads them from the audio alone; where a compressed run first goes
+    wrong there, it can loop for the rest of the transcript.
+    """
+    pos = torch.arange(density.shape[-1], device=density.device)
+    start = spans[:, :1].to(density.device)
+    onset = (pos >= start) & (pos < torch.minimum(start + tokens, spans[:, 1:].to(density.device)))  # [B, T]
+    return torch.where(onset[:, None, :], density * factor, density)
+
+
 def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spans: Tensor, uniform: float) -> Tensor:
     """Selection scores whose top ``budgets`` keep the same number of audio tokens, spread by coverage.
 

@@ -527,3 +527,21 @@ def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound():
         module(query, key, value, audio_span=span)
         budgets[span] = module.budgets[0].tolist()
     assert budgets[None][0] > budgets[None][1] and budgets[0, 60][1] > budgets[0, 60][0]
+
+
+def test_the_onset_policy_keeps_the_first_frames_denser_and_the_default_does_not():
+    """Cross-attention over 300 frames whose keys change alike everywhere: the onset gets 3x the density."""
+    gen = torch.Generator().manual_seed(0)
+    key, value = torch.randn(1, 2, 300, 16, generator=gen), torch.randn(1, 2, 300, 16, generator=gen)
+    query = torch.randn(1, 2, 3, 16, generator=gen)
+    share = {}
+    for policy in ("audiokv", "audiokv-onset"):
+        module = AudioKVAttention(
+            AudioKVConfig(compression_ratio=0.8, page_size=16, sinks=0),
+            num_heads=2, num_kv_heads=2, head_dim=16, cross_attention=True, policy=policy,
+        )  # fmt: skip
+        module(query, key, value)
+        kept = module.kept_indices[0, :, : module.budgets.min()]
+        share[policy] = (kept < 100).float().mean().item()
+    assert share["audiokv"] < 0.4  # a third of the frames, a third of the tokens
+    assert share["audiokv-onset"] > 0.5  # 0.9 x 300 / 500 + 0.1 x 1/3 by density, the floor spread evenly

@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from audiokv import AudioKVAttention, AudioKVConfig
-from audiokv.select import cover_spans, coverage_priority, ranks, select_tokens
+from audiokv.select import cover_spans, coverage_priority, ranks, select_tokens, weight_onset
 
 
 @given(n=st.integers(1, 60), levels=st.integers(1, 5), descending=st.booleans(), seed=st.integers(0, 2**16))
@@ -275,3 +275,12 @@ def test_a_layer_without_prior_still_keeps_a_token_per_head():
     q, k, v = torch.randn(1, 4, 2, 16, generator=gen), *(torch.randn(1, 2, 100, 16, generator=gen) for _ in range(2))
     cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, sinks=0, layer_prior=1.0, safeguard=1.0)
     assert _layer_budgets(cfg, torch.tensor([0.0, 1.0]), q, k, v, cross_attention=True) == [[1, 1], [99, 99]]
+
+
+def test_weight_onset_scales_the_first_tokens_of_each_span_only():
+    density = torch.ones(2, 1, 10)
+    spans = torch.tensor([[2, 9], [0, 3]])
+    out = weight_onset(density, spans, tokens=4, factor=3.0)
+    assert out[0, 0].tolist() == [1, 1, 3, 3, 3, 3, 1, 1, 1, 1]
+    assert out[1, 0].tolist() == [3, 3, 3, 1, 1, 1, 1, 1, 1, 1]  # a span shorter than the onset: all of it
+    assert density.eq(1).all()  # not in place
