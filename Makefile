@@ -23,7 +23,7 @@ demo: $(STAMP)
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 
-WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-merge,audiokv-score-split
+WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-merge,audiokv-score-split,audiokv-onset
 # Whisper results on the test split (tiny.en; MODEL=whisper-base for base; POLICIES=... for a subset),
 # then their table in the README and the accuracy targets with bootstrap intervals (benchmarks.targets).
 MODEL ?= whisper-tiny.en
@@ -37,9 +37,9 @@ results-whisper: $(STAMP)
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
 # commit (about 4.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
-BASE_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers
+BASE_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-onset
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
-HOLDOUT_POLICIES := full,random,stride,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads
+HOLDOUT_POLICIES := full,random,stride,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-onset
 AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 R := benchmarks/results
 results: $(STAMP)
@@ -57,6 +57,8 @@ results: $(STAMP)
 		--only audiokv-content --out $(R)/tune70-content-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--only audiokv-content-mean --out $(R)/tune70-content-mean-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--only audiokv-onset --out $(R)/tune70-onset-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json || exit 1; done
