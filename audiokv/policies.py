@@ -97,9 +97,12 @@ class Policy:
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
         onset: the first :data:`ONSET_TOKENS` of an audio span get
-            :data:`ONSET_WEIGHT` times their density (``audiokv-onset``):
-            every loop of the default on the tune split began within the
-            transcript's first seven words.
+            :data:`ONSET_WEIGHT` times their density (``audiokv-onset``; the
+            uniform floor is not weighted): every loop of the default on the
+            tune split began within the transcript's first seven words.
+            Whisper-only so far: with chunked prefill each chunk's part of a
+            span is weighted at its own start, and 100 tokens are 2 s only at
+            50 tokens per second.
     """
 
     name: str

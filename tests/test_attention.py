@@ -534,14 +534,16 @@ def test_the_onset_policy_keeps_the_first_frames_denser_and_the_default_does_not
     gen = torch.Generator().manual_seed(0)
     key, value = torch.randn(1, 2, 300, 16, generator=gen), torch.randn(1, 2, 300, 16, generator=gen)
     query = torch.randn(1, 2, 3, 16, generator=gen)
-    share = {}
+    share, budgets = {}, {}
     for policy in ("audiokv", "audiokv-onset"):
         module = AudioKVAttention(
             AudioKVConfig(compression_ratio=0.8, page_size=16, sinks=0),
             num_heads=2, num_kv_heads=2, head_dim=16, cross_attention=True, policy=policy,
         )  # fmt: skip
         module(query, key, value)
-        kept = module.kept_indices[0, :, : module.budgets.min()]
-        share[policy] = (kept < 100).float().mean().item()
+        budgets[policy] = module.budgets[0].tolist()
+        kept = [module.kept_indices[0, h, : budgets[policy][h]] for h in range(2)]
+        share[policy] = sum((k < 100).sum().item() for k in kept) / sum(budgets[policy])
+    assert budgets["audiokv"] == budgets["audiokv-onset"]  # the head split reads the unweighted novelty
     assert share["audiokv"] < 0.4  # a third of the frames, a third of the tokens
     assert share["audiokv-onset"] > 0.5  # 0.9 x 300 / 500 + 0.1 x 1/3 by density, the floor spread evenly

@@ -283,4 +283,5 @@ def test_weight_onset_scales_the_first_tokens_of_each_span_only():
     out = weight_onset(density, spans, tokens=4, factor=3.0)
     assert out[0, 0].tolist() == [1, 1, 3, 3, 3, 3, 1, 1, 1, 1]
     assert out[1, 0].tolist() == [3, 3, 3, 1, 1, 1, 1, 1, 1, 1]  # a span shorter than the onset: all of it
+    assert weight_onset(density, torch.tensor([[0, 0], [5, 5]]), 4, 3.0).eq(1).all()  # rows without audio
     assert density.eq(1).all()  # not in place
