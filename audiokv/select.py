@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from audiokv.spectral import span_mask
+
 
 def select_tokens(scores: Tensor, budgets: Tensor) -> Tensor:
     """Top-``budget`` tokens of every head, in position order.
@@ -104,10 +106,9 @@ def weight_onset(density: Tensor, spans: Tensor, tokens: int, factor: float) -> 
     it reads them from the audio alone; where a compressed run first goes
     wrong there, it can loop for the rest of the transcript.
     """
-    pos = torch.arange(density.shape[-1], device=density.device)
-    start = spans[:, :1].to(density.device)
-    onset = (pos >= start) & (pos < torch.minimum(start + tokens, spans[:, 1:].to(density.device)))  # [B, T]
-    return torch.where(onset[:, None, :], density * factor, density)
+    spans = spans.to(density.device)
+    onset = torch.stack([spans[:, 0], torch.minimum(spans[:, 0] + tokens, spans[:, 1])], 1)  # [B, 2]
+    return torch.where(span_mask(onset, density.shape[-1])[:, None, :], density * factor, density)
 
 
 def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spans: Tensor, uniform: float) -> Tensor:

@@ -79,8 +79,9 @@ def check(result: dict, refs: list[str], voices: list[str], policy: str = "audio
         made = rows[policy, ratio]
         row = {"ratio": ratio, "commit": made.get("commit", result["commit"]), "loops": made["repetition_rate"]}
         row["vs_full"] = {**compare(mine, full, words, voices), "allowed": ABOVE_FULL.get(ratio)}
-        row["looping_clips"] = [i for i, text in enumerate(made["hypotheses"]) if has_repetition(text)]
-        rest = [i for i in range(len(words)) if i not in set(row["looping_clips"])]
+        looping = {i for i, text in enumerate(made["hypotheses"]) if has_repetition(text)}
+        row["looping_clips"] = sorted(looping)
+        rest = [i for i in range(len(words)) if i not in looping]
         row["vs_full_without_loops"] = 100 * sum(mine[i] - full[i] for i in rest) / max(1, sum(words[i] for i in rest))
         baselines = {p: e for (p, x), (e, _) in errors.items() if x == ratio and p in BASELINES}
         if baselines:

@@ -485,7 +485,7 @@ def test_chunked_prefill_sizes_each_layers_pool_for_what_its_layer_prior_keeps()
     assert kept[1][0] > kept[0][0] and kept[1][1] == kept[0][1]  # the audio row follows the prior, the text row not
 
 
-def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_that_reads_it():
+def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_that_reads_it(cross_module):
     """Cross-attention over 100 frames, 60 of sound then jittery padding (high key novelty)."""
     gen = torch.Generator().manual_seed(0)
     sound = torch.randn(1, 2, 1, 16, generator=gen) + 0.3 * torch.randn(1, 2, 60, 16, generator=gen)
@@ -494,10 +494,7 @@ def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_th
     kept = {}
     runs = [("audiokv", None), ("audiokv", (0, 60)), ("audiokv-content", None), ("audiokv-content", (0, 60))]
     for policy, span in [*runs, ("audiokv-content-mean", (0, 60))]:
-        module = AudioKVAttention(
-            AudioKVConfig(compression_ratio=0.7, page_size=16, sinks=0),
-            num_heads=2, num_kv_heads=2, head_dim=16, cross_attention=True, policy=policy,
-        )  # fmt: skip
+        module = cross_module(policy, 0.7)
         module(query, key, value, audio_span=span)
         kept[policy, span] = [set(module.kept_indices[0, h, : module.budgets[0, h]].tolist()) for h in range(2)]
     assert kept["audiokv", None] == kept["audiokv", (0, 60)] == kept["audiokv-content", None]  # the span is ignored
@@ -509,7 +506,7 @@ def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_th
         assert 0.5 < sum(t < 60 for t in at_mean) / len(at_mean) < 0.75  # the padding at the sound's rate: ~60%
 
 
-def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound():
+def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound(cross_module):
     """Head 0: calm sound, jittery padding; head 1: livelier sound, calm padding. The content span flips their split."""
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(1, 2, 1, 16, generator=gen)
@@ -520,26 +517,20 @@ def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound():
     value, query = torch.randn(1, 2, 100, 16, generator=gen), torch.randn(1, 2, 3, 16, generator=gen)
     budgets = {}
     for span in (None, (0, 60)):
-        module = AudioKVAttention(
-            AudioKVConfig(compression_ratio=0.7, page_size=16, sinks=0),
-            num_heads=2, num_kv_heads=2, head_dim=16, cross_attention=True, policy="audiokv-content",
-        )  # fmt: skip
+        module = cross_module("audiokv-content", 0.7)
         module(query, key, value, audio_span=span)
         budgets[span] = module.budgets[0].tolist()
     assert budgets[None][0] > budgets[None][1] and budgets[0, 60][1] > budgets[0, 60][0]
 
 
-def test_the_onset_policy_keeps_the_first_frames_denser_and_the_default_does_not():
+def test_the_onset_policy_keeps_the_first_frames_denser_and_the_default_does_not(cross_module):
     """Cross-attention over 300 frames whose keys change alike everywhere: the onset gets 3x the density."""
     gen = torch.Generator().manual_seed(0)
     key, value = torch.randn(1, 2, 300, 16, generator=gen), torch.randn(1, 2, 300, 16, generator=gen)
     query = torch.randn(1, 2, 3, 16, generator=gen)
     share, budgets = {}, {}
     for policy in ("audiokv", "audiokv-onset"):
-        module = AudioKVAttention(
-            AudioKVConfig(compression_ratio=0.8, page_size=16, sinks=0),
-            num_heads=2, num_kv_heads=2, head_dim=16, cross_attention=True, policy=policy,
-        )  # fmt: skip
+        module = cross_module(policy, 0.8)
         module(query, key, value)
         budgets[policy] = module.budgets[0].tolist()
         kept = [module.kept_indices[0, h, : budgets[policy][h]] for h in range(2)]

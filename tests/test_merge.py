@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiokv import AudioKVAttention, AudioKVConfig
 from audiokv.merge import merge_spans
 
 
@@ -68,7 +67,7 @@ def test_every_audio_token_is_counted_once_and_nothing_outside_moves(length, hea
     assert torch.equal(merged_k[still], key[still]) and torch.equal(merged_v[still], value[still])
 
 
-def test_merging_brings_evicted_attention_closer_to_the_full_cache():
+def test_merging_brings_evicted_attention_closer_to_the_full_cache(cross_module):
     """Smooth audio keys (a random walk): the same kept frames, merged, attend much like the full cache."""
     gen = torch.Generator().manual_seed(0)
     steps = torch.randn(1, 4, 400, 16, generator=gen) * 0.15
@@ -78,10 +77,7 @@ def test_merging_brings_evicted_attention_closer_to_the_full_cache():
     full = F.scaled_dot_product_attention(query, key, value)
     errors = {}
     for policy in ("audiokv", "audiokv-no-merge"):
-        module = AudioKVAttention(
-            AudioKVConfig(compression_ratio=0.8, page_size=64, sinks=0),
-            num_heads=4, num_kv_heads=4, head_dim=16, cross_attention=True, policy=policy,
-        )  # fmt: skip
+        module = cross_module(policy, 0.8, heads=4, page_size=64)
         module(query, key, value)
         errors[policy] = (module(query[:, :, :1], key[:, :, :0], value[:, :, :0]) - full[:, :, :1]).abs().mean()
     assert errors["audiokv"] < 0.5 * errors["audiokv-no-merge"]
