@@ -39,7 +39,7 @@ from audiokv.kernel import (
 from audiokv.mask import PagedBlockMask
 from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool, fit_page_size
-from audiokv.policies import ONSET_TOKENS, ONSET_WEIGHT, Policy, ScoreInput, get_policy
+from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import cover_spans, select_tokens, weight_onset
 from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
 
@@ -472,7 +472,7 @@ class AudioKVAttention(nn.Module):
                     rest = (trend * sound).sum(-1, keepdim=True) / sound.sum(-1, keepdim=True).clamp_min(1)
                 trend = torch.where(sound, trend, rest)
             if policy.onset and policy.coverage and spans is not None:
-                trend = weight_onset(trend, spans, ONSET_TOKENS, ONSET_WEIGHT)
+                trend = weight_onset(trend, spans, cfg.onset_tokens, cfg.onset_weight)
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores

@@ -40,6 +40,11 @@ class AudioKVConfig:
         coverage_floor: share of the audio span's budget spread evenly over time
             by the coverage selection; the rest follows the policy's smoothed
             density (for AudioKV, key novelty). In [0, 1].
+        onset_tokens: how many first tokens of an audio span the policies with
+            ``onset`` (``audiokv-onset``) weight by ``onset_weight`` in the
+            coverage density; 100 is 2 s of Whisper's encoder frames (50 per
+            second). >= 0.
+        onset_weight: that weight, >= 1 (1 switches the weighting off).
         head_prior_strength: how strongly calibrated audio-critical heads are
             favoured in the budget split; 0 ignores the calibration. >= 0.
         layer_prior: how far rows holding audio spend the model's budget
@@ -91,6 +96,8 @@ class AudioKVConfig:
     pooling_kernel: int = 7
     sss_cutoff: float = 0.1
     coverage_floor: float = 0.1
+    onset_tokens: int = 100
+    onset_weight: float = 3.0
     head_prior_strength: float = 1.0
     layer_prior: float = 1.0
     safeguard: float | None = None
@@ -120,6 +127,9 @@ class AudioKVConfig:
         floor = _require_float("coverage_floor", self.coverage_floor)
         if not 0.0 <= floor <= 1.0:
             raise ValueError(f"coverage_floor must be in [0, 1], got {floor}")
+        _require_int("onset_tokens", self.onset_tokens, 0)
+        if _require_float("onset_weight", self.onset_weight) < 1.0:
+            raise ValueError(f"onset_weight must be >= 1, got {self.onset_weight}")
         if _require_float("head_prior_strength", self.head_prior_strength) < 0:
             raise ValueError(f"head_prior_strength must be >= 0, got {self.head_prior_strength}")
         if not 0.0 <= _require_float("layer_prior", self.layer_prior) <= 1.0:

@@ -96,8 +96,8 @@ class Policy:
         pick_novelty: inside a coverage stratum keep the frame of highest key
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
-        onset: the first :data:`ONSET_TOKENS` of an audio span get
-            :data:`ONSET_WEIGHT` times their density (``audiokv-onset``; the
+        onset: the first ``AudioKVConfig.onset_tokens`` of an audio span get
+            ``onset_weight`` times their density (``audiokv-onset``; the
             uniform floor is not weighted): every loop of the default on the
             tune split began within the transcript's first seven words.
             Whisper-only so far: with chunked prefill each chunk's part of a
@@ -210,8 +210,6 @@ class Full(Policy):
 
 
 GOLDEN = (5**0.5 - 1) / 2
-# ``onset``: the first 2 s of Whisper's encoder frames (50 per second) keep three times their density
-ONSET_TOKENS, ONSET_WEIGHT = 100, 3.0
 
 
 class Stride(Policy):

@@ -19,10 +19,13 @@ settings.load_profile("default")
 
 @pytest.fixture
 def cross_module():
-    """``cross_module(policy, ratio, heads=2, page_size=16)``: a cross-attention engine, head_dim 16, no sinks."""
+    """``cross_module(policy, ratio, heads=2, page_size=16, **knobs)``: a cross-attention engine, head_dim 16, no sinks.
 
-    def make(policy: str, ratio: float, heads: int = 2, page_size: int = 16) -> AudioKVAttention:
-        cfg = AudioKVConfig(compression_ratio=ratio, page_size=page_size, sinks=0)
+    ``knobs`` are further :class:`AudioKVConfig` fields.
+    """
+
+    def make(policy: str, ratio: float, heads: int = 2, page_size: int = 16, **knobs) -> AudioKVAttention:
+        cfg = AudioKVConfig(compression_ratio=ratio, page_size=page_size, sinks=0, **knobs)
         return AudioKVAttention(cfg, num_heads=heads, num_kv_heads=heads, head_dim=16, cross_attention=True,
                                 policy=policy)  # fmt: skip
 

@@ -528,13 +528,18 @@ def test_the_onset_policy_keeps_the_first_frames_denser_and_the_default_does_not
     gen = torch.Generator().manual_seed(0)
     key, value = torch.randn(1, 2, 300, 16, generator=gen), torch.randn(1, 2, 300, 16, generator=gen)
     query = torch.randn(1, 2, 3, 16, generator=gen)
-    share, budgets = {}, {}
-    for policy in ("audiokv", "audiokv-onset"):
-        module = cross_module(policy, 0.8)
+
+    def kept(policy: str, first: int = 100, **knobs) -> tuple[list[int], float, list[list[int]]]:
+        """Budgets per head, the share of kept tokens among the ``first`` frames, the kept tokens per head."""
+        module = cross_module(policy, 0.8, **knobs)
         module(query, key, value)
-        budgets[policy] = module.budgets[0].tolist()
-        kept = [module.kept_indices[0, h, : budgets[policy][h]] for h in range(2)]
-        share[policy] = sum((k < 100).sum().item() for k in kept) / sum(budgets[policy])
-    assert budgets["audiokv"] == budgets["audiokv-onset"]  # the head split reads the unweighted novelty
-    assert share["audiokv"] < 0.4  # a third of the frames, a third of the tokens
-    assert share["audiokv-onset"] > 0.5  # 0.9 x 300 / 500 + 0.1 x 1/3 by density, the floor spread evenly
+        budgets = module.budgets[0].tolist()
+        heads = [sorted(module.kept_indices[0, h, : budgets[h]].tolist()) for h in range(2)]
+        return budgets, sum(t < first for head in heads for t in head) / sum(budgets), heads
+
+    default, onset = kept("audiokv"), kept("audiokv-onset")
+    assert default[0] == onset[0]  # the head split reads the unweighted novelty
+    assert default[1] < 0.4  # a third of the frames, a third of the tokens
+    assert onset[1] > 0.5  # 0.9 x 300 / 500 + 0.1 x 1/3 by density, the floor spread evenly
+    assert kept("audiokv-onset", onset_weight=1.0) == default  # weight 1 switches it off
+    assert kept("audiokv-onset", first=50, onset_tokens=50)[1] > 0.3  # 0.9 x 150 / 400 + 0.1 / 6; unweighted 1/6

@@ -23,6 +23,8 @@ from audiokv import AudioKVConfig
         ("head_prior_strength", -1.0, ">= 0"),
         ("safeguard", 1.2, r"\[0, 1\]"),
         ("layer_prior", 1.5, r"\[0, 1\]"),
+        ("onset_tokens", -1, "onset_tokens"),
+        ("onset_weight", 0.5, ">= 1"),
         ("sinks", -1, "sinks"),
         ("page_size", 100, "power of two"),
         ("page_size", 8, ">= 16"),
