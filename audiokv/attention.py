@@ -40,7 +40,7 @@ from audiokv.mask import PagedBlockMask
 from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool, fit_page_size
 from audiokv.policies import Policy, ScoreInput, get_policy
-from audiokv.select import cover_spans, select_tokens, weight_onset
+from audiokv.select import cover_spans, onset_spans, select_tokens, weight_onset
 from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
 
 KERNELS = ("auto", "flex", "rows", "pages", "reference")
@@ -436,6 +436,7 @@ class AudioKVAttention(nn.Module):
         key_mask: Tensor | None,
         sinks: int,
         content: Tensor | None = None,
+        onset: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """What each head keeps of ``[B, H_kv, T, D]`` keys and values: ``(key, value, indices, budgets, log_mass)``.
 
@@ -445,6 +446,8 @@ class AudioKVAttention(nn.Module):
         ``content`` (``[B, 2]`` inside ``spans``, or None) is the real sound of each
         span: the density and the path lengths are read there only, and the rest of
         the span keeps the uniform floor (``content_density`` policies).
+        ``onset`` (``[B, 2]``, or None: the first ``onset_tokens`` of ``spans``) is
+        what the ``onset`` policies weight: a later prefill chunk holds none of it.
         """
         cfg = self.config
         bsz, heads, length, _ = key.shape
@@ -472,7 +475,8 @@ class AudioKVAttention(nn.Module):
                     rest = (trend * sound).sum(-1, keepdim=True) / sound.sum(-1, keepdim=True).clamp_min(1)
                 trend = torch.where(sound, trend, rest)
             if policy.onset and policy.coverage and spans is not None:
-                trend = weight_onset(trend, spans, cfg.onset_tokens, cfg.onset_weight)
+                onset = onset_spans(spans, cfg.onset_tokens) if onset is None else onset
+                trend = weight_onset(trend, onset, cfg.onset_weight)
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores
@@ -556,8 +560,9 @@ class AudioKVAttention(nn.Module):
                 raise ValueError("padding after the first prefill chunk: the first chunk must reach past it")
             out = chunk_attention(query, key, value, self.pool, scale=self.scaling)
             self.held_before_chunk = self.pool.row_lengths  # for the layers that read this pool (Gemma 3n)
+        onset = None if whole is None else chunk_spans(onset_spans(whole, self.config.onset_tokens), start, end)
         key, value, indices, budgets, log_mass = self._select(
-            query, key, value, spans, mask, self.config.sinks if start == 0 else 0
+            query, key, value, spans, mask, self.config.sinks if start == 0 else 0, onset=onset
         )
         if start == 0:
             rows = budgets.numel()

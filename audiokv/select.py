@@ -99,16 +99,19 @@ def coverage_priority(raw: Tensor, density: Tensor, counts: Tensor) -> Tensor:
     return priority.masked_fill(must, float("inf")).masked_fill(never, float("-inf"))
 
 
-def weight_onset(density: Tensor, spans: Tensor, tokens: int, factor: float) -> Tensor:
-    """``[B, H, T]`` ``density`` times ``factor`` on the first ``tokens`` of each row's ``[B, 2]`` span.
+def onset_spans(spans: Tensor, tokens: int) -> Tensor:
+    """``[B, 2]`` the first ``tokens`` of each row's ``[B, 2]`` span (all of a shorter one)."""
+    return torch.stack([spans[:, 0], torch.minimum(spans[:, 0] + tokens, spans[:, 1])], 1)
+
+
+def weight_onset(density: Tensor, onset: Tensor, factor: float) -> Tensor:
+    """``[B, H, T]`` ``density`` times ``factor`` inside each row's ``[B, 2]`` ``onset`` (:func:`onset_spans`).
 
     A decoder writes its first words with no text before them to lean on, so
     it reads them from the audio alone; where a compressed run first goes
     wrong there, it can loop for the rest of the transcript.
     """
-    spans = spans.to(density.device)
-    onset = torch.stack([spans[:, 0], torch.minimum(spans[:, 0] + tokens, spans[:, 1])], 1)  # [B, 2]
-    return torch.where(span_mask(onset, density.shape[-1])[:, None, :], density * factor, density)
+    return torch.where(span_mask(onset.to(density.device), density.shape[-1])[:, None, :], density * factor, density)
 
 
 def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spans: Tensor, uniform: float) -> Tensor:

@@ -485,6 +485,31 @@ def test_chunked_prefill_sizes_each_layers_pool_for_what_its_layer_prior_keeps()
     assert kept[1][0] > kept[0][0] and kept[1][1] == kept[0][1]  # the audio row follows the prior, the text row not
 
 
+def test_chunked_prefill_weights_the_onset_in_the_chunk_that_holds_it_only():
+    """Audio from token 20 to 280 of 300, prefilled 100 at a time: only the first chunk holds the 50-token onset."""
+    gen = torch.Generator().manual_seed(5)
+    length, chunk = 300, 100
+    q, k, v = qkv(1, 4, 2, length, 16, torch.float32, gen)
+    kept = {}
+    for policy in ("audiokv", "audiokv-onset"):
+        cfg = AudioKVConfig(compression_ratio=0.6, window=4, sinks=2, page_size=16, prefill_chunk=chunk,
+                            onset_tokens=50)  # fmt: skip
+        module = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, policy=policy)
+        for s in range(0, length, chunk):
+            module(q[:, :, s : s + chunk], k[:, :, s : s + chunk], v[:, :, s : s + chunk], audio_span=(20, 280),
+                   chunk=(s, length))  # fmt: skip
+        kept[policy] = [module.kept_indices[0, h, : module.budgets[0, h]].tolist() for h in range(2)]
+
+    def first(policy: str) -> float:
+        """Share of the first chunk's chosen audio tokens that fall in the onset (50 of 76; its window is kept)."""
+        heads = [[t for t in head if 20 <= t < chunk - 4] for head in kept[policy]]
+        return sum(20 <= t < 70 for head in heads for t in head) / sum(map(len, heads))
+
+    assert first("audiokv") < 0.75 < first("audiokv-onset")  # 0.66 unweighted; 0.9 x 150 / 176 + 0.1 x 0.66
+    later = {p: [[t for t in head if t >= chunk] for head in kept[p]] for p in kept}
+    assert later["audiokv-onset"] == later["audiokv"]  # a later chunk's share of the span has no onset
+
+
 def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_that_reads_it(cross_module):
     """Cross-attention over 100 frames, 60 of sound then jittery padding (high key novelty)."""
     gen = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from audiokv import AudioKVAttention, AudioKVConfig
-from audiokv.select import cover_spans, coverage_priority, ranks, select_tokens, weight_onset
+from audiokv.select import cover_spans, coverage_priority, onset_spans, ranks, select_tokens, weight_onset
 
 
 @given(n=st.integers(1, 60), levels=st.integers(1, 5), descending=st.booleans(), seed=st.integers(0, 2**16))
@@ -280,8 +280,9 @@ def test_a_layer_without_prior_still_keeps_a_token_per_head():
 def test_weight_onset_scales_the_first_tokens_of_each_span_only():
     density = torch.ones(2, 1, 10)
     spans = torch.tensor([[2, 9], [0, 3]])
-    out = weight_onset(density, spans, tokens=4, factor=3.0)
+    assert onset_spans(spans, 4).tolist() == [[2, 6], [0, 3]]
+    out = weight_onset(density, onset_spans(spans, 4), factor=3.0)
     assert out[0, 0].tolist() == [1, 1, 3, 3, 3, 3, 1, 1, 1, 1]
     assert out[1, 0].tolist() == [3, 3, 3, 1, 1, 1, 1, 1, 1, 1]  # a span shorter than the onset: all of it
-    assert weight_onset(density, torch.tensor([[0, 0], [5, 5]]), 4, 3.0).eq(1).all()  # rows without audio
+    assert weight_onset(density, onset_spans(torch.tensor([[0, 0], [5, 5]]), 4), 3.0).eq(1).all()  # rows without audio
     assert density.eq(1).all()  # not in place
