@@ -23,7 +23,7 @@ demo: $(STAMP)
 speech: $(STAMP)
 	$(BIN)/python -m benchmarks.speech_set
 
-WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-merge,audiokv-score-split,audiokv-onset
+WHISPER_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-merge,audiokv-score-split,audiokv-no-onset
 # Whisper results on the test split (tiny.en; MODEL=whisper-base for base; POLICIES=... for a subset),
 # then their table in the README and the accuracy targets with bootstrap intervals (benchmarks.targets).
 MODEL ?= whisper-tiny.en
@@ -37,9 +37,9 @@ results-whisper: $(STAMP)
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
 # commit (about 4.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
-BASE_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-onset
+BASE_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-onset
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
-HOLDOUT_POLICIES := full,random,stride,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-onset
+HOLDOUT_POLICIES := full,random,stride,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-no-onset
 AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 R := benchmarks/results
 results: $(STAMP)
@@ -58,15 +58,15 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--only audiokv-content-mean --out $(R)/tune70-content-mean-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-onset --out $(R)/tune70-onset-$$m.json || exit 1; done
+		--only audiokv-no-onset,audiokv --out $(R)/tune70-onset-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--only audiokv:onset_tokens=50,audiokv:onset_tokens=200 --out $(R)/tune70-onset-length-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/holdout/manifest.jsonl --policies $(HOLDOUT_POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 \
 		--out $(R)/holdout-$$m.json --plot $(R)/holdout-$$m.png && $(BIN)/python -m benchmarks.targets $(R)/holdout-$$m.json || exit 1; done
-	for f in test-whisper-tiny.en test-whisper-base holdout-whisper-tiny.en holdout-whisper-base; do $(BIN)/python -m \
-		benchmarks.targets $(R)/$$f.json --policy audiokv-onset --out $(R)/targets-onset-$${f#test-}.json || exit 1; done
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
 	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \

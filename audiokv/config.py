@@ -41,9 +41,10 @@ class AudioKVConfig:
             by the coverage selection; the rest follows the policy's smoothed
             density (for AudioKV, key novelty). In [0, 1].
         onset_tokens: how many first tokens of an audio span the policies with
-            ``onset`` (``audiokv-onset``) weight by ``onset_weight`` in the
-            coverage density; 100 is 2 s of Whisper's encoder frames (50 per
-            second). >= 0.
+            ``onset`` (``audiokv`` and its ablations but ``audiokv-no-onset``)
+            weight by ``onset_weight`` in the coverage density; 100 (2 s of
+            Whisper's encoder frames, 50 per second) was chosen on the tune
+            split against 50 and 200. >= 0.
         onset_weight: that weight, >= 1 (1 switches the weighting off).
         head_prior_strength: how strongly calibrated audio-critical heads are
             favoured in the budget split; 0 ignores the calibration. >= 0.

@@ -97,9 +97,10 @@ class Policy:
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
         onset: the first ``AudioKVConfig.onset_tokens`` of an audio span get
-            ``onset_weight`` times their density (``audiokv-onset``; the
-            uniform floor is not weighted): every loop of the default on the
-            tune split began within the transcript's first seven words.
+            ``onset_weight`` times their density (the uniform floor is not
+            weighted). On in ``audiokv``, chosen on the tune split
+            (``audiokv-no-onset`` switches it off): every loop of the former
+            default there began within the transcript's first seven words.
             Measured on Whisper only: 100 tokens are 2 s at Whisper's 50
             encoder frames per second (4 s at Qwen2-Audio's 25).
     """
@@ -170,8 +171,9 @@ class AudioKV(Policy):
 
     The density is the novelty of each key against its neighbours
     (:func:`audiokv.scoring.key_novelty`), so silence, padding and held sounds
-    get few tokens and changing sound gets many, whatever the queries.
-    With ``smooth`` (``audiokv-sss``) SSS turns it into a trend over time before
+    get few tokens and changing sound gets many, whatever the queries; the
+    first seconds of the span (``onset``) count more, because a decoder reads
+    its first words from the audio alone. With ``smooth`` (``audiokv-sss``) SSS turns it into a trend over time before
     the coverage selection; that is off by default: on the tune split it did
     not help tiny.en and hurt base (docs/results.md).
 
@@ -309,6 +311,7 @@ AUDIOKV = dict(
     path_budgets=True,
     text_rarity=True,
     layer_split=True,
+    onset=True,
 )
 
 POLICIES: dict[str, Policy] = {
@@ -333,13 +336,13 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-no-merge", **{**AUDIOKV, "merge": False}),
         AudioKV("audiokv-score-split", **{**AUDIOKV, "path_budgets": False}),
         AudioKV("audiokv-window-text", **{**AUDIOKV, "text_rarity": False}),
+        AudioKV("audiokv-no-onset", **{**AUDIOKV, "onset": False}),
         # variants the tune split rejected (docs/results.md), kept so that their rows can be remade
         AudioKV("audiokv-joint", **{**AUDIOKV, "joint_law": True}),
         AudioKV("audiokv-pick", **{**AUDIOKV, "pick_novelty": True}),
         AudioKV("audiokv-pick-sss", **{**AUDIOKV, "pick_novelty": True, "smooth": True}),
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
-        AudioKV("audiokv-onset", **{**AUDIOKV, "onset": True}),
     )
 }
 

@@ -491,7 +491,7 @@ def test_chunked_prefill_weights_the_onset_in_the_chunk_that_holds_it_only():
     length, chunk = 300, 100
     q, k, v = qkv(1, 4, 2, length, 16, torch.float32, gen)
     kept = {}
-    for policy in ("audiokv", "audiokv-onset"):
+    for policy in ("audiokv-no-onset", "audiokv"):
         cfg = AudioKVConfig(compression_ratio=0.6, window=4, sinks=2, page_size=16, prefill_chunk=chunk,
                             onset_tokens=50)  # fmt: skip
         module = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, policy=policy)
@@ -505,9 +505,9 @@ def test_chunked_prefill_weights_the_onset_in_the_chunk_that_holds_it_only():
         heads = [[t for t in head if 20 <= t < chunk - 4] for head in kept[policy]]
         return sum(20 <= t < 70 for head in heads for t in head) / sum(map(len, heads))
 
-    assert first("audiokv") < 0.75 < first("audiokv-onset")  # 0.66 unweighted; 0.9 x 150 / 176 + 0.1 x 0.66
+    assert first("audiokv-no-onset") < 0.75 < first("audiokv")  # 0.66 unweighted; 0.9 x 150 / 176 + 0.1 x 0.66
     later = {p: [[t for t in head if t >= chunk] for head in kept[p]] for p in kept}
-    assert later["audiokv-onset"] == later["audiokv"]  # a later chunk's share of the span has no onset
+    assert later["audiokv"] == later["audiokv-no-onset"]  # a later chunk's share of the span has no onset
 
 
 def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_that_reads_it(cross_module):
@@ -548,7 +548,7 @@ def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound(cross
     assert budgets[None][0] > budgets[None][1] and budgets[0, 60][1] > budgets[0, 60][0]
 
 
-def test_the_onset_policy_keeps_the_first_frames_denser_and_the_default_does_not(cross_module):
+def test_the_default_keeps_the_first_frames_denser_and_the_no_onset_ablation_does_not(cross_module):
     """Cross-attention over 300 frames whose keys change alike everywhere: the onset gets 3x the density."""
     gen = torch.Generator().manual_seed(0)
     key, value = torch.randn(1, 2, 300, 16, generator=gen), torch.randn(1, 2, 300, 16, generator=gen)
@@ -562,9 +562,9 @@ def test_the_onset_policy_keeps_the_first_frames_denser_and_the_default_does_not
         heads = [sorted(module.kept_indices[0, h, : budgets[h]].tolist()) for h in range(2)]
         return budgets, sum(t < first for head in heads for t in head) / sum(budgets), heads
 
-    default, onset = kept("audiokv"), kept("audiokv-onset")
-    assert default[0] == onset[0]  # the head split reads the unweighted novelty
-    assert default[1] < 0.4  # a third of the frames, a third of the tokens
+    plain, onset = kept("audiokv-no-onset"), kept("audiokv")
+    assert plain[0] == onset[0]  # the head split reads the unweighted novelty
+    assert plain[1] < 0.4  # a third of the frames, a third of the tokens
     assert onset[1] > 0.5  # 0.9 x 300 / 500 + 0.1 x 1/3 by density, the floor spread evenly
-    assert kept("audiokv-onset", onset_weight=1.0) == default  # weight 1 switches it off
-    assert kept("audiokv-onset", first=50, onset_tokens=50)[1] > 0.3  # 0.9 x 150 / 400 + 0.1 / 6; unweighted 1/6
+    assert kept("audiokv", onset_weight=1.0) == plain  # weight 1 switches it off
+    assert kept("audiokv", first=50, onset_tokens=50)[1] > 0.3  # 0.9 x 150 / 400 + 0.1 / 6; unweighted 1/6
