@@ -173,9 +173,10 @@ class AudioKV(Policy):
     (:func:`audiokv.scoring.key_novelty`), so silence, padding and held sounds
     get few tokens and changing sound gets many, whatever the queries; the
     first seconds of the span (``onset``) count more, because a decoder reads
-    its first words from the audio alone. With ``smooth`` (``audiokv-sss``) SSS turns it into a trend over time before
-    the coverage selection; that is off by default: on the tune split it did
-    not help tiny.en and hurt base (docs/results.md).
+    its first words from the audio alone. With ``smooth`` (``audiokv-sss``)
+    SSS turns it into a trend over time before the coverage selection; that
+    is off by default: on the tune split it did not help tiny.en and hurt
+    base (docs/results.md).
 
     With ``path_budgets`` a head's share of the budget follows the length of
     its keys' path over the audio span (summed novelty) to the power 2/3: a
