@@ -89,9 +89,10 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
 
     from audiokv.config import AudioKVConfig
     from audiokv.data import shipped_calibration
-    from audiokv.eval import check_same_run, environment, merge_results, plot_results
+    from audiokv.eval import check_same_run, merge_results, plot_results
     from audiokv.heads import HeadScores
     from audiokv.policies import get_policy
+    from audiokv.provenance import environment
 
     _check_outputs(args.out, args.plot)
     previous = _previous_results(args.out) if args.update else None

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import platform
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from audiokv.config import AudioKVConfig
@@ -46,34 +43,6 @@ def dense_cross_bytes(speech: SpeechModel) -> int:
     cfg = speech.model.config
     element = next(speech.model.parameters()).element_size()
     return cfg.decoder_layers * 2 * cfg.max_source_positions * cfg.d_model * element
-
-
-def environment() -> dict:
-    """Device, versions and commit, for results files."""
-    import audiokv
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86'})"
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "audiokv": audiokv.__version__,
-        "commit": commit,
-    }
 
 
 def evaluate_speech(

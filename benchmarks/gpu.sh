@@ -1,25 +1,40 @@
 #!/usr/bin/env bash
-# The GPU benchmarks, one part per device call (each part fits the 10-minute limit by design;
-# not yet run on a GPU). Usage on the device machine, from the repo root:
-#   bash benchmarks/gpu.sh decode-omni7b   # or decode-omni30b, decode-qwen2audio, prefill, generate, recompiles
-# Results go to benchmarks/results/*-cuda*.json and are copied to $OUT when it is set.
-set -euo pipefail
+# The GPU benchmarks, sized for one device lease (about 8 minutes of a 15-minute budget, start included).
+# On the device machine, from the repo root:  bash benchmarks/gpu.sh [PART ...]   (default: all, in this order)
+#   decode     one layer's decode step at Qwen2.5-Omni-7B's shape (28 query, 4 KV heads, dim 128), batch 1
+#   generate   end-to-end generate() of a 4-layer Qwen2.5-Omni-7B-shaped model: dense, audiokv, kvpress-style mask
+#   decode-b8  the decode step at batch 8 and 64k context
+#   prefill    the compression step against the layer's prefill attention
+# Each part runs under its own time limit and copies its JSON and log to $OUT as soon as it ends, so a part
+# that runs over loses only itself. Without a git checkout set AUDIOKV_COMMIT to record the commit.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-pip install -q --no-deps -e . >/dev/null
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
 R=benchmarks/results
-decode() {  # $1 name, $2 "query heads, KV heads, head_dim"
-  python -m benchmarks.decode --device cuda --shape "$2" --batch 1 8 --context 4096 16384 65536 \
-    --ratios 0 0.4 0.7 0.9 --steps 200 --out "$R/decode-cuda-$1.json"
+OUT=${OUT:-$R}
+pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=$PWD
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv
+python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers',
+  transformers.__version__, 'triton', triton.__version__)"
+
+part() {  # $1 name, $2 seconds, rest: the benchmark's module and arguments
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (at most ${limit}s) $(date +%T)"
+  timeout "$limit" python3 -m "$@" --out "$R/$name.json" 2>&1 | tee "$OUT/$name.log"
+  echo "== $name: exit ${PIPESTATUS[0]} $(date +%T)"
+  [ -f "$R/$name.json" ] && [ "$OUT" != "$R" ] && cp "$R/$name.json" "$OUT/"
 }
-case "$1" in
-  decode-omni7b) decode omni7b 28,4,128 ;;      # Qwen2.5-Omni-7B
-  decode-omni30b) decode omni30b 32,4,128 ;;    # Qwen3-Omni-30B-A3B
-  decode-qwen2audio) decode qwen2audio 32,32,128 ;;  # Qwen2-Audio-7B (no GQA)
-  prefill) python -m benchmarks.prefill --device cuda --context 4096 16384 32768 65536 ;;
-  generate) python -m benchmarks.generate --device cuda --context 16384 65536 ;;
-  recompiles) python -m benchmarks.decode --device cuda --shape 28,4,128 --context 16384 --ratios 0.7 \
-    --steps 2000 --reserve 16 --out "$R/decode-cuda-2000steps.json" ;;
-  *) echo "unknown part: $1" >&2; exit 2 ;;
-esac
-if [ -n "${OUT:-}" ]; then cp "$R"/*cuda*.json "$OUT"/; fi
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(decode generate decode-b8 prefill)
+for p in "${parts[@]}"; do
+  case "$p" in
+    decode) part decode-cuda-omni7b 150 benchmarks.decode --device cuda --shape 28,4,128 --batch 1 \
+      --context 16384 65536 --ratios 0 0.4 0.7 0.9 --steps 100 ;;
+    generate) part generate-cuda 150 benchmarks.generate --device cuda --context 16384 --ratios 0.4 0.7 ;;
+    decode-b8) part decode-cuda-omni7b-b8 120 benchmarks.decode --device cuda --shape 28,4,128 --batch 8 \
+      --context 65536 --ratios 0 0.7 0.9 --steps 100 ;;
+    prefill) part prefill-cuda 60 benchmarks.prefill --device cuda --context 16384 65536 ;;
+    *) echo "unknown part: $p" >&2; exit 2 ;;
+  esac
+done

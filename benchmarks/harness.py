@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from audiokv.eval import environment
+from audiokv.provenance import environment
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from audiokv.eval import environment, has_repetition
+from audiokv.eval import has_repetition
+from audiokv.provenance import environment
 
 
 def rescore(result: dict, commit: str) -> int:

@@ -26,8 +26,9 @@ import torch
 
 from audiokv.data import checkout_relative
 from audiokv.dataset import load_speech_set
-from audiokv.eval import environment, has_repetition
+from audiokv.eval import has_repetition
 from audiokv.metrics import word_errors
+from audiokv.provenance import environment
 
 # the most WER points above the full cache the issue allows, by ratio
 ABOVE_FULL = {0.4: 1.0, 0.6: 1.0, 0.7: 3.0, 0.8: 5.0}

@@ -17,9 +17,10 @@ from pathlib import Path
 from audiokv import AudioKVConfig
 from audiokv.data import shipped_calibration
 from audiokv.dataset import load_speech_set
-from audiokv.eval import environment, evaluate_speech
+from audiokv.eval import evaluate_speech
 from audiokv.heads import HeadScores
 from audiokv.models import load_speech_model
+from audiokv.provenance import environment
 from benchmarks.speech_set import DEFAULT_OUT
 
 # (policy, knob overrides): the baselines once, AudioKV across its knobs

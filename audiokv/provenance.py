@@ -1,0 +1,42 @@
+"""Where a result came from: device, library versions and commit, recorded in every results file.
+
+Imports only torch, so that the kernel benchmarks run where the audio and metric
+packages are not installed (a GPU machine with its own image).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def environment() -> dict:
+    """Device, versions and commit, for results files."""
+    import audiokv
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):  # not a checkout (an installed package, a copied tree)
+        commit = os.environ.get("AUDIOKV_COMMIT", "unknown")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86'})"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "audiokv": audiokv.__version__,
+        "commit": commit,
+    }
