@@ -18,13 +18,15 @@ def environment() -> dict:
     """Device, versions and commit, for results files."""
     import audiokv
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):  # not a checkout (an installed package, a copied tree)
-        commit = os.environ.get("AUDIOKV_COMMIT", "unknown")
+    commit = os.environ.get("AUDIOKV_COMMIT")  # set where the tree is a copy (its .git may be stale or absent)
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):  # an installed package
+            commit = "unknown"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86'})"
     try:
         import triton

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The GPU benchmarks, sized for one device lease (about 8 minutes of a 15-minute budget, start included).
+# The GPU benchmarks. The first four parts fit one device lease (about 5 minutes); profile and compiled about 5 more.
 # On the device machine, from the repo root:  bash benchmarks/gpu.sh [PART ...]   (default: all, in this order)
 #   decode     one layer's decode step at Qwen2.5-Omni-7B's shape (28 query, 4 KV heads, dim 128), batch 1
 #   generate   end-to-end generate() of a 4-layer Qwen2.5-Omni-7B-shaped model: dense, audiokv, kvpress-style mask
 #   decode-b8  the decode step at batch 8 and 64k context
 #   prefill    the compression step against the layer's prefill attention
+#   profile    one decode step's host time, device time and launches (benchmarks.decode_profile)
+#   compiled   decode tokens/s, eager against torch.compile(model.forward), dense and audiokv
 # Each part runs under its own time limit and copies its JSON and log to $OUT as soon as it ends, so a part
-# that runs over loses only itself. Without a git checkout set AUDIOKV_COMMIT to record the commit.
+# that runs over loses only itself. Set AUDIOKV_COMMIT: the copied tree's .git may not be the commit run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results
@@ -26,7 +28,7 @@ part() {  # $1 name, $2 seconds, rest: the benchmark's module and arguments
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(decode generate decode-b8 prefill)
+[ ${#parts[@]} -eq 0 ] && parts=(decode generate decode-b8 prefill profile compiled)
 for p in "${parts[@]}"; do
   case "$p" in
     decode) part decode-cuda-omni7b 150 benchmarks.decode --device cuda --shape 28,4,128 --batch 1 \
@@ -35,6 +37,9 @@ for p in "${parts[@]}"; do
     decode-b8) part decode-cuda-omni7b-b8 120 benchmarks.decode --device cuda --shape 28,4,128 --batch 8 \
       --context 65536 --ratios 0 0.7 0.9 --steps 100 ;;
     prefill) part prefill-cuda 60 benchmarks.prefill --device cuda --context 16384 65536 ;;
+    profile) part decode-profile-cuda 90 benchmarks.decode_profile --device cuda --context 16384 --ratio 0.7 ;;
+    compiled) part compiled-cuda 180 benchmarks.compiled --device cuda --shape qwen2.5-omni-7b --context 16384 \
+      --ratios 0.7 --steps 64 ;;
     *) echo "unknown part: $p" >&2; exit 2 ;;
   esac
 done

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks.decode import main
 
@@ -63,10 +64,21 @@ def test_generate_benchmark_matches_the_masked_cache_and_frees_memory(tmp_path):
     rows = {r["cache"]: r for r in generate([*args, "--out", str(out)])}
     assert set(rows) == {"dense", "audiokv", "masked"}
     assert rows["audiokv"]["max_logit_diff_vs_masked"] < 1e-4  # same kept tokens, same answer
+    assert rows["audiokv"]["steps_compared"] == 6  # in fp32 the greedy tokens never part
     assert rows["masked"]["kv_bytes"] == rows["dense"]["kv_bytes"]  # masking frees nothing
     page = 2 * 2 * 2 * 128 * 32 * 4  # one page per KV head and layer: layers, heads, K/V, tokens, dim, fp32
     assert rows["audiokv"]["kv_bytes"] <= 0.5 * rows["dense"]["kv_bytes"] + page
     assert all(r["decode_tokens_per_s"] > 0 for r in rows.values())
+
+
+def test_generate_compares_logits_up_to_the_first_step_whose_tokens_part():
+    from benchmarks.generate import same_inputs
+
+    a = torch.randn(2, 5, 7)
+    assert same_inputs(a, a.clone()) == 5
+    b = a.clone()
+    b[1, 2, a[1, 2].argmin()] = 100.0  # row 1 picks another token at step 2: steps 0-2 had the same inputs
+    assert same_inputs(a, b) == 3
 
 
 def test_compiled_benchmark_decodes_as_eager_without_recompiles(tmp_path):
