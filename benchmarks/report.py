@@ -30,6 +30,8 @@ def _label(row: dict) -> str:
 
 def render(name: str, result: dict) -> str:
     """The table of the results file named ``name`` (its stem): a benchmark's columns, or policies by ratio."""
+    if name.startswith("decode-profile"):
+        return profile_table(result)
     kind = name.split("-")[0]
     if kind in BENCHMARKS:
         return benchmark_table(kind, result)
@@ -127,6 +129,31 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _vs_masked(row: dict) -> str:
+    if row["cache"] != "audiokv":
+        return ""
+    steps = row.get("steps_compared")  # files made before it compare every step
+    return f"{row['max_logit_diff_vs_masked']:.1e}" + ("" if steps is None else f" ({steps})")
+
+
+def profile_table(result: dict) -> str:
+    """A markdown table of a ``benchmarks.decode_profile`` file: per step, wall and device time, launches."""
+    lines = ["| context | ratio | call | wall µs | device µs | kernel launches | most device time |", "|---" * 7 + "|"]
+    for r in result["rows"]:
+        for name, call in (("audiokv_step", "audiokv layer step (eager)"), ("dense_sdpa", "dense SDPA (eager)")):
+            p = r[name]
+            top, us = next(iter(p["top"].items()))
+            cells = [r["context"], r["compression_ratio"], call, f"{p['wall_us']:.0f}", f"{p['device_us']:.1f}",
+                     f"{p['launches']:.0f}", f"{top[:40]} ({us:.1f} µs)"]  # fmt: skip
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        if r.get("flex_call_graphed_us"):
+            lines.append(f"| {r['context']} | {r['compression_ratio']} | flex call alone, CUDA graph replay | "
+                         f"{r['flex_call_graphed_us']:.0f} | | | |")  # fmt: skip
+    where = f"commit {result['commit']}, {result['device']}"
+    shape = "{heads}/{kv_heads} heads, head_dim {head_dim}, batch {batch}".format(**result["rows"][0])
+    return f"`benchmarks.decode_profile`: {shape}, {result['dtype']} ({where})\n\n" + "\n".join(lines)
+
+
 # benchmark files (no ``policy`` column): the columns of each kind, (header, value of a row)
 BENCHMARKS = {
     "decode": [
@@ -160,10 +187,7 @@ BENCHMARKS = {
         ("ratio", lambda r: r["compression_ratio"]),
         ("KV held vs dense", lambda r: _pct(r["kv_bytes"] / r["dense"]["kv_bytes"])),
         ("tokens/s vs dense", lambda r: f"{r['decode_tokens_per_s'] / r['dense']['decode_tokens_per_s']:.2f}"),
-        (
-            "max logit diff vs masked",
-            lambda r: f"{r['max_logit_diff_vs_masked']:.1e}" if r["cache"] == "audiokv" else "",
-        ),
+        ("max logit diff vs masked (steps compared)", _vs_masked),
     ],
     "compiled": [
         ("context", lambda r: r["context"]),

@@ -128,6 +128,21 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
     assert "| audiokv safeguard=1 |  | 20.0 |" in lines
 
 
+def test_a_profile_file_renders_a_row_per_call_and_its_graph_replay():
+    from benchmarks.report import render
+
+    def call(wall, device):
+        return {"wall_us": wall, "device_us": device, "launches": 3.0, "top": {"kernel_a": device / 2}}
+
+    row = {"heads": 28, "kv_heads": 4, "head_dim": 128, "batch": 1, "context": 16384, "compression_ratio": 0.7,
+           "audiokv_step": call(900.0, 60.0), "dense_sdpa": call(90.0, 12.0), "flex_call_graphed_us": 40.0}  # fmt: skip
+    lines = render("decode-profile-cuda", {"commit": "abc", "device": "gpu", "dtype": "bf16", "rows": [row]})
+    lines = lines.splitlines()
+    assert "| 16384 | 0.7 | audiokv layer step (eager) | 900 | 60.0 | 3 | kernel_a (30.0 µs) |" in lines
+    assert "| 16384 | 0.7 | dense SDPA (eager) | 90 | 12.0 | 3 | kernel_a (6.0 µs) |" in lines
+    assert "| 16384 | 0.7 | flex call alone, CUDA graph replay | 40 | | | |" in lines
+
+
 def test_a_timing_file_also_gets_each_runs_time_relative_to_the_full_cache():
     from benchmarks.report import render
 
