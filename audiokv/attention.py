@@ -117,6 +117,11 @@ class AudioKVAttention(nn.Module):
             frames): the first call's queries see every key, all keys count as
             audio for SSS, only sinks are mandatory, and later calls attend
             over the pool without appending (their key/value are ignored).
+        audio_tokens_per_second: how many of the model's audio tokens stand for
+            one second of sound (Whisper's encoder frames: 50, the default;
+            :func:`~audiokv.integrations.apply_audiokv` sets each family's own),
+            so that ``config.onset_seconds`` covers the same stretch of speech in
+            every model.
     """
 
     def __init__(
@@ -134,8 +139,11 @@ class AudioKVAttention(nn.Module):
         layer_idx: int = 0,
         num_layers: int = 1,
         cross_attention: bool = False,
+        audio_tokens_per_second: float = 50.0,
     ) -> None:
         super().__init__()
+        if not audio_tokens_per_second > 0:
+            raise ValueError(f"audio_tokens_per_second must be > 0, got {audio_tokens_per_second}")
         if num_kv_heads < 1 or num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a positive multiple of num_kv_heads ({num_kv_heads})")
         if head_prior is not None and head_prior.shape != (num_kv_heads,):
@@ -147,6 +155,7 @@ class AudioKVAttention(nn.Module):
         self.scaling = head_dim**-0.5 if scaling is None else scaling
         self.kernel = kernel
         self.cross_attention = cross_attention
+        self.onset_tokens = round(config.onset_seconds * audio_tokens_per_second)  # the audio span's first tokens
         self.policy = get_policy(policy)
         self.layer_idx, self.num_layers = layer_idx, num_layers
         if layer_prior is not None and self.policy.use_prior and self.policy.layer_split:
@@ -446,7 +455,7 @@ class AudioKVAttention(nn.Module):
         ``content`` (``[B, 2]`` inside ``spans``, or None) is the real sound of each
         span: the density and the path lengths are read there only, and the rest of
         the span keeps the uniform floor (``content_density`` policies).
-        ``onset`` (``[B, 2]``, or None: the first ``onset_tokens`` of ``spans``) is
+        ``onset`` (``[B, 2]``, or None: the first ``self.onset_tokens`` of ``spans``) is
         what the ``onset`` policies weight: a later prefill chunk holds none of it.
         """
         cfg = self.config
@@ -475,7 +484,7 @@ class AudioKVAttention(nn.Module):
                     rest = (trend * sound).sum(-1, keepdim=True) / sound.sum(-1, keepdim=True).clamp_min(1)
                 trend = torch.where(sound, trend, rest)
             if policy.onset and policy.coverage and spans is not None:
-                onset = onset_spans(spans, cfg.onset_tokens) if onset is None else onset
+                onset = onset_spans(spans, self.onset_tokens) if onset is None else onset
                 trend = weight_onset(trend, onset, cfg.onset_weight)
             if policy.smooth and spans is not None:
                 trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
@@ -560,7 +569,7 @@ class AudioKVAttention(nn.Module):
                 raise ValueError("padding after the first prefill chunk: the first chunk must reach past it")
             out = chunk_attention(query, key, value, self.pool, scale=self.scaling)
             self.held_before_chunk = self.pool.row_lengths  # for the layers that read this pool (Gemma 3n)
-        onset = None if whole is None else chunk_spans(onset_spans(whole, self.config.onset_tokens), start, end)
+        onset = None if whole is None else chunk_spans(onset_spans(whole, self.onset_tokens), start, end)
         key, value, indices, budgets, log_mass = self._select(
             query, key, value, spans, mask, self.config.sinks if start == 0 else 0, onset=onset
         )

@@ -40,11 +40,13 @@ class AudioKVConfig:
         coverage_floor: share of the audio span's budget spread evenly over time
             by the coverage selection; the rest follows the policy's smoothed
             density (for AudioKV, key novelty). In [0, 1].
-        onset_tokens: how many first tokens of an audio span the policies with
-            ``onset`` (``audiokv`` and its ablations but ``audiokv-no-onset``)
-            weight by ``onset_weight`` in the coverage density; 100 (2 s of
-            Whisper's encoder frames, 50 per second) was chosen on the tune
-            split against 50 and 200. >= 0.
+        onset_seconds: how many first seconds of an audio span the policies
+            with ``onset`` (``audiokv`` and its ablations but ``audiokv-no-onset``)
+            weight by ``onset_weight`` in the coverage density; the engine turns
+            them into tokens at its model's audio token rate
+            (``AudioKVAttention.audio_tokens_per_second``: 50 for Whisper, 25 for
+            Qwen2-Audio, ...). 2 s was chosen on the tune split (Whisper) against
+            1 and 4. >= 0.
         onset_weight: that weight, >= 1 (1 switches the weighting off).
         head_prior_strength: how strongly calibrated audio-critical heads are
             favoured in the budget split; 0 ignores the calibration. >= 0.
@@ -97,7 +99,7 @@ class AudioKVConfig:
     pooling_kernel: int = 7
     sss_cutoff: float = 0.1
     coverage_floor: float = 0.1
-    onset_tokens: int = 100
+    onset_seconds: float = 2.0
     onset_weight: float = 3.0
     head_prior_strength: float = 1.0
     layer_prior: float = 1.0
@@ -128,7 +130,8 @@ class AudioKVConfig:
         floor = _require_float("coverage_floor", self.coverage_floor)
         if not 0.0 <= floor <= 1.0:
             raise ValueError(f"coverage_floor must be in [0, 1], got {floor}")
-        _require_int("onset_tokens", self.onset_tokens, 0)
+        if _require_float("onset_seconds", self.onset_seconds) < 0:
+            raise ValueError(f"onset_seconds must be >= 0, got {self.onset_seconds}")
         if _require_float("onset_weight", self.onset_weight) < 1.0:
             raise ValueError(f"onset_weight must be >= 1, got {self.onset_weight}")
         if _require_float("head_prior_strength", self.head_prior_strength) < 0:

@@ -96,7 +96,7 @@ class Policy:
         pick_novelty: inside a coverage stratum keep the frame of highest key
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
-        onset: the first ``AudioKVConfig.onset_tokens`` of an audio span get
+        onset: the first ``AudioKVConfig.onset_seconds`` of an audio span get
             ``onset_weight`` times their density (the uniform floor is not
             weighted). On in ``audiokv``, chosen on the tune split
             (``audiokv-no-onset`` switches it off): every loop of the former

@@ -19,14 +19,15 @@ settings.load_profile("default")
 
 @pytest.fixture
 def cross_module():
-    """``cross_module(policy, ratio, heads=2, page_size=16, **knobs)``: a cross-attention engine, head_dim 16, no sinks.
+    """``cross_module(policy, ratio, heads=2, page_size=16, rate=50.0, **knobs)``: a cross-attention engine,
+    head_dim 16, no sinks, ``rate`` audio tokens per second.
 
     ``knobs`` are further :class:`AudioKVConfig` fields.
     """
 
-    def make(policy: str, ratio: float, heads: int = 2, page_size: int = 16, **knobs) -> AudioKVAttention:
+    def make(policy: str, ratio: float, heads: int = 2, page_size: int = 16, rate: float = 50.0, **knobs):
         cfg = AudioKVConfig(compression_ratio=ratio, page_size=page_size, sinks=0, **knobs)
         return AudioKVAttention(cfg, num_heads=heads, num_kv_heads=heads, head_dim=16, cross_attention=True,
-                                policy=policy)  # fmt: skip
+                                policy=policy, audio_tokens_per_second=rate)  # fmt: skip
 
     return make

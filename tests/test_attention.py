@@ -493,7 +493,7 @@ def test_chunked_prefill_weights_the_onset_in_the_chunk_that_holds_it_only():
     kept = {}
     for policy in ("audiokv-no-onset", "audiokv"):
         cfg = AudioKVConfig(compression_ratio=0.6, window=4, sinks=2, page_size=16, prefill_chunk=chunk,
-                            onset_tokens=50)  # fmt: skip
+                            onset_seconds=1.0)  # fmt: skip
         module = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, policy=policy)
         for s in range(0, length, chunk):
             module(q[:, :, s : s + chunk], k[:, :, s : s + chunk], v[:, :, s : s + chunk], audio_span=(20, 280),
@@ -567,4 +567,6 @@ def test_the_default_keeps_the_first_frames_denser_and_the_no_onset_ablation_doe
     assert plain[1] < 0.4  # a third of the frames, a third of the tokens
     assert onset[1] > 0.5  # 0.9 x 300 / 500 + 0.1 x 1/3 by density, the floor spread evenly
     assert kept("audiokv", onset_weight=1.0) == plain  # weight 1 switches it off
-    assert kept("audiokv", first=50, onset_tokens=50)[1] > 0.3  # 0.9 x 150 / 400 + 0.1 / 6; unweighted 1/6
+    assert kept("audiokv", first=50, onset_seconds=1.0)[1] > 0.3  # 0.9 x 150 / 400 + 0.1 / 6; unweighted 1/6
+    # the onset is set in seconds: 2 s at 25 tokens per second are the same 50 frames as 1 s at 50
+    assert kept("audiokv", first=50, rate=25.0) == kept("audiokv", first=50, onset_seconds=1.0)

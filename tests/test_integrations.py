@@ -444,6 +444,15 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
     torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize(("name", "tokens"), [("qwen2_audio", 50), ("qwen2_5_omni_thinker", 50),
+                                             ("qwen3_omni_moe_thinker", 25), ("voxtral", 25)])  # fmt: skip
+def test_the_onset_spans_the_same_seconds_in_every_family(name, tokens):
+    """The default 2 s of onset at each family's audio token rate (25 or 12.5 per second; Whisper's 50 give 100)."""
+    model, _ = LALMS[name]()
+    with apply_audiokv(model, AudioKVConfig(), policy="audiokv-no-heads") as handle:
+        assert {e.onset_tokens for e in handle.engines.values()} == {tokens}
+
+
 @pytest.mark.parametrize("name", list(LALMS))
 def test_lalm_batch_with_different_audio_lengths(name):
     model, inputs, spans = lalm_batch(name, torch.Generator().manual_seed(5))

@@ -285,6 +285,7 @@ def apply_audiokv(
             layer_idx=position,
             num_layers=len(roles.compressed),
             cross_attention=family.cross_attention,
+            audio_tokens_per_second=family.audio_tokens_per_second,
         ).to(next(module.parameters()).device)
         engine.meter = handle.meter
         attach(module, engine)

@@ -21,6 +21,8 @@ class Family:
         cross_attention: those modules attend to encoder states (Whisper): their cache is
             compressed once from the decoder's first queries, and the decoder's own
             self-attention cache stays as it is.
+        audio_tokens_per_second: audio tokens per second of sound, as the model's
+            audio encoder and projector emit them (the onset is set in seconds).
     """
 
     name: str
@@ -28,15 +30,22 @@ class Family:
     audio_token_attrs: tuple[str, ...] = ("audio_token_id", "audio_token_index")
     attention: str = "self_attn"
     cross_attention: bool = False
+    audio_tokens_per_second: float = 50.0
 
 
+# audio token rates: Whisper's encoder 50/s; Qwen2-Audio and Qwen2.5-Omni pool it to 25/s (40 ms a token);
+# Qwen3-Omni's AuT encoder and Voxtral's 4x adapter give 12.5/s (80 ms); Gemma 3n's encoder one per 160 ms
 FAMILIES = (
     Family("Llama / Qwen2 / Qwen3 / Mistral style LLMs (e.g. SmolLM2)", ("llama", "qwen2", "qwen3", "mistral")),
-    Family("Qwen2-Audio", ("qwen2_audio",)),
-    Family("Qwen2.5-Omni thinker", ("qwen2_5_omni_thinker",)),
-    Family("Qwen3-Omni-MoE thinker", ("qwen3_omni_moe_thinker",)),
-    Family("Voxtral", ("voxtral",)),
-    Family("Gemma 3n (KV-sharing producers compressed, sliding layers kept)", ("gemma3n", "gemma3n_text")),
+    Family("Qwen2-Audio", ("qwen2_audio",), audio_tokens_per_second=25.0),
+    Family("Qwen2.5-Omni thinker", ("qwen2_5_omni_thinker",), audio_tokens_per_second=25.0),
+    Family("Qwen3-Omni-MoE thinker", ("qwen3_omni_moe_thinker",), audio_tokens_per_second=12.5),
+    Family("Voxtral", ("voxtral",), audio_tokens_per_second=12.5),
+    Family(
+        "Gemma 3n (KV-sharing producers compressed, sliding layers kept)",
+        ("gemma3n", "gemma3n_text"),
+        audio_tokens_per_second=6.25,
+    ),
     Family("Whisper (decoder cross-attention)", ("whisper",), attention="encoder_attn", cross_attention=True),
 )
 SUPPORTED_FAMILIES = tuple(f.name for f in FAMILIES)
