@@ -75,35 +75,41 @@ def decode(model, ids: torch.Tensor, cache, steps: int, warmup: int, feed: torch
     }
 
 
-def run(model, ids, cache: str, ratio: float, mode: str, steps: int, warmup: int, feed=None) -> dict:
-    """One setup: ``cache`` "dense" or "audiokv" (at ``ratio``), ``mode`` "eager" or "compiled"."""
+def run(model, ids, cache: str, ratio: float, mode: str, steps: int, warmup: int, feed=None,
+        compile_mode: str | None = None) -> dict:  # fmt: skip
+    """One setup: ``cache`` "dense" or "audiokv" (at ``ratio``), ``mode`` "eager" or "compiled".
+
+    ``compile_mode``: `torch.compile`'s ``mode`` (None: its default; ``"reduce-overhead"``: CUDA graphs).
+    """
     torch._dynamo.reset()
     counters.clear()
     compiled = mode == "compiled"
+    forward = torch.compile(model.forward, mode=compile_mode) if compiled else None
     if cache == "dense":
         if compiled:
             kv = StaticCache(config=model.config, max_cache_len=ids.shape[1] + warmup + steps)
         else:
             kv = DynamicCache(config=model.config)
-        return decode(model, ids, kv, steps, warmup, feed, torch.compile(model.forward) if compiled else None)
+        return decode(model, ids, kv, steps, warmup, feed, forward)
     cfg = AudioKVConfig(compression_ratio=ratio, decode_reserve=warmup + steps)
     with apply_audiokv(model, cfg, kernel="flex" if compiled else "auto") as handle:
         kv = AudioKVCache(model.config, handle.engines)
-        return decode(model, ids, kv, steps, warmup, feed, torch.compile(model.forward) if compiled else None)
+        return decode(model, ids, kv, steps, warmup, feed, forward)
 
 
 def bench(shape: str, layers: int, context: int, ratios: list[float], steps: int, warmup: int,
-          device: torch.device, dtype: torch.dtype) -> list[dict]:  # fmt: skip
+          device: torch.device, dtype: torch.dtype, compile_mode: str | None = None) -> list[dict]:  # fmt: skip
     torch.manual_seed(0)
     total = context + warmup + steps
     config = Qwen2Config(**SHAPES[shape], num_hidden_layers=layers, max_position_embeddings=max(2 * total, 4096))
     model = Qwen2ForCausalLM(config).to(device, dtype).eval()
     ids = torch.randint(1, config.vocab_size, (1, context), generator=torch.Generator().manual_seed(1)).to(device)
-    base = {"shape": shape, "layers": layers, "context": context, "steps": steps, "warmup": warmup}
+    base = {"shape": shape, "layers": layers, "context": context, "steps": steps, "warmup": warmup,
+            "compile_mode": compile_mode or "default"}  # fmt: skip
     rows = []
     for cache, ratio in [("dense", 0.0)] + [("audiokv", r) for r in ratios]:
         eager = run(model, ids, cache, ratio, "eager", steps, warmup)
-        fast = run(model, ids, cache, ratio, "compiled", steps, warmup, feed=eager["tokens"])
+        fast = run(model, ids, cache, ratio, "compiled", steps, warmup, feed=eager["tokens"], compile_mode=compile_mode)
         diff = (fast["logits"] - eager["logits"]).abs().max().item()
         row = {**base, "cache": cache, "compression_ratio": ratio}
         rows.append({**row, "mode": "eager", "tokens_per_s": 1 / eager["step_s"]})
@@ -122,9 +128,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cli.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.7])
     cli.add_argument("--steps", type=int, default=128, help="timed decode steps")
     cli.add_argument("--warmup", type=int, default=8, help="decode steps before timing (compiling)")
+    cli.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     args = cli.parse_args(argv)
     device, dtype = device_and_dtype(args)
-    rows = bench(args.shape, args.layers, args.context, args.ratios, args.steps, args.warmup, device, dtype)
+    rows = bench(args.shape, args.layers, args.context, args.ratios, args.steps, args.warmup, device, dtype,
+                 args.compile_mode)  # fmt: skip
     print(f"wrote {write_results('compiled', args, dtype, rows)}")
     return rows
 

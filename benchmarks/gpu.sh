@@ -7,6 +7,7 @@
 #   prefill    the compression step against the layer's prefill attention
 #   profile    one decode step's host time, device time and launches (benchmarks.decode_profile)
 #   compiled   decode tokens/s, eager against torch.compile(model.forward), dense and audiokv
+#   compiled-ro  the same with torch.compile(mode="reduce-overhead") (CUDA graphs)
 # Each part runs under its own time limit and copies its JSON and log to $OUT as soon as it ends, so a part
 # that runs over loses only itself. Set AUDIOKV_COMMIT: the copied tree's .git may not be the commit run.
 set -uo pipefail
@@ -28,7 +29,7 @@ part() {  # $1 name, $2 seconds, rest: the benchmark's module and arguments
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(decode generate decode-b8 prefill profile compiled)
+[ ${#parts[@]} -eq 0 ] && parts=(decode generate decode-b8 prefill profile compiled compiled-ro)
 for p in "${parts[@]}"; do
   case "$p" in
     decode) part decode-cuda-omni7b 150 benchmarks.decode --device cuda --shape 28,4,128 --batch 1 \
@@ -40,6 +41,8 @@ for p in "${parts[@]}"; do
     profile) part decode-profile-cuda 90 benchmarks.decode_profile --device cuda --context 16384 --ratio 0.7 ;;
     compiled) part compiled-cuda 180 benchmarks.compiled --device cuda --shape qwen2.5-omni-7b --context 16384 \
       --ratios 0.7 --steps 64 ;;
+    compiled-ro) part compiled-cuda-reduce-overhead 200 benchmarks.compiled --device cuda --shape qwen2.5-omni-7b \
+      --context 16384 --ratios 0.7 --steps 64 --compile-mode reduce-overhead ;;
     *) echo "unknown part: $p" >&2; exit 2 ;;
   esac
 done

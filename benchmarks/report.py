@@ -193,7 +193,7 @@ BENCHMARKS = {
         ("context", lambda r: r["context"]),
         ("cache", lambda r: r["cache"]),
         ("ratio", lambda r: r["compression_ratio"]),
-        ("mode", lambda r: r["mode"]),
+        ("mode", lambda r: r["mode"] if r["mode"] == "eager" else f"compiled ({r.get('compile_mode', 'default')})"),
         ("tokens/s vs dense eager", lambda r: f"{r['tokens_per_s'] / r['dense']['tokens_per_s']:.2f}"),
         ("graphs after warm-up", lambda r: r.get("graphs_after_warmup", "")),
         ("max logit diff vs eager", lambda r: f"{r['max_logit_diff_vs_eager']:.1e}" if r["mode"] == "compiled" else ""),
