@@ -155,7 +155,7 @@ class AudioKVAttention(nn.Module):
         self.scaling = head_dim**-0.5 if scaling is None else scaling
         self.kernel = kernel
         self.cross_attention = cross_attention
-        self.onset_tokens = round(config.onset_seconds * audio_tokens_per_second)  # the audio span's first tokens
+        self.onset_tokens = int(config.onset_seconds * audio_tokens_per_second + 0.5)  # the span's first tokens
         self.policy = get_policy(policy)
         self.layer_idx, self.num_layers = layer_idx, num_layers
         if layer_prior is not None and self.policy.use_prior and self.policy.layer_split:

@@ -101,8 +101,8 @@ class Policy:
             weighted). On in ``audiokv``, chosen on the tune split
             (``audiokv-no-onset`` switches it off): every loop of the former
             default there began within the transcript's first seven words.
-            Measured on Whisper only: 100 tokens are 2 s at Whisper's 50
-            encoder frames per second (4 s at Qwen2-Audio's 25).
+            Measured on Whisper only (2 s: 100 of its encoder frames; each
+            family counts its own audio tokens, 50 of Qwen2-Audio's).
     """
 
     name: str

@@ -72,6 +72,7 @@ def decode(model, ids: torch.Tensor, cache, steps: int, warmup: int, feed: torch
         "logits": torch.stack(logits, 1),
         "tokens": torch.cat(tokens, 1),
         "graphs_after_warmup": counters["stats"]["unique_graphs"] - graphs,
+        "cudagraph_skips": counters["inductor"]["cudagraph_skips"],  # reduce-overhead: graphs inductor declined
     }
 
 
@@ -114,7 +115,8 @@ def bench(shape: str, layers: int, context: int, ratios: list[float], steps: int
         row = {**base, "cache": cache, "compression_ratio": ratio}
         rows.append({**row, "mode": "eager", "tokens_per_s": 1 / eager["step_s"]})
         rows.append({**row, "mode": "compiled", "tokens_per_s": 1 / fast["step_s"],
-                     "graphs_after_warmup": fast["graphs_after_warmup"], "max_logit_diff_vs_eager": diff})  # fmt: skip
+                     "graphs_after_warmup": fast["graphs_after_warmup"], "max_logit_diff_vs_eager": diff,
+                     "cudagraph_skips": fast["cudagraph_skips"]})  # fmt: skip
         print(f"{cache:>8} r={ratio:.1f}  tok/s eager {1 / eager['step_s']:7.1f}  compiled {1 / fast['step_s']:7.1f}"
               f"  graphs after warm-up {fast['graphs_after_warmup']}  logit diff {diff:.1e}", flush=True)  # fmt: skip
     return rows

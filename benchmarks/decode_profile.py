@@ -15,6 +15,7 @@ Writes `benchmarks/results/decode-profile-<device>.json`.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from audiokv.kernel import paged_attention
 from benchmarks.harness import device_and_dtype, parser, timer_for, write_results
 
 
-def profiled(fn, steps: int, device: torch.device) -> dict:
+def profiled(fn: Callable[[], object], steps: int, device: torch.device) -> dict:
     """Wall, device time and launches per call of ``fn`` (microseconds), and its top operators."""
     timer = timer_for(device)
     fn()
@@ -47,7 +48,7 @@ def profiled(fn, steps: int, device: torch.device) -> dict:
     }
 
 
-def graphed_us(fn, steps: int) -> float | None:
+def graphed_us(fn: Callable[[], object], steps: int) -> float | None:
     """Median time of ``fn`` replayed from a CUDA graph (device work only), or None where capture fails."""
     try:
         stream = torch.cuda.Stream()
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     heads, kv_heads, dim = (int(x) for x in args.shape.split(","))
     gen = torch.Generator().manual_seed(0)
 
-    def rand(*shape):
+    def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(device, dtype)
 
     q = rand(args.batch, heads, args.context, dim)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:>13}: {times}, launches {r['launches']:5.1f}")
         for op, us in r["top"].items():
             print(f"{'':>15}{us:8.1f} us  {op}")
-    if "flex_call_graphed_us" in row:
+    if row.get("flex_call_graphed_us") is not None:
         print(f"flex call replayed from a CUDA graph: {row['flex_call_graphed_us']} us")
     return row
 

@@ -13,7 +13,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results
-OUT=${OUT:-$R}
+: "${AUDIOKV_COMMIT:?set AUDIOKV_COMMIT to the commit of this tree}"
+OUT=${OUT:-$(mktemp -d)}  # the device machine's results folder; elsewhere the logs go to a temporary one
 pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers',
@@ -25,7 +26,7 @@ part() {  # $1 name, $2 seconds, rest: the benchmark's module and arguments
   echo "== $name (at most ${limit}s) $(date +%T)"
   timeout "$limit" python3 -m "$@" --out "$R/$name.json" 2>&1 | tee "$OUT/$name.log"
   echo "== $name: exit ${PIPESTATUS[0]} $(date +%T)"
-  [ -f "$R/$name.json" ] && [ "$OUT" != "$R" ] && cp "$R/$name.json" "$OUT/"
+  [ -f "$R/$name.json" ] && cp "$R/$name.json" "$OUT/"
 }
 
 parts=("$@")

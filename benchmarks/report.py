@@ -142,7 +142,7 @@ def profile_table(result: dict) -> str:
     for r in result["rows"]:
         for name, call in (("audiokv_step", "audiokv layer step (eager)"), ("dense_sdpa", "dense SDPA (eager)")):
             p = r[name]
-            top, us = next(iter(p["top"].items()))
+            top, us = next(iter(p["top"].items()), ("(no device kernels)", 0.0))
             cells = [r["context"], r["compression_ratio"], call, f"{p['wall_us']:.0f}", f"{p['device_us']:.1f}",
                      f"{p['launches']:.0f}", f"{top[:40]} ({us:.1f} µs)"]  # fmt: skip
             lines.append("| " + " | ".join(map(str, cells)) + " |")

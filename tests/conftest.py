@@ -25,7 +25,9 @@ def cross_module():
     ``knobs`` are further :class:`AudioKVConfig` fields.
     """
 
-    def make(policy: str, ratio: float, heads: int = 2, page_size: int = 16, rate: float = 50.0, **knobs):
+    def make(
+        policy: str, ratio: float, heads: int = 2, page_size: int = 16, rate: float = 50.0, **knobs
+    ) -> AudioKVAttention:
         cfg = AudioKVConfig(compression_ratio=ratio, page_size=page_size, sinks=0, **knobs)
         return AudioKVAttention(cfg, num_heads=heads, num_kv_heads=heads, head_dim=16, cross_attention=True,
                                 policy=policy, audio_tokens_per_second=rate)  # fmt: skip

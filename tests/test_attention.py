@@ -570,3 +570,13 @@ def test_the_default_keeps_the_first_frames_denser_and_the_no_onset_ablation_doe
     assert kept("audiokv", first=50, onset_seconds=1.0)[1] > 0.3  # 0.9 x 150 / 400 + 0.1 / 6; unweighted 1/6
     # the onset is set in seconds: 2 s at 25 tokens per second are the same 50 frames as 1 s at 50
     assert kept("audiokv", first=50, rate=25.0) == kept("audiokv", first=50, onset_seconds=1.0)
+
+
+def test_the_onset_covers_its_seconds_at_the_models_audio_rate_and_a_bad_rate_is_an_error():
+    def onset(rate: float) -> int:
+        return AudioKVAttention(AudioKVConfig(), num_heads=2, num_kv_heads=2, head_dim=16,
+                                audio_tokens_per_second=rate).onset_tokens  # fmt: skip
+
+    assert [onset(50.0), onset(25.0), onset(12.5), onset(6.25)] == [100, 50, 25, 13]  # 12.5 tokens round up
+    with pytest.raises(ValueError, match="audio_tokens_per_second"):
+        onset(0.0)
