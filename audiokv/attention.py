@@ -470,9 +470,11 @@ class AudioKVAttention(nn.Module):
         else:
             cross = self.cross_attention
             seed = hash((cfg.seed, self.layer_idx, self.compressions)) % 2**63  # ints hash the same in every run
+            cutoff = 1.0 - ratio if policy.smooth_keys else 1.0
             inp = ScoreInput(
-                query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel, seed
-            )
+                query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel, seed,
+                spans, cutoff,
+            )  # fmt: skip
             raw = policy.score(inp).float()
             text = valid if spans is None else valid & ~span_mask(spans.to(key.device), length)
             raw = policy.text_scores(inp, raw, text)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from audiokv.scoring import key_novelty, pool_scores, rerank, value_rarity, window_scores
 from audiokv.select import ranks
-from audiokv.spectral import span_mask
+from audiokv.spectral import span_mask, spectral_smooth
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class ScoreInput:
         causal: False for cross-attention.
         pooling, pooling_kernel: score pooling.
         seed: seed of this layer and call, for randomized policies.
+        spans: ``[B, 2]`` audio span of each row, or None.
+        novelty_cutoff: with spans, the keys are low-passed along time inside
+            them (:func:`~audiokv.spectral.spectral_smooth`, this cutoff) before
+            their novelty is read; 1 reads the raw keys.
     """
 
     query: Tensor
@@ -46,11 +50,16 @@ class ScoreInput:
     pooling: str
     pooling_kernel: int
     seed: int = 0
+    spans: Tensor | None = None
+    novelty_cutoff: float = 1.0
 
     @cached_property
     def novelty(self) -> Tensor:
         """``[B, H_kv, T]`` :func:`~audiokv.scoring.key_novelty` of the keys, computed once per layer and call."""
-        return key_novelty(self.key)
+        key = self.key
+        if self.spans is not None and self.novelty_cutoff < 1:
+            key = spectral_smooth(key.transpose(2, 3), self.novelty_cutoff, self.spans).transpose(2, 3)
+        return key_novelty(key)
 
     def window_attention(self, all_queries: bool = False) -> Tensor:
         """``[B, H_kv, T]`` attention of the observation window (or of every prompt query)."""
@@ -96,6 +105,12 @@ class Policy:
         pick_novelty: inside a coverage stratum keep the frame of highest key
             novelty instead of the best window score; rejected on the tune
             split (``audiokv-pick``, ``audiokv-pick-sss``).
+        smooth_keys: SSS on the keys instead of the scores: before their
+            novelty (density and path length) is read, the keys are low-passed
+            along time over the audio span at a cutoff equal to the layer's
+            kept fraction (the finest variation its kept tokens can sample),
+            so jitter that merging averages away draws no tokens
+            (``audiokv-sss-keys``, a candidate).
         onset: the first ``AudioKVConfig.onset_seconds`` of an audio span get
             ``onset_weight`` times their density (the uniform floor is not
             weighted). On in ``audiokv``, chosen on the tune split
@@ -120,6 +135,7 @@ class Policy:
     content_density: bool = False
     padding_at_mean: bool = False
     onset: bool = False
+    smooth_keys: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -344,6 +360,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-pick-sss", **{**AUDIOKV, "pick_novelty": True, "smooth": True}),
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
+        AudioKV("audiokv-sss-keys", **{**AUDIOKV, "smooth_keys": True}),
     )
 }
 
