@@ -42,6 +42,35 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return resample(data.mean(axis=1), rate, sample_rate)
 
 
+def split_at_pauses(
+    audio: np.ndarray, max_seconds: float = 30.0, search_seconds: float = 5.0, sample_rate: int = SAMPLE_RATE
+) -> list[np.ndarray]:
+    """Cut a clip into pieces of at most ``max_seconds``, each cut at a pause.
+
+    Whisper hears 30 s at a time. A longer clip is cut at the quietest 20 ms
+    (lowest energy) of the last ``search_seconds`` before each piece would
+    pass ``max_seconds``, so a cut falls between words wherever the speaker
+    pauses there; a clip that fits comes back whole.
+
+    Args:
+        audio: ``[N]`` mono samples.
+
+    Returns:
+        Consecutive ``[N_i]`` views of ``audio`` that add up to all of it.
+    """
+    if not 0 < search_seconds < max_seconds:
+        raise ValueError(f"need 0 < search_seconds < max_seconds, got {search_seconds} and {max_seconds}")
+    limit, search, hop = int(max_seconds * sample_rate), int(search_seconds * sample_rate), sample_rate // 50
+    pieces, start = [], 0
+    while len(audio) - start > limit:
+        window = np.asarray(audio[start + limit - search : start + limit], dtype=np.float64)
+        energy = (window[: len(window) // hop * hop].reshape(-1, hop) ** 2).sum(-1)
+        cut = start + limit - search + int(energy.argmin()) * hop + hop // 2
+        pieces.append(audio[start:cut])
+        start = cut
+    return [*pieces, audio[start:]]
+
+
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write mono float audio in [-1, 1] as 16-bit PCM WAV."""
     soundfile.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")

@@ -48,6 +48,9 @@ def whisper_cross_attention(speech: SpeechModel, utt: Utterance) -> list[Tensor]
         so attention spent on them lowers the head's score).
     """
     audio = utt.audio()
+    if len(audio) > 30 * 16_000:
+        seconds = len(audio) / 16_000
+        raise ValueError(f"calibration clips must fit Whisper's 30 s window; {utt.audio_path} lasts {seconds:.1f} s")
     text_ids = speech.tokenizer.encode(" " + utt.text, add_special_tokens=False)
     ids = torch.tensor([speech.prompt_ids + text_ids])
     out = speech.model(input_features=log_mel(speech, [audio])[0], decoder_input_ids=ids, output_attentions=True)

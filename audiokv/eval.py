@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from audiokv.audio import split_at_pauses
 from audiokv.config import AudioKVConfig
 from audiokv.data import checkout_relative
 from audiokv.dataset import Utterance
@@ -39,7 +40,7 @@ def has_repetition(text: str, times: int = 3, min_words: int = 9, max_period: in
 
 
 def dense_cross_bytes(speech: SpeechModel) -> int:
-    """Bytes of the full cross-attention cache of one utterance (what transformers would hold)."""
+    """Bytes of the full cross-attention cache of one 30 s window (what transformers would hold)."""
     cfg = speech.model.config
     element = next(speech.model.parameters()).element_size()
     return cfg.decoder_layers * 2 * cfg.max_source_positions * cfg.d_model * element
@@ -61,12 +62,13 @@ def evaluate_speech(
     ``config`` sets every knob but the ratio (defaults: :class:`AudioKVConfig`).
     Returns one row per run: ``policy``, ``compression_ratio``, ``wer``, ``kv_bytes``
     (mean bytes the compressed cross-attention pools held per utterance, measured
-    from their tensors), ``kv_bytes_full`` (the dense cache per utterance),
+    from their tensors), ``kv_bytes_full`` (the dense cache per utterance: one per 30 s window it is cut into),
     ``repetition_rate``, ``n`` and ``seconds``.
     """
     for name in policies:
         get_policy(name)  # fail before any work
     audio = [u.audio() for u in data]
+    windows = sum(len(split_at_pauses(a)) for a in audio)  # 30 s windows: a dense cache each
     refs = [u.text for u in data]
     runs = [(p, 0.0 if p == "full" else r) for p in policies for r in (ratios if p != "full" else [0.0])]
     rows = []
@@ -87,7 +89,7 @@ def evaluate_speech(
                 "compression_ratio": ratio,
                 "wer": word_error_rate(refs, hyps),
                 "kv_bytes": held / len(audio),
-                "kv_bytes_full": dense_cross_bytes(speech),
+                "kv_bytes_full": dense_cross_bytes(speech) * windows / len(audio),
                 "repetition_rate": sum(map(has_repetition, hyps)) / len(hyps),
                 "n": len(hyps),
                 "seconds": time.perf_counter() - start,

@@ -1,4 +1,4 @@
-"""Greedy speech-to-text with a Whisper-style encoder-decoder, in batches."""
+"""Greedy speech-to-text with a Whisper-style encoder-decoder, in batches; long clips are cut at pauses."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 import torch
 
+from audiokv.audio import split_at_pauses
 from audiokv.models.whisper import SpeechModel
 
 
@@ -16,12 +17,24 @@ def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> tuple[torch.Tensor
     return feats.input_features.to(next(speech.model.parameters()).dtype), feats.attention_mask
 
 
-@torch.no_grad()
 def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_tokens: int = 200) -> list[str]:
     """Transcribe a batch of 16 kHz clips greedily (no timestamps).
 
+    A clip longer than Whisper's 30 s window is cut at pauses
+    (:func:`~audiokv.audio.split_at_pauses`); its pieces are decoded in the
+    same batch, each with its own cache, and their transcripts joined.
+    ``max_new_tokens`` bounds each piece.
+
     Returns one normalized-whitespace string per clip.
     """
+    pieces = [split_at_pauses(audio) for audio in audios]
+    texts = iter(_greedy_windows(speech, [p for clip in pieces for p in clip], max_new_tokens))
+    return [" ".join(t for t in (next(texts) for _ in clip) if t) for clip in pieces]
+
+
+@torch.no_grad()
+def _greedy_windows(speech: SpeechModel, audios: list[np.ndarray], max_new_tokens: int) -> list[str]:
+    """Greedy transcripts of clips of at most 30 s, one batch."""
     model = speech.model
     features, sound = log_mel(speech, audios)
     encoder_out = model.model.encoder(features)

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from audiokv.audio import load_audio, resample, write_wav
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audiokv.audio import load_audio, resample, split_at_pauses, write_wav
 from audiokv.dataset import load_speech_set
 from audiokv.metrics import normalize_text, word_error_rate
 
@@ -20,6 +23,31 @@ def test_resampling_keeps_length_pitch_and_level():
     spectrum = np.abs(np.fft.rfft(y))
     assert abs(np.argmax(spectrum) - 440) <= 1  # 1 Hz bins over one second
     assert abs(y[100:-100].std() - 0.5 / np.sqrt(2)) < 0.01
+
+
+def test_a_long_clip_is_cut_in_its_pauses():
+    rate = 16_000
+    speech = np.random.default_rng(0).normal(0, 0.3, 70 * rate)
+    gaps = [(27.0, 27.3), (55.5, 55.8)]  # quiet inside the last 5 s before each 30 s limit
+    for a, b in gaps:
+        speech[int(a * rate) : int(b * rate)] *= 1e-3
+    pieces = split_at_pauses(speech)
+    assert len(pieces) == 3 and np.array_equal(np.concatenate(pieces), speech)
+    cuts = np.cumsum([len(p) for p in pieces])[:-1] / rate
+    assert all(a < cut < b for cut, (a, b) in zip(cuts, gaps, strict=True))
+    assert len(split_at_pauses(speech[: 30 * rate])) == 1  # a clip that fits stays whole
+    with pytest.raises(ValueError, match="search_seconds"):
+        split_at_pauses(speech, max_seconds=5.0, search_seconds=5.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 4000), st.integers(3, 12), st.integers(1, 2))
+def test_pieces_fit_the_window_and_add_up_to_the_clip(length, max_seconds, search_seconds):
+    audio = np.random.default_rng(length).normal(size=length).astype(np.float32)
+    pieces = split_at_pauses(audio, max_seconds, search_seconds, sample_rate=100)  # 2 samples per 20 ms
+    assert np.array_equal(np.concatenate(pieces), audio)
+    assert all(len(p) <= max_seconds * 100 for p in pieces)
+    assert all(len(p) >= (max_seconds - search_seconds) * 100 for p in pieces[:-1])
 
 
 FORMATS = [(".wav", "PCM_24"), (".flac", "PCM_16"), (".ogg", "VORBIS"), (".mp3", None)]

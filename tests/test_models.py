@@ -12,7 +12,7 @@ from audiokv import AudioKVConfig
 from audiokv.calibrate import calibrate_whisper, word_frames
 from audiokv.cli import main
 from audiokv.data import CALIB_DIR, CALIBRATION_DIR, EVAL_DIR
-from audiokv.dataset import load_speech_set
+from audiokv.dataset import Utterance, load_speech_set
 from audiokv.heads import METHOD, TIMED_METHOD, HeadScores
 from audiokv.integrations import apply_audiokv
 from audiokv.integrations.apply import NoCalibrationWarning
@@ -42,6 +42,23 @@ def test_tiny_en_transcribes_a_clip(tiny, eval_clip):
     (hyp,) = greedy_transcribe(tiny, [eval_clip.audio()])
     assert hyp.startswith("The engineer explained that the bridge was designed to move slightly in strong winds.")
     assert word_error_rate([eval_clip.text], [hyp]) < 0.05
+
+
+def test_a_clip_longer_than_whispers_window_is_transcribed_whole(tiny, tmp_path):
+    from audiokv.audio import write_wav
+    from audiokv.eval import dense_cross_bytes, evaluate_speech
+
+    clips = load_speech_set(EVAL_DIR)[:2]
+    pause = np.zeros(8_000, dtype=np.float32)
+    audio = np.concatenate([part for u in clips for part in (u.audio(), pause)])
+    assert 30 < len(audio) / 16_000 < 60  # two windows: a truncating transcriber loses the last clips
+    write_wav(tmp_path / "long.wav", audio)
+    long = Utterance(tmp_path / "long.wav", " ".join(u.text for u in clips))
+    (row,) = evaluate_speech(tiny, [long], ["full"], [0.0], progress=False)
+    apart = word_error_rate([long.text], [" ".join(greedy_transcribe(tiny, [u.audio() for u in clips]))])
+    assert row["wer"] <= apart + 0.02 and row["wer"] < 0.1  # cut in a pause: as good as the clips one by one
+    assert row["kv_bytes_full"] == 2 * dense_cross_bytes(tiny)  # a dense cache per window
+    assert 0.95 < row["kv_bytes"] / row["kv_bytes_full"] < 1.05
 
 
 def test_tiny_en_matches_the_ctranslate2_runtime(tiny):
