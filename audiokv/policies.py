@@ -109,8 +109,8 @@ class Policy:
             novelty (density and path length) is read, the keys are low-passed
             along time over the audio span at a cutoff equal to the layer's
             kept fraction (the finest variation its kept tokens can sample),
-            so jitter that merging averages away draws no tokens
-            (``audiokv-sss-keys``, a candidate).
+            so jitter that merging averages away draws no tokens; rejected on
+            the tune split (``audiokv-sss-keys``: base loops at 0.9).
         onset: the first ``AudioKVConfig.onset_seconds`` of an audio span get
             ``onset_weight`` times their density (the uniform floor is not
             weighted). On in ``audiokv``, chosen on the tune split

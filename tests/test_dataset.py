@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import soundfile
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -207,3 +207,22 @@ def test_choosing_by_novelty_keeps_the_most_novel_frame_of_each_stratum():
         kept[policy] = module.kept_indices[0, 0, : module.budgets[0, 0]].tolist()
     assert kept["audiokv-pick"] == spikes  # one token per stratum of 10, the spike in it
     assert kept["audiokv"] != spikes
+
+
+def test_sss_on_the_keys_reads_the_novelty_of_the_keys_low_passed_inside_the_span():
+    from audiokv.policies import ScoreInput
+    from audiokv.scoring import key_novelty
+    from audiokv.spectral import spectral_smooth
+
+    gen = torch.Generator().manual_seed(0)
+    q, key = torch.randn(1, 2, 3, 16, generator=gen), torch.randn(2, 1, 200, 16, generator=gen)
+    span = torch.tensor([[0, 200], [50, 150]])
+
+    def novelty(cutoff):
+        return ScoreInput(q, key, key, 0.25, None, 4, False, "max", 1, spans=span, novelty_cutoff=cutoff).novelty
+
+    assert torch.equal(novelty(1.0), key_novelty(key))
+    low = spectral_smooth(key.transpose(2, 3), 0.2, span).transpose(2, 3)
+    torch.testing.assert_close(novelty(0.2), key_novelty(low))
+    assert torch.equal(novelty(0.2)[1, :, :49], key_novelty(key)[1, :, :49])  # outside the span: the raw keys
+    assert not torch.allclose(novelty(0.2)[:, :, 60:140], key_novelty(key)[:, :, 60:140], atol=0.1)
