@@ -383,8 +383,8 @@ class AudioKVAttention(nn.Module):
         """
         bsz, _, length, _ = key.shape
         spans = self._spans(audio_span, bsz, length)
-        content = None  # the frames of real sound, for a policy that reads its density there only
-        if self.cross_attention and audio_span is not None and self.policy.content_density:
+        content = None  # the frames of real sound, for the policies that read where the sound starts or ends
+        if self.cross_attention and audio_span is not None and (self.policy.content_density or self.policy.quiet_lead):
             content = span_rows(audio_span, bsz, length)
         key, value, indices, budgets, log_mass = self._select(
             query, key, value, spans, key_mask, self.config.sinks, content
@@ -454,7 +454,9 @@ class AudioKVAttention(nn.Module):
         ``[B, H_kv, T]`` or None; ``sinks`` first valid tokens are always kept.
         ``content`` (``[B, 2]`` inside ``spans``, or None) is the real sound of each
         span: the density and the path lengths are read there only, and the rest of
-        the span keeps the uniform floor (``content_density`` policies).
+        the span keeps the uniform floor (``content_density`` policies); for
+        ``quiet_lead`` policies only the span's part before it does, and the onset
+        starts where it does.
         ``onset`` (``[B, 2]``, or None: the first ``self.onset_tokens`` of ``spans``) is
         what the ``onset`` policies weight: a later prefill chunk holds none of it.
         """
@@ -479,7 +481,11 @@ class AudioKVAttention(nn.Module):
             text = valid if spans is None else valid & ~span_mask(spans.to(key.device), length)
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
-            if content is not None and policy.coverage:
+            if content is not None and policy.coverage and policy.quiet_lead:
+                lead = torch.stack([spans[:, 0], torch.maximum(spans[:, 0], content[:, 0])], -1)
+                trend = trend.masked_fill(span_mask(lead.to(key.device), length)[:, None, :], 0.0)
+                onset = onset_spans(torch.stack([lead[:, 1], spans[:, 1]], -1), self.onset_tokens)
+            elif content is not None and policy.coverage:
                 sound = span_mask(content.to(key.device), length)[:, None, :]  # [B, 1, T]
                 rest = 0.0  # outside the sound: the uniform floor only, or the sound's mean density
                 if policy.padding_at_mean:
@@ -503,7 +509,7 @@ class AudioKVAttention(nn.Module):
             if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
                 if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
                     weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
-                demand = policy.head_demand(inp, spans if content is None else content)
+                demand = policy.head_demand(inp, spans if content is None or policy.quiet_lead else content)
                 if demand is not None:
                     split = torch.where(audio[..., None], demand_scores(scores, demand), scores)
                     by_path = audio[:, 0]

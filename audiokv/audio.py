@@ -71,6 +71,25 @@ def split_at_pauses(
     return [*pieces, audio[start:]]
 
 
+def speech_onset(
+    audio: np.ndarray, below_db: float = 30.0, margin_seconds: float = 0.2, sample_rate: int = SAMPLE_RATE
+) -> int:
+    """The sample where speech starts: ``margin_seconds`` before the first 20 ms within ``below_db`` of the loud ones.
+
+    "Loud" is the clip's 95th percentile of 20 ms energies, so a recording
+    whose quiet lead-in (room tone, a breath) lies more than ``below_db``
+    under its speech starts later; noise as loud as that (a 10 dB SNR
+    recording) counts as sound, and the onset stays at 0.
+    """
+    hop = sample_rate // 50
+    frames = np.asarray(audio[: len(audio) // hop * hop], dtype=np.float64).reshape(-1, hop)
+    if len(frames) == 0:
+        return 0
+    energy = (frames**2).mean(-1)
+    loud = energy >= np.percentile(energy, 95) * 10 ** (-below_db / 10)
+    return max(0, int(loud.argmax()) * hop - int(margin_seconds * sample_rate))
+
+
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write mono float audio in [-1, 1] as 16-bit PCM WAV."""
     soundfile.write(str(path), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16")

@@ -111,6 +111,13 @@ class Policy:
             kept fraction (the finest variation its kept tokens can sample),
             so jitter that merging averages away draws no tokens; rejected on
             the tune split (``audiokv-sss-keys``: base loops at 0.9).
+        quiet_lead: where a cross-attention row's sound starts after a quiet
+            lead-in (the span's start given to the engine, from
+            :func:`audiokv.transcribe.log_mel`'s mask), the lead-in keeps only the
+            uniform coverage floor and the onset starts with the speech. In
+            Whisper quiet room tone has keys that jitter from frame to frame, 9-25
+            times the median novelty of the speech, so without it the lead-in
+            draws tokens the words need (``audiokv-quiet-lead``, a candidate).
         onset: the first ``AudioKVConfig.onset_seconds`` of an audio span get
             ``onset_weight`` times their density (the uniform floor is not
             weighted). On in ``audiokv``, chosen on the tune split
@@ -136,6 +143,7 @@ class Policy:
     padding_at_mean: bool = False
     onset: bool = False
     smooth_keys: bool = False
+    quiet_lead: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -361,6 +369,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
         AudioKV("audiokv-sss-keys", **{**AUDIOKV, "smooth_keys": True}),
+        AudioKV("audiokv-quiet-lead", **{**AUDIOKV, "quiet_lead": True}),
     )
 }
 

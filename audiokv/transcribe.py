@@ -7,14 +7,23 @@ import inspect
 import numpy as np
 import torch
 
-from audiokv.audio import split_at_pauses
+from audiokv.audio import speech_onset, split_at_pauses
 from audiokv.models.whisper import SpeechModel
 
 
 def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, mels, 3000]`` Whisper input features (every clip padded to 30 s) and ``[B, 3000]`` their mask of sound."""
+    """``[B, mels, 3000]`` Whisper input features (every clip padded to 30 s) and ``[B, 3000]`` their mask of speech.
+
+    The mask is the feature extractor's (the real audio, not the padding)
+    without the quiet lead-in before :func:`~audiokv.audio.speech_onset`;
+    Whisper itself ignores it, audiokv reads it (``sound_spans``).
+    """
     feats = speech.feature_extractor(audios, sampling_rate=16_000, return_tensors="pt", return_attention_mask=True)
-    return feats.input_features.to(next(speech.model.parameters()).dtype), feats.attention_mask
+    mask = feats.attention_mask.clone()
+    hop = speech.feature_extractor.hop_length
+    for row, audio in enumerate(audios):
+        mask[row, : speech_onset(audio) // hop] = 0
+    return feats.input_features.to(next(speech.model.parameters()).dtype), mask
 
 
 def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_tokens: int = 200) -> list[str]:

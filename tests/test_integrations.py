@@ -927,7 +927,8 @@ def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
 def test_sound_spans_map_the_feature_mask_onto_encoder_frames():
     from audiokv.integrations.apply import sound_spans
 
-    mask = torch.zeros(3, 10, dtype=torch.long)
-    mask[0, :7], mask[1, :] = 1, 1
-    assert sound_spans(mask, 5).tolist() == [[0, 4], [0, 5], [0, 0]]  # a frame holds sound if any input did
+    mask = torch.zeros(4, 10, dtype=torch.long)
+    mask[0, :7], mask[1, :], mask[3, 3:8] = 1, 1, 1  # row 3: a quiet lead-in, then sound, then padding
+    spans = sound_spans(mask, 5).tolist()
+    assert spans == [[0, 4], [0, 5], [0, 0], [1, 4]]  # a frame holds sound if any input did
     assert sound_spans(None, 5) is None

@@ -87,18 +87,26 @@ def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
 
 
 def sound_spans(feature_mask: Tensor | None, frames: int) -> Tensor | None:
-    """``[B, 2]`` encoder frames ``(0, end)`` that hold sound, from a ``[B, F]`` mask over the input features.
+    """``[B, 2]`` encoder frames ``(start, end)`` that hold sound, from a ``[B, F]`` mask over the input features.
 
     Whisper pads every input to 30 s; its feature extractor's ``attention_mask``
-    (``return_attention_mask=True``) marks the real audio. The encoder maps the
-    ``F`` feature frames onto ``frames`` outputs; a frame holds sound if any of
-    its inputs did. None without a mask.
+    (``return_attention_mask=True``) marks the real audio, and
+    :func:`audiokv.transcribe.log_mel`'s also leaves out a quiet lead-in. The
+    span runs from the first marked feature frame to the last. The encoder
+    maps the ``F`` feature frames onto ``frames`` outputs; a frame holds sound
+    if any of its inputs did. None without a mask; ``(0, 0)`` for a row with
+    none marked.
     """
     if feature_mask is None:
         return None
-    sound = feature_mask.long().sum(-1).cpu()
-    end = (sound * frames + feature_mask.shape[-1] - 1) // feature_mask.shape[-1]  # ceil
-    return torch.stack([torch.zeros_like(end), end.clamp(0, frames)], -1)
+    mask = feature_mask.bool().cpu()
+    count = mask.shape[-1]
+    marked = mask.any(-1)
+    first = torch.where(marked, mask.long().argmax(-1), 0)
+    last = torch.where(marked, count - mask.flip(-1).long().argmax(-1), 0)  # one past the last marked frame
+    start = first * frames // count
+    end = (last * frames + count - 1) // count  # ceil
+    return torch.stack([start, end.clamp(0, frames)], -1)
 
 
 def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
