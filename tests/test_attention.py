@@ -531,6 +531,30 @@ def test_a_content_span_moves_the_density_off_the_padding_only_for_the_policy_th
         assert 0.5 < sum(t < 60 for t in at_mean) / len(at_mean) < 0.75  # the padding at the sound's rate: ~60%
 
 
+def test_a_quiet_lead_in_keeps_the_floor_and_the_onset_moves_to_the_speech(cross_module):
+    """Cross-attention over 300 frames: 60 of jittery room tone (high key novelty), then speech, then padding."""
+    gen = torch.Generator().manual_seed(0)
+    room = 2.0 * torch.randn(1, 2, 60, 16, generator=gen)
+    speech = torch.randn(1, 2, 1, 16, generator=gen) + 0.3 * torch.randn(1, 2, 240, 16, generator=gen)
+    key = torch.cat([room, speech], 2)
+    value, query = torch.randn(1, 2, 300, 16, generator=gen), torch.randn(1, 2, 3, 16, generator=gen)
+
+    def kept(policy: str, span: tuple[int, int] | None) -> list[list[int]]:
+        module = cross_module(policy, 0.8, onset_seconds=1.0)  # 50 frames of onset
+        module(query, key, value, audio_span=span)
+        return [module.kept_indices[0, h, : module.budgets[0, h]].tolist() for h in range(2)]
+
+    def share(heads: list[list[int]], lo: int, hi: int) -> float:
+        return sum(lo <= t < hi for head in heads for t in head) / sum(map(len, heads))
+
+    default, quiet = kept("audiokv", (60, 280)), kept("audiokv-quiet-lead", (60, 280))
+    assert default == kept("audiokv", None)  # the default ignores where the sound starts
+    assert kept("audiokv-quiet-lead", None) == default  # and so does quiet_lead without a span
+    assert share(default, 0, 60) > 0.5  # the room tone's novelty draws most of the budget
+    assert share(quiet, 0, 60) < 0.1 * 60 / 300 + 0.02  # the lead-in keeps the uniform floor's share
+    assert share(quiet, 60, 110) > 2 * share(quiet, 110, 160)  # the onset weights the first 50 frames of speech
+
+
 def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound(cross_module):
     """Head 0: calm sound, jittery padding; head 1: livelier sound, calm padding. The content span flips their split."""
     gen = torch.Generator().manual_seed(0)

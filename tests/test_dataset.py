@@ -6,7 +6,7 @@ import soundfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiokv.audio import load_audio, resample, split_at_pauses, write_wav
+from audiokv.audio import load_audio, resample, speech_onset, split_at_pauses, write_wav
 from audiokv.dataset import load_speech_set
 from audiokv.metrics import normalize_text, word_error_rate
 
@@ -37,6 +37,15 @@ def test_a_long_clip_is_cut_in_its_pauses():
     assert len(split_at_pauses(speech[: 30 * rate])) == 1  # a clip that fits stays whole
     with pytest.raises(ValueError, match="search_seconds"):
         split_at_pauses(speech, max_seconds=5.0, search_seconds=5.0)
+
+
+def test_speech_starts_after_a_quiet_lead_in_but_not_after_loud_noise():
+    rng = np.random.default_rng(0)
+    speech = tone(3.0, 16_000)
+    quiet = np.concatenate([rng.normal(0, 1e-3, 24_000), speech])  # 1.5 s of room tone at -60 dBFS
+    assert abs(speech_onset(quiet) - (24_000 - 3_200)) <= 320  # 0.2 s before the tone, to the 20 ms
+    noisy = np.concatenate([rng.normal(0, 0.05, 24_000), speech])  # 17 dB under the tone: it counts as sound
+    assert speech_onset(noisy) == 0 and speech_onset(speech) == 0 and speech_onset(np.zeros(100)) == 0
 
 
 @settings(max_examples=40, deadline=None)
