@@ -67,10 +67,10 @@ results: $(STAMP)
 		--only audiokv-sss-keys --out $(R)/tune70-sss-keys-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits tune --quiet-lead 1.5
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-lead/manifest.jsonl --ratios 0.8 0.9 --only audiokv,audiokv-quiet-lead \
+		--data benchmarks/data/speech/tune-lead/manifest.jsonl --ratios 0.8 0.9 --only audiokv-no-quiet-lead,audiokv \
 		--out $(R)/tune70-lead-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-quiet-lead --out $(R)/tune70-quiet-lead-$$m.json || exit 1; done
+		--only audiokv --out $(R)/tune70-quiet-lead-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json || exit 1; done

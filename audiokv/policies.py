@@ -117,7 +117,10 @@ class Policy:
             uniform coverage floor and the onset starts with the speech. In
             Whisper quiet room tone has keys that jitter from frame to frame, 9-25
             times the median novelty of the speech, so without it the lead-in
-            draws tokens the words need (``audiokv-quiet-lead``, a candidate).
+            draws tokens the words need. On in ``audiokv``, chosen on the tune
+            split with 1.5 s of room tone before each clip
+            (``audiokv-no-quiet-lead`` switches it off); a no-op where the
+            speech starts within 0.2 s, as in every committed split.
         onset: the first ``AudioKVConfig.onset_seconds`` of an audio span get
             ``onset_weight`` times their density (the uniform floor is not
             weighted). On in ``audiokv``, chosen on the tune split
@@ -337,6 +340,7 @@ AUDIOKV = dict(
     text_rarity=True,
     layer_split=True,
     onset=True,
+    quiet_lead=True,
 )
 
 POLICIES: dict[str, Policy] = {
@@ -362,6 +366,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-score-split", **{**AUDIOKV, "path_budgets": False}),
         AudioKV("audiokv-window-text", **{**AUDIOKV, "text_rarity": False}),
         AudioKV("audiokv-no-onset", **{**AUDIOKV, "onset": False}),
+        AudioKV("audiokv-no-quiet-lead", **{**AUDIOKV, "quiet_lead": False}),
         # variants the tune split rejected (docs/results.md), kept so that their rows can be remade
         AudioKV("audiokv-joint", **{**AUDIOKV, "joint_law": True}),
         AudioKV("audiokv-pick", **{**AUDIOKV, "pick_novelty": True}),
@@ -369,7 +374,6 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
         AudioKV("audiokv-sss-keys", **{**AUDIOKV, "smooth_keys": True}),
-        AudioKV("audiokv-quiet-lead", **{**AUDIOKV, "quiet_lead": True}),
     )
 }
 
