@@ -71,6 +71,10 @@ results: $(STAMP)
 		--out $(R)/tune70-lead-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--only audiokv --out $(R)/tune70-quiet-lead-$$m.json || exit 1; done
+	$(BIN)/python -m benchmarks.speech_set --splits test --quiet-lead 1.5
+	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
+		--data benchmarks/data/speech/test-lead/manifest.jsonl --policies full,audiokv-no-quiet-lead,audiokv \
+		--ratios 0.8,0.9 --out $(R)/test-lead-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json || exit 1; done

@@ -481,16 +481,16 @@ class AudioKVAttention(nn.Module):
             text = valid if spans is None else valid & ~span_mask(spans.to(key.device), length)
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
-            if content is not None and policy.coverage and policy.quiet_lead:
-                lead = torch.stack([spans[:, 0], torch.maximum(spans[:, 0], content[:, 0])], -1)
-                trend = trend.masked_fill(span_mask(lead.to(key.device), length)[:, None, :], 0.0)
-                onset = onset_spans(torch.stack([lead[:, 1], spans[:, 1]], -1), self.onset_tokens)
-            elif content is not None and policy.coverage:
+            if content is not None and policy.coverage and policy.content_density:
                 sound = span_mask(content.to(key.device), length)[:, None, :]  # [B, 1, T]
                 rest = 0.0  # outside the sound: the uniform floor only, or the sound's mean density
                 if policy.padding_at_mean:
                     rest = (trend * sound).sum(-1, keepdim=True) / sound.sum(-1, keepdim=True).clamp_min(1)
                 trend = torch.where(sound, trend, rest)
+            if content is not None and policy.coverage and policy.quiet_lead:
+                lead = torch.stack([spans[:, 0], torch.maximum(spans[:, 0], content[:, 0])], -1)
+                trend = trend.masked_fill(span_mask(lead.to(key.device), length)[:, None, :], 0.0)
+                onset = onset_spans(torch.stack([lead[:, 1], spans[:, 1]], -1), self.onset_tokens)
             if policy.onset and policy.coverage and spans is not None:
                 onset = onset_spans(spans, self.onset_tokens) if onset is None else onset
                 trend = weight_onset(trend, onset, cfg.onset_weight)
@@ -509,7 +509,7 @@ class AudioKVAttention(nn.Module):
             if spans is not None:  # text-only rows (empty span) get neither the audio prior nor the demand split
                 if policy.use_prior and self.head_prior is not None and cfg.head_prior_strength > 0:
                     weights = torch.where(audio, head_weights(self.head_prior, cfg.head_prior_strength), 1.0)
-                demand = policy.head_demand(inp, spans if content is None or policy.quiet_lead else content)
+                demand = policy.head_demand(inp, content if content is not None and policy.content_density else spans)
                 if demand is not None:
                     split = torch.where(audio[..., None], demand_scores(scores, demand), scores)
                     by_path = audio[:, 0]
