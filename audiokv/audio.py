@@ -42,6 +42,12 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return resample(data.mean(axis=1), rate, sample_rate)
 
 
+def frame_energy(audio: np.ndarray, hop: int) -> np.ndarray:
+    """``[N // hop]`` mean square of each whole ``hop``-sample frame of ``[N]`` audio (a trailing part is left out)."""
+    frames = np.asarray(audio[: len(audio) // hop * hop], dtype=np.float64)
+    return (frames.reshape(-1, hop) ** 2).mean(-1)
+
+
 def split_at_pauses(
     audio: np.ndarray, max_seconds: float = 30.0, search_seconds: float = 5.0, sample_rate: int = SAMPLE_RATE
 ) -> list[np.ndarray]:
@@ -63,8 +69,7 @@ def split_at_pauses(
     limit, search, hop = int(max_seconds * sample_rate), int(search_seconds * sample_rate), sample_rate // 50
     pieces, start = [], 0
     while len(audio) - start > limit:
-        window = np.asarray(audio[start + limit - search : start + limit], dtype=np.float64)
-        energy = (window[: len(window) // hop * hop].reshape(-1, hop) ** 2).sum(-1)
+        energy = frame_energy(audio[start + limit - search : start + limit], hop)
         cut = start + limit - search + int(energy.argmin()) * hop + hop // 2
         pieces.append(audio[start:cut])
         start = cut
@@ -82,10 +87,9 @@ def speech_onset(
     recording) counts as sound, and the onset stays at 0.
     """
     hop = sample_rate // 50
-    frames = np.asarray(audio[: len(audio) // hop * hop], dtype=np.float64).reshape(-1, hop)
-    if len(frames) == 0:
+    energy = frame_energy(audio, hop)
+    if len(energy) == 0:
         return 0
-    energy = (frames**2).mean(-1)
     loud = energy >= np.percentile(energy, 95) * 10 ** (-below_db / 10)
     return max(0, int(loud.argmax()) * hop - int(margin_seconds * sample_rate))
 

@@ -26,6 +26,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
+from audiokv.audio import SAMPLE_RATE
 from audiokv.dataset import Utterance
 from audiokv.heads import METHOD, TIMED_METHOD, HeadScores, alignment_score, group_heads, timed_alignment_score
 from audiokv.integrations.apply import attention_modules, audio_spans, set_attention_implementation
@@ -48,8 +49,8 @@ def whisper_cross_attention(speech: SpeechModel, utt: Utterance) -> list[Tensor]
         so attention spent on them lowers the head's score).
     """
     audio = utt.audio()
-    if len(audio) > 30 * 16_000:
-        seconds = len(audio) / 16_000
+    if len(audio) > 30 * SAMPLE_RATE:
+        seconds = len(audio) / SAMPLE_RATE
         raise ValueError(f"calibration clips must fit Whisper's 30 s window; {utt.audio_path} lasts {seconds:.1f} s")
     text_ids = speech.tokenizer.encode(" " + utt.text, add_special_tokens=False)
     ids = torch.tensor([speech.prompt_ids + text_ids])
