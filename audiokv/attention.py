@@ -41,7 +41,7 @@ from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool, fit_page_size
 from audiokv.policies import Policy, ScoreInput, get_policy
 from audiokv.select import cover_spans, onset_spans, select_tokens, weight_onset
-from audiokv.spectral import Span, span_mask, span_rows, spectral_smooth
+from audiokv.spectral import Span, sound_rows, span_mask, span_rows, spectral_smooth
 
 KERNELS = ("auto", "flex", "rows", "pages", "reference")
 # From this many rows on (batch x KV heads), "auto" decodes on CPU with the per-page kernel: faster than
@@ -239,7 +239,8 @@ class AudioKVAttention(nn.Module):
             audio_span: prefill only; the audio tokens ``(start, end)`` or
                 ``[B, 2]``, smoothed by SSS. None: no smoothing. In cross-attention
                 every key is audio, and the span (if given) marks the frames of
-                real sound, before the padding of a fixed-length input.
+                real sound, before the padding of a fixed-length input; there it
+                may also be a ``[B, T]`` bool mask that leaves out pauses.
             key_mask: prefill only; ``[B, T]`` bool, False on padding tokens,
                 which are never kept.
             decode_tokens: prefill only; how many tokens will be appended after
@@ -383,11 +384,11 @@ class AudioKVAttention(nn.Module):
         """
         bsz, _, length, _ = key.shape
         spans = self._spans(audio_span, bsz, length)
-        content = None  # the frames of real sound, for the policies that read where the sound starts or ends
+        content = sound = None  # the real sound, for the policies that read where it starts, ends or pauses
         if self.cross_attention and audio_span is not None and (self.policy.content_density or self.policy.quiet_lead):
-            content = span_rows(audio_span, bsz, length)
+            content, sound = sound_rows(audio_span, bsz, length)
         key, value, indices, budgets, log_mass = self._select(
-            query, key, value, spans, key_mask, self.config.sinks, content
+            query, key, value, spans, key_mask, self.config.sinks, content, sound=sound
         )
         reserve = self._reserve(decode_tokens)
         page = self.config.page_size or fit_page_size(budgets.float().mean().item() + reserve)
@@ -446,6 +447,7 @@ class AudioKVAttention(nn.Module):
         sinks: int,
         content: Tensor | None = None,
         onset: Tensor | None = None,
+        sound: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """What each head keeps of ``[B, H_kv, T, D]`` keys and values: ``(key, value, indices, budgets, log_mass)``.
 
@@ -456,7 +458,8 @@ class AudioKVAttention(nn.Module):
         span: the density and the path lengths are read there only, and the rest of
         the span keeps the uniform floor (``content_density`` policies); for
         ``quiet_lead`` policies only the span's part before it does, and the onset
-        starts where it does.
+        starts where it does; for ``quiet_pauses`` policies also the frames inside
+        it that ``sound`` (``[B, T]`` bool) leaves out.
         ``onset`` (``[B, 2]``, or None: the first ``self.onset_tokens`` of ``spans``) is
         what the ``onset`` policies weight: a later prefill chunk holds none of it.
         """
@@ -482,14 +485,17 @@ class AudioKVAttention(nn.Module):
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
             if content is not None and policy.coverage and policy.content_density:
-                sound = span_mask(content.to(key.device), length)[:, None, :]  # [B, 1, T]
+                inside = span_mask(content.to(key.device), length)[:, None, :]  # [B, 1, T]
                 rest = 0.0  # outside the sound: the uniform floor only, or the sound's mean density
                 if policy.padding_at_mean:
-                    rest = (trend * sound).sum(-1, keepdim=True) / sound.sum(-1, keepdim=True).clamp_min(1)
-                trend = torch.where(sound, trend, rest)
+                    rest = (trend * inside).sum(-1, keepdim=True) / inside.sum(-1, keepdim=True).clamp_min(1)
+                trend = torch.where(inside, trend, rest)
             if content is not None and policy.coverage and policy.quiet_lead:
                 lead = torch.stack([spans[:, 0], torch.maximum(spans[:, 0], content[:, 0])], -1)
-                trend = trend.masked_fill(span_mask(lead.to(key.device), length)[:, None, :], 0.0)
+                quiet = span_mask(lead, length)
+                if policy.quiet_pauses and sound is not None:
+                    quiet |= span_mask(content, length) & ~sound
+                trend = trend.masked_fill(quiet.to(key.device)[:, None, :], 0.0)
                 onset = onset_spans(torch.stack([lead[:, 1], spans[:, 1]], -1), self.onset_tokens)
             if policy.onset and policy.coverage and spans is not None:
                 onset = onset_spans(spans, self.onset_tokens) if onset is None else onset

@@ -76,22 +76,23 @@ def split_at_pauses(
     return [*pieces, audio[start:]]
 
 
-def speech_onset(
+def speech_frames(
     audio: np.ndarray, below_db: float = 30.0, margin_seconds: float = 0.2, sample_rate: int = SAMPLE_RATE
-) -> int:
-    """The sample where speech starts: ``margin_seconds`` before the first 20 ms within ``below_db`` of the loud ones.
+) -> np.ndarray:
+    """``[N // (sample_rate / 50)]`` bool per 20 ms: speech, or within ``margin_seconds`` of it.
 
-    "Loud" is the clip's 95th percentile of 20 ms energies, so a recording
-    whose quiet lead-in (room tone, a breath) lies more than ``below_db``
-    under its speech starts later; noise as loud as that (a 10 dB SNR
-    recording) counts as sound, and the onset stays at 0.
+    A frame is loud within ``below_db`` of the clip's loud frames (the 95th
+    percentile of 20 ms energies); what lies farther than ``margin_seconds``
+    from every loud frame is quiet: a lead-in of room tone, a pause longer
+    than twice the margin, a tail. Noise as loud as that (a 10 dB SNR
+    recording) counts as sound, and such a clip is speech throughout.
     """
-    hop = sample_rate // 50
-    energy = frame_energy(audio, hop)
+    energy = frame_energy(audio, sample_rate // 50)
     if len(energy) == 0:
-        return 0
+        return np.zeros(0, dtype=bool)
     loud = energy >= np.percentile(energy, 95) * 10 ** (-below_db / 10)
-    return max(0, int(loud.argmax()) * hop - int(margin_seconds * sample_rate))
+    reach = int(margin_seconds * 50)
+    return np.convolve(loud, np.ones(2 * reach + 1), mode="same") > 0
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

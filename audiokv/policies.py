@@ -121,6 +121,10 @@ class Policy:
             split with 1.5 s of room tone before each clip
             (``audiokv-no-quiet-lead`` switches it off); a no-op where the
             speech starts within 0.2 s, as in every committed split.
+        quiet_pauses: with ``quiet_lead``, the quiet frames the engine's sound
+            mask leaves out between the first and last frame of sound (pauses of
+            room tone longer than 0.4 s: :func:`audiokv.audio.speech_frames`) keep
+            only the uniform floor too (``audiokv-quiet-pauses``, a candidate).
         onset: the first ``AudioKVConfig.onset_seconds`` of an audio span get
             ``onset_weight`` times their density (the uniform floor is not
             weighted). On in ``audiokv``, chosen on the tune split
@@ -147,6 +151,7 @@ class Policy:
     onset: bool = False
     smooth_keys: bool = False
     quiet_lead: bool = False
+    quiet_pauses: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -374,6 +379,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
         AudioKV("audiokv-sss-keys", **{**AUDIOKV, "smooth_keys": True}),
+        AudioKV("audiokv-quiet-pauses", **{**AUDIOKV, "quiet_pauses": True}),
     )
 }
 

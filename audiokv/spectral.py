@@ -71,6 +71,25 @@ def span_rows(span: Span | Tensor | None, bsz: int, length: int) -> Tensor:
     return rows
 
 
+def sound_rows(sound: Span | Tensor | None, bsz: int, length: int) -> tuple[Tensor, Tensor]:
+    """The frames of real sound in cross-attention: ``([B, 2] (first, one past the last), [B, T] bool mask)``.
+
+    ``sound`` is a span as :func:`span_rows` takes it (every frame inside it
+    holds sound), or a ``[B, T]`` bool mask that may leave out quiet inside
+    (pauses); a row with no frame marked is ``(0, 0)``.
+    """
+    if not (isinstance(sound, Tensor) and sound.dtype == torch.bool):
+        rows = span_rows(sound, bsz, length)
+        return rows, span_mask(rows, length)
+    if sound.shape != (bsz, length):
+        raise ValueError(f"sound mask must be [B, T] = [{bsz}, {length}], got {tuple(sound.shape)}")
+    mask = sound.detach().cpu()
+    marked = mask.any(-1)
+    first = torch.where(marked, mask.long().argmax(-1), 0)
+    end = torch.where(marked, length - mask.flip(-1).long().argmax(-1), 0)
+    return torch.stack([first, end], -1), mask
+
+
 def span_mask(spans: Tensor, length: int, key_mask: Tensor | None = None) -> Tensor:
     """``[B, T]`` bool: the tokens inside each row's ``[B, 2]`` span that are not padding (``key_mask`` False)."""
     pos = torch.arange(length, device=spans.device)

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 import torch
 
-from audiokv.audio import speech_onset, split_at_pauses
+from audiokv.audio import SAMPLE_RATE, speech_frames, split_at_pauses
 from audiokv.models.whisper import SpeechModel
 
 
@@ -15,14 +15,19 @@ def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> tuple[torch.Tensor
     """``[B, mels, 3000]`` Whisper input features (every clip padded to 30 s) and ``[B, 3000]`` their mask of speech.
 
     The mask is the feature extractor's (the real audio, not the padding)
-    without the quiet lead-in before :func:`~audiokv.audio.speech_onset`;
-    Whisper itself ignores it, audiokv reads it (``sound_spans``).
+    without the quiet before and between the speech (a lead-in of room tone,
+    pauses: :func:`~audiokv.audio.speech_frames`); a quiet tail stays marked.
+    Whisper itself ignores it, audiokv reads it (``sound_frames``).
     """
     feats = speech.feature_extractor(audios, sampling_rate=16_000, return_tensors="pt", return_attention_mask=True)
     mask = feats.attention_mask.clone()
-    hop = speech.feature_extractor.hop_length
+    per_frame = SAMPLE_RATE // 50 // speech.feature_extractor.hop_length  # feature frames per 20 ms
     for row, audio in enumerate(audios):
-        mask[row, : speech_onset(audio) // hop] = 0
+        frames = speech_frames(audio)
+        if frames.any():
+            end = len(frames) - int(frames[::-1].argmax())  # one past the last frame of speech
+            quiet = torch.from_numpy(~frames[:end]).repeat_interleave(per_frame)[: mask.shape[1]]
+            mask[row, : len(quiet)] &= ~quiet
     return feats.input_features.to(next(speech.model.parameters()).dtype), mask
 
 

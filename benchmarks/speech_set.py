@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiokv.audio import SAMPLE_RATE, load_audio, write_wav
+from audiokv.audio import SAMPLE_RATE, frame_energy, load_audio, write_wav
 
 DEFAULT_OUT = Path(__file__).parent / "data" / "speech"
 MIN_SECONDS, MAX_SECONDS = 8.0, 28.0
@@ -425,6 +425,25 @@ def build_timed_calibration(folder: Path = CALIB_TIMED_DIR) -> list[dict]:
     return rows
 
 
+def _room_tone(n: int, level_db: float, rng: np.random.Generator) -> np.ndarray:
+    """``[n]`` white noise at ``level_db`` dBFS RMS: the quiet of a recording room."""
+    return rng.normal(0.0, 10 ** (level_db / 20), n).astype(np.float32)
+
+
+def _copy_split(split: Path, out: Path, change, condition: str) -> list[dict]:
+    """Copy a split's clips into ``out``, each through ``change(audio) -> audio``, noting ``condition``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (split / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    for row in rows:
+        audio = change(load_audio(split / row["audio_filepath"]))
+        write_wav(out / row["audio_filepath"], audio)
+        row["duration"] = round(len(audio) / SAMPLE_RATE, 2)
+        row["condition"] = f"{row['condition']}, {condition}"
+    with open(out / "manifest.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
 def with_quiet_lead(split: Path, seconds: float, out: Path, level_db: float = -60.0) -> list[dict]:
     """Copy a split's clips into ``out`` with ``seconds`` of quiet before each: white noise at ``level_db`` dBFS RMS.
 
@@ -432,17 +451,47 @@ def with_quiet_lead(split: Path, seconds: float, out: Path, level_db: float = -6
     open with a second or two of room tone. The copy asks how a policy copes.
     """
     rng = np.random.default_rng(0)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in (split / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    for row in rows:
-        audio = load_audio(split / row["audio_filepath"])
-        lead = rng.normal(0.0, 10 ** (level_db / 20), int(seconds * SAMPLE_RATE)).astype(np.float32)
-        write_wav(out / row["audio_filepath"], np.concatenate([lead, audio]))
-        row["duration"] = round(row["duration"] + seconds, 2)
-        row["condition"] = f"{row['condition']}, {seconds:g} s quiet lead-in"
-    with open(out / "manifest.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return rows
+    lead = int(seconds * SAMPLE_RATE)
+    return _copy_split(
+        split, out, lambda audio: np.concatenate([_room_tone(lead, level_db, rng), audio]),
+        f"{seconds:g} s quiet lead-in",
+    )  # fmt: skip
+
+
+def with_pauses(
+    split: Path, seconds: float, out: Path, level_db: float = -60.0, max_seconds: float = 30.0
+) -> list[dict]:
+    """Copy a split's clips into ``out`` with longer pauses: ``seconds`` of room tone inside each pause.
+
+    Our synthesizers pause 0.2-0.5 s between sentences, in digital silence;
+    people pause longer, over room tone. Every run of at least 0.2 s whose 20 ms
+    frames lie 30 dB under the clip's loud ones (the criterion of
+    :func:`audiokv.audio.speech_onset`) after the speech has started gets
+    ``seconds`` of white noise at ``level_db`` dBFS in its middle, longest
+    pauses first while the clip stays within ``max_seconds``, and the whole
+    clip gets that noise as its floor. Noisy clips have no such pauses and
+    change only by the floor.
+    """
+    rng = np.random.default_rng(0)
+    hop, extra = SAMPLE_RATE // 50, int(seconds * SAMPLE_RATE)
+
+    def lengthen(audio: np.ndarray) -> np.ndarray:
+        energy = frame_energy(audio, hop)
+        quiet = np.concatenate([[False], energy < np.percentile(energy, 95) * 1e-3, [False]])
+        edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))  # run starts and ends, in frames
+        runs = zip(edges[::2], edges[1::2], strict=True)
+        runs = [(s, e) for s, e in runs if e - s >= 10 and s > 0 and e < len(energy)]  # inside the speech
+        room = int(max_seconds * SAMPLE_RATE) - len(audio)
+        cuts = []
+        for s, e in sorted(runs, key=lambda r: r[0] - r[1]):
+            if room >= extra:
+                cuts.append((s + e) // 2 * hop)
+                room -= extra
+        pieces = np.split(audio, sorted(cuts))
+        longer = np.concatenate([p for piece in pieces for p in (piece, np.zeros(extra, np.float32))][:-1])
+        return longer + _room_tone(len(longer), level_db, rng)  # the inserted silence becomes room tone too
+
+    return _copy_split(split, out, lengthen, f"pauses lengthened by {seconds:g} s of room tone")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -454,7 +503,16 @@ def main(argv: list[str] | None = None) -> None:
         "--quiet-lead", type=float, metavar="SECONDS",
         help="instead, copy the built splits to SPLIT-lead/ with SECONDS of room tone before each clip",
     )  # fmt: skip
+    parser.add_argument(
+        "--pauses", type=float, metavar="SECONDS",
+        help="instead, copy the built splits to SPLIT-pauses/ with SECONDS more room tone in each pause",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.pauses is not None:
+        for split in args.splits:
+            rows = with_pauses(args.out / split, args.pauses, args.out / f"{split}-pauses")
+            print(f"{split}-pauses: {len(rows)} clips, pauses {args.pauses:g} s longer -> {args.out}/{split}-pauses")
+        return
     if args.quiet_lead is not None:
         for split in args.splits:
             rows = with_quiet_lead(args.out / split, args.quiet_lead, args.out / f"{split}-lead")

@@ -555,6 +555,28 @@ def test_a_quiet_lead_in_keeps_the_floor_and_the_onset_moves_to_the_speech(cross
     assert share(quiet, 60, 110) > 2 * share(quiet, 110, 160)  # the onset weights the first 50 frames of speech
 
 
+def test_a_quiet_pause_keeps_the_floor_with_quiet_pauses_only(cross_module):
+    """Cross-attention over 300 frames: speech, 60 frames of jittery room tone (a pause), speech, padding."""
+    gen = torch.Generator().manual_seed(0)
+    voice = torch.randn(1, 2, 1, 16, generator=gen)
+    room = 2.0 * torch.randn(1, 2, 60, 16, generator=gen)
+    key = torch.cat([voice + 0.3 * torch.randn(1, 2, 100, 16, generator=gen), room], 2)
+    key = torch.cat([key, voice + 0.3 * torch.randn(1, 2, 140, 16, generator=gen)], 2)
+    value, query = torch.randn(1, 2, 300, 16, generator=gen), torch.randn(1, 2, 3, 16, generator=gen)
+    sound = torch.zeros(1, 300, dtype=torch.bool)
+    sound[0, :100], sound[0, 160:280] = True, True
+
+    def in_pause(policy: str, span: object) -> float:
+        module = cross_module(policy, 0.8)
+        module(query, key, value, audio_span=span)
+        heads = [module.kept_indices[0, h, : module.budgets[0, h]].tolist() for h in range(2)]
+        return sum(100 <= t < 160 for head in heads for t in head) / sum(map(len, heads))
+
+    assert in_pause("audiokv", sound) == in_pause("audiokv", (0, 280)) > 0.4  # the pause's novelty draws tokens
+    assert in_pause("audiokv-quiet-pauses", (0, 280)) == in_pause("audiokv", (0, 280))  # a span marks no pause
+    assert in_pause("audiokv-quiet-pauses", sound) < 0.1 * 60 / 300 + 0.02  # the pause keeps the floor's share
+
+
 def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound(cross_module):
     """Head 0: calm sound, jittery padding; head 1: livelier sound, calm padding. The content span flips their split."""
     gen = torch.Generator().manual_seed(0)

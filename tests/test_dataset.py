@@ -6,7 +6,7 @@ import soundfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audiokv.audio import load_audio, resample, speech_onset, split_at_pauses, write_wav
+from audiokv.audio import load_audio, resample, speech_frames, split_at_pauses, write_wav
 from audiokv.dataset import load_speech_set
 from audiokv.metrics import normalize_text, word_error_rate
 
@@ -39,13 +39,21 @@ def test_a_long_clip_is_cut_in_its_pauses():
         split_at_pauses(speech, max_seconds=5.0, search_seconds=5.0)
 
 
-def test_speech_starts_after_a_quiet_lead_in_but_not_after_loud_noise():
+def test_speech_frames_leave_out_a_quiet_lead_in_and_long_pauses_but_not_loud_noise():
     rng = np.random.default_rng(0)
     speech = tone(3.0, 16_000)
-    quiet = np.concatenate([rng.normal(0, 1e-3, 24_000), speech])  # 1.5 s of room tone at -60 dBFS
-    assert abs(speech_onset(quiet) - (24_000 - 3_200)) <= 320  # 0.2 s before the tone, to the 20 ms
-    noisy = np.concatenate([rng.normal(0, 0.05, 24_000), speech])  # 17 dB under the tone: it counts as sound
-    assert speech_onset(noisy) == 0 and speech_onset(speech) == 0 and speech_onset(np.zeros(100)) == 0
+
+    def room(seconds, level=1e-3):  # -60 dBFS
+        return rng.normal(0, level, int(seconds * 16_000))
+
+    frames = speech_frames(np.concatenate([room(1.5), speech, room(1.0), speech, room(0.3), speech]))
+    assert len(frames) == (1.5 + 3 + 1 + 3 + 0.3 + 3) * 50
+    quiet = np.flatnonzero(~frames)
+    lead, pause = quiet[quiet < 75], quiet[quiet >= 75]
+    assert lead.tolist() == list(range(65))  # up to 0.2 s (10 frames) before the tone
+    assert pause.tolist() == list(range(225 + 10, 275 - 10))  # 1 s pause, less 0.2 s on each side; 0.3 s: none
+    noisy = np.concatenate([room(1.5, 0.05), speech])  # 17 dB under the tone: it counts as sound
+    assert speech_frames(noisy).all() and speech_frames(speech).all() and len(speech_frames(np.zeros(100))) == 0
 
 
 @settings(max_examples=40, deadline=None)

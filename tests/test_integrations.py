@@ -924,11 +924,16 @@ def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
         torch.testing.assert_close(run(fail_at=1), run(fail_at=None), atol=1e-6, rtol=0)
 
 
-def test_sound_spans_map_the_feature_mask_onto_encoder_frames():
-    from audiokv.integrations.apply import sound_spans
+def test_sound_frames_map_the_feature_mask_onto_encoder_frames():
+    from audiokv.integrations.apply import sound_frames
+    from audiokv.spectral import sound_rows
 
     mask = torch.zeros(4, 10, dtype=torch.long)
     mask[0, :7], mask[1, :], mask[3, 3:8] = 1, 1, 1  # row 3: a quiet lead-in, then sound, then padding
-    spans = sound_spans(mask, 5).tolist()
-    assert spans == [[0, 4], [0, 5], [0, 0], [1, 4]]  # a frame holds sound if any input did
-    assert sound_spans(None, 5) is None
+    mask[1, 4:6] = 0  # row 1: a pause
+    frames = sound_frames(mask, 5)
+    assert frames.int().tolist() == [[1, 1, 1, 1, 0], [1, 1, 0, 1, 1], [0, 0, 0, 0, 0], [0, 1, 1, 1, 0]]
+    assert sound_frames(mask, 4)[0].int().tolist() == [1, 1, 1, 0]  # 2.5 inputs a frame: the third overlaps input 6
+    spans, inside = sound_rows(frames, 4, 5)
+    assert spans.tolist() == [[0, 4], [0, 5], [0, 0], [1, 4]] and torch.equal(inside, frames)
+    assert sound_frames(None, 5) is None

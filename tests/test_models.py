@@ -61,6 +61,22 @@ def test_a_clip_longer_than_whispers_window_is_transcribed_whole(tiny, tmp_path)
     assert 0.95 < row["kv_bytes"] / row["kv_bytes_full"] < 1.05
 
 
+def test_log_mels_mask_marks_the_speech_without_its_lead_in_and_pauses(tiny, eval_clip):
+    from audiokv.audio import speech_frames
+    from audiokv.integrations.apply import sound_frames
+
+    rng = np.random.default_rng(0)
+    words = eval_clip.audio()[: 8 * 16_000]
+    room = [rng.normal(0, 1e-3, 16_000).astype(np.float32) for _ in range(3)]  # 1 s of -60 dBFS room tone each
+    audio = np.concatenate([room[0], words, room[1], words, room[2]])  # 19 s: 950 encoder frames
+    frames = sound_frames(log_mel(tiny, [audio])[1], 1500)[0]
+    speech = torch.from_numpy(speech_frames(audio))
+    last = int(speech.nonzero().max())
+    assert not speech[:40].any() and not speech[460:490].any() and not speech[940:].any()  # the room tone
+    assert torch.equal(frames[: last + 1], speech[: last + 1])  # quiet before and between: left out
+    assert frames[last + 1 : 950].all() and not frames[950:].any()  # a quiet tail stays; the padding does not
+
+
 def test_tiny_en_matches_the_ctranslate2_runtime(tiny):
     ctranslate2 = pytest.importorskip("ctranslate2")
     from audiokv.models import _package_dir

@@ -43,7 +43,7 @@ class NoCalibrationWarning(UserWarning):
 class _Prompt:
     """Per-prompt facts the engines read at compression time."""
 
-    audio_span: Tensor | None = None  # [B, 2]; rows without audio are (0, 0)
+    audio_span: Tensor | None = None  # [B, 2], rows without audio (0, 0); cross-attention: [B, T] bool, the sound
     key_mask: Tensor | None = None  # [B, T] bool
     decode_tokens: int | None = None  # tokens the running `generate` call appends after the prompt
     chunk: tuple[int, int] | None = None  # (start, total) of the prompt chunk being prefilled
@@ -86,27 +86,23 @@ def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
     return torch.stack([start, end], -1).cpu()
 
 
-def sound_spans(feature_mask: Tensor | None, frames: int) -> Tensor | None:
-    """``[B, 2]`` encoder frames ``(start, end)`` that hold sound, from a ``[B, F]`` mask over the input features.
+def sound_frames(feature_mask: Tensor | None, frames: int) -> Tensor | None:
+    """``[B, frames]`` bool: the encoder frames that hold sound, from a ``[B, F]`` mask over the input features.
 
     Whisper pads every input to 30 s; its feature extractor's ``attention_mask``
     (``return_attention_mask=True``) marks the real audio, and
-    :func:`audiokv.transcribe.log_mel`'s also leaves out a quiet lead-in. The
-    span runs from the first marked feature frame to the last. The encoder
-    maps the ``F`` feature frames onto ``frames`` outputs; a frame holds sound
-    if any of its inputs did. None without a mask; ``(0, 0)`` for a row with
-    none marked.
+    :func:`audiokv.transcribe.log_mel`'s also leaves out the quiet before
+    and between the speech. The encoder maps the ``F`` feature frames onto
+    ``frames`` outputs; a frame holds sound if any input it overlaps did.
+    None without a mask.
     """
     if feature_mask is None:
         return None
-    mask = feature_mask.bool().cpu()
-    count = mask.shape[-1]
-    marked = mask.any(-1)
-    first = torch.where(marked, mask.long().argmax(-1), 0)
-    last = torch.where(marked, count - mask.flip(-1).long().argmax(-1), 0)  # one past the last marked frame
-    start = first * frames // count
-    end = (last * frames + count - 1) // count  # ceil
-    return torch.stack([start, end.clamp(0, frames)], -1)
+    count = feature_mask.shape[-1]
+    inputs = torch.arange(count)[:, None]
+    outputs = torch.arange(frames)[None, :]
+    overlap = (inputs * frames < (outputs + 1) * count) & ((inputs + 1) * frames > outputs * count)  # [F, frames]
+    return (feature_mask.detach().cpu().bool().double() @ overlap.double()) > 0
 
 
 def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -328,7 +324,7 @@ def apply_audiokv(
             kwargs[key] = AudioKVCache(model.config, handle.engines)
         handle.meter.reset()  # a new sequence
         if family.cross_attention:  # every encoder frame is attended; the features' mask says which are sound
-            prompt.audio_span = sound_spans(kwargs.get("attention_mask"), model.config.max_source_positions)
+            prompt.audio_span = sound_frames(kwargs.get("attention_mask"), model.config.max_source_positions)
             return args, kwargs
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         prompt.audio_span = audio_spans(input_ids, token_id) if input_ids is not None else None
