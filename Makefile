@@ -77,10 +77,14 @@ results: $(STAMP)
 		--ratios 0.8,0.9 --out $(R)/test-lead-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits tune --pauses 1.0
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9 --only audiokv,audiokv-quiet-pauses \
+		--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9 --only audiokv-no-quiet-pauses,audiokv \
 		--out $(R)/tune70-pauses-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-quiet-pauses --out $(R)/tune70-quiet-pauses-$$m.json || exit 1; done
+		--only audiokv --out $(R)/tune70-quiet-pauses-$$m.json || exit 1; done
+	$(BIN)/python -m benchmarks.speech_set --splits test --pauses 1.0
+	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
+		--data benchmarks/data/speech/test-pauses/manifest.jsonl --policies full,audiokv-no-quiet-pauses,audiokv \
+		--ratios 0.8,0.9 --out $(R)/test-pauses-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json || exit 1; done

@@ -385,7 +385,8 @@ class AudioKVAttention(nn.Module):
         bsz, _, length, _ = key.shape
         spans = self._spans(audio_span, bsz, length)
         content = sound = None  # the real sound, for the policies that read where it starts, ends or pauses
-        if self.cross_attention and audio_span is not None and (self.policy.content_density or self.policy.quiet_lead):
+        reads_sound = self.policy.content_density or self.policy.quiet_lead or self.policy.quiet_pauses
+        if self.cross_attention and audio_span is not None and reads_sound:
             content, sound = sound_rows(audio_span, bsz, length)
         key, value, indices, budgets, log_mass = self._select(
             query, key, value, spans, key_mask, self.config.sinks, content, sound=sound
@@ -458,8 +459,8 @@ class AudioKVAttention(nn.Module):
         span: the density and the path lengths are read there only, and the rest of
         the span keeps the uniform floor (``content_density`` policies); for
         ``quiet_lead`` policies only the span's part before it does, and the onset
-        starts where it does; for ``quiet_pauses`` policies also the frames inside
-        it that ``sound`` (``[B, T]`` bool) leaves out.
+        starts where it does; for ``quiet_pauses`` policies the frames inside it
+        that ``sound`` (``[B, T]`` bool, or None) leaves out.
         ``onset`` (``[B, 2]``, or None: the first ``self.onset_tokens`` of ``spans``) is
         what the ``onset`` policies weight: a later prefill chunk holds none of it.
         """
@@ -492,11 +493,11 @@ class AudioKVAttention(nn.Module):
                 trend = torch.where(inside, trend, rest)
             if content is not None and policy.coverage and policy.quiet_lead:
                 lead = torch.stack([spans[:, 0], torch.maximum(spans[:, 0], content[:, 0])], -1)
-                quiet = span_mask(lead, length)
-                if policy.quiet_pauses and sound is not None:
-                    quiet |= span_mask(content, length) & ~sound
-                trend = trend.masked_fill(quiet.to(key.device)[:, None, :], 0.0)
+                trend = trend.masked_fill(span_mask(lead.to(key.device), length)[:, None, :], 0.0)
                 onset = onset_spans(torch.stack([lead[:, 1], spans[:, 1]], -1), self.onset_tokens)
+            if sound is not None and policy.coverage and policy.quiet_pauses:
+                pauses = span_mask(content, length) & ~sound
+                trend = trend.masked_fill(pauses.to(key.device)[:, None, :], 0.0)
             if policy.onset and policy.coverage and spans is not None:
                 onset = onset_spans(spans, self.onset_tokens) if onset is None else onset
                 trend = weight_onset(trend, onset, cfg.onset_weight)

@@ -121,10 +121,13 @@ class Policy:
             split with 1.5 s of room tone before each clip
             (``audiokv-no-quiet-lead`` switches it off); a no-op where the
             speech starts within 0.2 s, as in every committed split.
-        quiet_pauses: with ``quiet_lead``, the quiet frames the engine's sound
-            mask leaves out between the first and last frame of sound (pauses of
-            room tone longer than 0.4 s: :func:`audiokv.audio.speech_frames`) keep
-            only the uniform floor too (``audiokv-quiet-pauses``, a candidate).
+        quiet_pauses: the quiet frames a cross-attention row's sound mask
+            leaves out between its first and last frame of sound (pauses of room
+            tone longer than 0.4 s: :func:`audiokv.audio.speech_frames`, read by
+            :func:`audiokv.transcribe.log_mel`) keep only the uniform coverage
+            floor: Whisper's keys jitter there as over a quiet lead-in. On in
+            ``audiokv``, chosen on the tune split with each pause lengthened by
+            1 s of room tone (``audiokv-no-quiet-pauses`` switches it off).
         onset: the first ``AudioKVConfig.onset_seconds`` of an audio span get
             ``onset_weight`` times their density (the uniform floor is not
             weighted). On in ``audiokv``, chosen on the tune split
@@ -346,6 +349,7 @@ AUDIOKV = dict(
     layer_split=True,
     onset=True,
     quiet_lead=True,
+    quiet_pauses=True,
 )
 
 POLICIES: dict[str, Policy] = {
@@ -372,6 +376,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-window-text", **{**AUDIOKV, "text_rarity": False}),
         AudioKV("audiokv-no-onset", **{**AUDIOKV, "onset": False}),
         AudioKV("audiokv-no-quiet-lead", **{**AUDIOKV, "quiet_lead": False}),
+        AudioKV("audiokv-no-quiet-pauses", **{**AUDIOKV, "quiet_pauses": False}),
         # variants the tune split rejected (docs/results.md), kept so that their rows can be remade
         AudioKV("audiokv-joint", **{**AUDIOKV, "joint_law": True}),
         AudioKV("audiokv-pick", **{**AUDIOKV, "pick_novelty": True}),
@@ -379,7 +384,6 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
         AudioKV("audiokv-sss-keys", **{**AUDIOKV, "smooth_keys": True}),
-        AudioKV("audiokv-quiet-pauses", **{**AUDIOKV, "quiet_pauses": True}),
     )
 }
 
