@@ -92,7 +92,7 @@ def speech_frames(
         return np.zeros(0, dtype=bool)
     loud = energy >= np.percentile(energy, 95) * 10 ** (-below_db / 10)
     reach = int(margin_seconds * 50)
-    return np.convolve(loud, np.ones(2 * reach + 1), mode="same") > 0
+    return np.convolve(loud, np.ones(2 * reach + 1))[reach : reach + len(loud)] > 0  # centred, any length
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

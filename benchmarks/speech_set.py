@@ -466,7 +466,7 @@ def with_pauses(
     Our synthesizers pause 0.2-0.5 s between sentences, in digital silence;
     people pause longer, over room tone. Every run of at least 0.2 s whose 20 ms
     frames lie 30 dB under the clip's loud ones (the criterion of
-    :func:`audiokv.audio.speech_onset`) after the speech has started gets
+    :func:`audiokv.audio.speech_frames`) after the speech has started gets
     ``seconds`` of white noise at ``level_db`` dBFS in its middle, longest
     pauses first while the clip stays within ``max_seconds``, and the whole
     clip gets that noise as its floor. Noisy clips have no such pauses and

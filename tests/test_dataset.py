@@ -54,6 +54,7 @@ def test_speech_frames_leave_out_a_quiet_lead_in_and_long_pauses_but_not_loud_no
     assert pause.tolist() == list(range(225 + 10, 275 - 10))  # 1 s pause, less 0.2 s on each side; 0.3 s: none
     noisy = np.concatenate([room(1.5, 0.05), speech])  # 17 dB under the tone: it counts as sound
     assert speech_frames(noisy).all() and speech_frames(speech).all() and len(speech_frames(np.zeros(100))) == 0
+    assert len(speech_frames(tone(0.1, 16_000))) == 5  # a clip shorter than the margins: one flag per 20 ms
 
 
 @settings(max_examples=40, deadline=None)

@@ -352,6 +352,7 @@ def test_demo_uses_the_shipped_calibration_and_reports_every_run(tmp_path, capsy
 
 def test_transcription_tells_the_cross_attention_where_speech_starts_and_sound_ends(tiny, eval_clip, monkeypatch):
     from audiokv.attention import AudioKVAttention
+    from audiokv.spectral import sound_rows
 
     spans = []
     compress = AudioKVAttention.compress
@@ -365,7 +366,7 @@ def test_transcription_tells_the_cross_attention_where_speech_starts_and_sound_e
     room = np.random.default_rng(0).normal(0, 1e-3, 16_000).astype(np.float32)  # 1 s of quiet first
     with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.5), policy="audiokv-content"):
         greedy_transcribe(tiny, [audio, audio[: len(audio) // 2], np.concatenate([room, audio])])
-    assert len(spans) == tiny.model.config.decoder_layers
-    starts, ends = spans[0].T.tolist()
+    assert len(spans) == tiny.model.config.decoder_layers and spans[0].shape == (3, 1500)  # a mask of sound frames
+    starts, ends = sound_rows(spans[0], 3, 1500)[0].T.tolist()
     assert starts[:2] == [0, 0] and abs(starts[2] - 40) <= 2  # the speech starts 0.2 s before the clip's first word
     assert abs(ends[0] - len(audio) / 320) <= 1 and abs(ends[1] - len(audio) / 640) <= 1  # 50 frames a second

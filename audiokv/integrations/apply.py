@@ -99,10 +99,10 @@ def sound_frames(feature_mask: Tensor | None, frames: int) -> Tensor | None:
     if feature_mask is None:
         return None
     count = feature_mask.shape[-1]
-    inputs = torch.arange(count)[:, None]
-    outputs = torch.arange(frames)[None, :]
-    overlap = (inputs * frames < (outputs + 1) * count) & ((inputs + 1) * frames > outputs * count)  # [F, frames]
-    return (feature_mask.detach().cpu().bool().double() @ overlap.double()) > 0
+    out = torch.arange(frames)
+    first, end = out * count // frames, ((out + 1) * count + frames - 1) // frames  # the inputs each frame overlaps
+    marked = torch.nn.functional.pad(feature_mask.detach().cpu().bool().long().cumsum(-1), (1, 0))  # [B, F + 1]
+    return marked[:, end] > marked[:, first]
 
 
 def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
