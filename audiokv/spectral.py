@@ -84,10 +84,15 @@ def sound_rows(sound: Span | Tensor | None, bsz: int, length: int) -> tuple[Tens
     if sound.shape != (bsz, length):
         raise ValueError(f"sound mask must be [B, T] = [{bsz}, {length}], got {tuple(sound.shape)}")
     mask = sound.detach().cpu()
-    marked = mask.any(-1)
-    first = torch.where(marked, mask.long().argmax(-1), 0)
-    end = torch.where(marked, length - mask.flip(-1).long().argmax(-1), 0)
-    return torch.stack([first, end], -1), mask
+    return mask_spans(mask), mask
+
+
+def mask_spans(mask: Tensor) -> Tensor:
+    """``[B, 2]`` int64 first and one-past-last marked position of each row of a ``[B, T]`` bool mask ((0, 0): none)."""
+    pos = torch.arange(mask.shape[-1], device=mask.device)
+    start = torch.where(mask, pos, mask.shape[-1]).amin(-1)
+    end = torch.where(mask, pos + 1, 0).amax(-1)
+    return torch.stack([torch.where(end > 0, start, 0), end], -1)
 
 
 def span_mask(spans: Tensor, length: int, key_mask: Tensor | None = None) -> Tensor:

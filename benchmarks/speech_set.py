@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiokv.audio import SAMPLE_RATE, frame_energy, load_audio, write_wav
+from audiokv.audio import SAMPLE_RATE, load_audio, speech_frames, write_wav
 
 DEFAULT_OUT = Path(__file__).parent / "data" / "speech"
 MIN_SECONDS, MAX_SECONDS = 8.0, 28.0
@@ -476,11 +476,11 @@ def with_pauses(
     hop, extra = SAMPLE_RATE // 50, int(seconds * SAMPLE_RATE)
 
     def lengthen(audio: np.ndarray) -> np.ndarray:
-        energy = frame_energy(audio, hop)
-        quiet = np.concatenate([[False], energy < np.percentile(energy, 95) * 1e-3, [False]])
+        loud = speech_frames(audio, margin_seconds=0.0)  # no margin: the loud 20 ms frames themselves
+        quiet = np.concatenate([[False], ~loud, [False]])
         edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))  # run starts and ends, in frames
         runs = zip(edges[::2], edges[1::2], strict=True)
-        runs = [(s, e) for s, e in runs if e - s >= 10 and s > 0 and e < len(energy)]  # inside the speech
+        runs = [(s, e) for s, e in runs if e - s >= 10 and s > 0 and e < len(loud)]  # inside the speech
         room = int(max_seconds * SAMPLE_RATE) - len(audio)
         cuts = []
         for s, e in sorted(runs, key=lambda r: r[0] - r[1]):

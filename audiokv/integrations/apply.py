@@ -31,6 +31,7 @@ from audiokv.heads import HeadScores
 from audiokv.integrations.chunked import prefill_in_chunks
 from audiokv.integrations.families import audio_token_id, family_of, layer_roles
 from audiokv.policies import Policy, get_policy
+from audiokv.spectral import mask_spans
 
 IMPLEMENTATION = "audiokv"
 
@@ -79,11 +80,7 @@ def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
     is_audio = input_ids == token_id
     if not is_audio.any():
         return None
-    pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-    start = torch.where(is_audio, pos, input_ids.shape[1]).amin(-1)
-    end = torch.where(is_audio, pos + 1, 0).amax(-1)
-    start = torch.where(end > 0, start, 0)
-    return torch.stack([start, end], -1).cpu()
+    return mask_spans(is_audio).cpu()
 
 
 def sound_frames(feature_mask: Tensor | None, frames: int) -> Tensor | None:
