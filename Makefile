@@ -110,6 +110,10 @@ results: $(STAMP)
 	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl --policies full,audiokv \
 		--ratios 0.7,0.8,0.9 --calibration $(R)/whisper-tiny.en-word-timed.safetensors \
 		--out $(R)/test-whisper-tiny.en-word-timed-prior.json
+	$(BIN)/audiokv calibrate --model whisper-base --method word-timed \
+		--data audiokv/data/speech/calib_timed/manifest.jsonl --out $(R)/whisper-base-word-timed.safetensors
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m --only audiokv \
+		--calibration $(R)/$$m-word-timed.safetensors --out $(R)/tune70-word-timed-$$m.json || exit 1; done
 	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl \
 		--policies audiokv,full --ratios 0.4,0.7,0.8 --out $(R)/time-whisper-tiny.en.json
 	$(BIN)/python -m benchmarks.decode --shape 28,4,128 --context 4096 --batch 1 4 --budgets skewed balanced

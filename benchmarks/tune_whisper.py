@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.7, 0.8, 0.9])
     parser.add_argument("--out", default=None)
     parser.add_argument("--only", default=None, help="comma-separated rows instead of the grid: POLICY[:KNOB=VALUE]")
+    parser.add_argument("--calibration", type=Path, default=None, help="a head-score file (default: the shipped one)")
     args = parser.parse_args(argv)
     speech = load_speech_model(args.model)
-    path = shipped_calibration(speech.name)
+    path = args.calibration or shipped_calibration(speech.name)
     if path is None:
         raise SystemExit(f"no calibration ships for {speech.name}: run `audiokv calibrate` first")
     calibration = HeadScores.load(path, model=speech.name)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"WER {100 * row['wer']:5.1f}%  loops {row['repetition_rate']:.0%}", flush=True)  # fmt: skip
     out = Path(args.out or f"benchmarks/results/tune-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"model": speech.name, "data": str(args.data), "clips": len(data)}
+    summary = {"model": speech.name, "data": str(args.data), "clips": len(data), "calibration": str(path)}
     out.write_text(json.dumps({**summary, **environment(), "rows": rows}, indent=1))
     return rows
 
