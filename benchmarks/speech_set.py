@@ -507,16 +507,24 @@ def main(argv: list[str] | None = None) -> None:
         "--pauses", type=float, metavar="SECONDS",
         help="instead, copy the built splits to SPLIT-pauses/ with SECONDS more room tone in each pause",
     )  # fmt: skip
+    parser.add_argument(
+        "--level", type=float, default=-60.0, metavar="DBFS",
+        help="the room tone's level for --pauses and --quiet-lead (default -60; another level adds -<level>db "
+        "to the folder's name)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    tag = "" if args.level == -60.0 else f"-{-args.level:g}db"
     if args.pauses is not None:
         for split in args.splits:
-            rows = with_pauses(args.out / split, args.pauses, args.out / f"{split}-pauses")
-            print(f"{split}-pauses: {len(rows)} clips, pauses {args.pauses:g} s longer -> {args.out}/{split}-pauses")
+            out = args.out / f"{split}-pauses{tag}"
+            rows = with_pauses(args.out / split, args.pauses, out, level_db=args.level)
+            print(f"{out.name}: {len(rows)} clips, pauses {args.pauses:g} s longer at {args.level:g} dBFS -> {out}")
         return
     if args.quiet_lead is not None:
         for split in args.splits:
-            rows = with_quiet_lead(args.out / split, args.quiet_lead, args.out / f"{split}-lead")
-            print(f"{split}-lead: {len(rows)} clips, {args.quiet_lead:g} s of quiet first -> {args.out}/{split}-lead")
+            out = args.out / f"{split}-lead{tag}"
+            rows = with_quiet_lead(args.out / split, args.quiet_lead, out, level_db=args.level)
+            print(f"{out.name}: {len(rows)} clips, {args.quiet_lead:g} s of {args.level:g} dBFS first -> {out}")
         return
     if args.calib:
         rows = build_timed_calibration()
