@@ -85,6 +85,8 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-40db-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--only audiokv --out $(R)/tune70-noise-floor-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits test --pauses 1.0
 	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/test-pauses/manifest.jsonl --policies full,audiokv-no-quiet-pauses,audiokv \

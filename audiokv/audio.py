@@ -77,20 +77,33 @@ def split_at_pauses(
 
 
 def speech_frames(
-    audio: np.ndarray, below_db: float = 30.0, margin_seconds: float = 0.2, sample_rate: int = SAMPLE_RATE
+    audio: np.ndarray,
+    below_db: float = 30.0,
+    above_floor_db: float | None = 6.0,
+    margin_seconds: float = 0.2,
+    sample_rate: int = SAMPLE_RATE,
 ) -> np.ndarray:
     """``[N // (sample_rate / 50)]`` bool per 20 ms: speech, or within ``margin_seconds`` of it.
 
     A frame is loud within ``below_db`` of the clip's loud frames (the 95th
-    percentile of 20 ms energies); what lies farther than ``margin_seconds``
-    from every loud frame is quiet: a lead-in of room tone, a pause longer
-    than twice the margin, a tail. Noise as loud as that (a 10 dB SNR
-    recording) counts as sound, and such a clip is speech throughout.
+    percentile of 20 ms energies) and ``above_floor_db`` over its noise floor
+    (the 5th percentile: a recording's room tone, if it pauses at all) or
+    within as much of the loud frames (so a steady sound is not its own
+    floor). What lies farther than ``margin_seconds`` from every loud frame
+    is quiet: a lead-in of room tone, a pause longer than twice the margin, a
+    tail. Steady noise is quiet however loud it is, so a pause in a noisy
+    room is a pause; noise that rises and falls (babble, music) clears its
+    own floor and counts as sound. ``above_floor_db=None`` leaves the floor
+    out (every frame within ``below_db`` of the loud ones is loud).
     """
     energy = frame_energy(audio, sample_rate // 50)
     if len(energy) == 0:
         return np.zeros(0, dtype=bool)
-    loud = energy >= np.percentile(energy, 95) * 10 ** (-below_db / 10)
+    low, high = np.percentile(energy, [5, 95])
+    threshold = high * 10 ** (-below_db / 10)
+    if above_floor_db is not None:
+        threshold = max(threshold, min(low * 10 ** (above_floor_db / 10), high * 10 ** (-above_floor_db / 10)))
+    loud = energy >= threshold
     reach = int(margin_seconds * 50)
     return np.convolve(loud, np.ones(2 * reach + 1))[reach : reach + len(loud)] > 0  # centred, any length
 

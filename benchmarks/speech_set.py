@@ -465,8 +465,8 @@ def with_pauses(
 
     Our synthesizers pause 0.2-0.5 s between sentences, in digital silence;
     people pause longer, over room tone. Every run of at least 0.2 s whose 20 ms
-    frames lie 30 dB under the clip's loud ones (the criterion of
-    :func:`audiokv.audio.speech_frames`) after the speech has started gets
+    frames lie 30 dB under the clip's loud ones (:func:`audiokv.audio.speech_frames`
+    without its noise floor) after the speech has started gets
     ``seconds`` of white noise at ``level_db`` dBFS in its middle, longest
     pauses first while the clip stays within ``max_seconds``, and the whole
     clip gets that noise as its floor. Noisy clips have no such pauses and
@@ -476,7 +476,7 @@ def with_pauses(
     hop, extra = SAMPLE_RATE // 50, int(seconds * SAMPLE_RATE)
 
     def lengthen(audio: np.ndarray) -> np.ndarray:
-        loud = speech_frames(audio, margin_seconds=0.0)  # no margin: the loud 20 ms frames themselves
+        loud = speech_frames(audio, above_floor_db=None, margin_seconds=0.0)  # the loud 20 ms frames themselves
         quiet = np.concatenate([[False], ~loud, [False]])
         edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))  # run starts and ends, in frames
         runs = zip(edges[::2], edges[1::2], strict=True)

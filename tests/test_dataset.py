@@ -39,22 +39,29 @@ def test_a_long_clip_is_cut_in_its_pauses():
         split_at_pauses(speech, max_seconds=5.0, search_seconds=5.0)
 
 
-def test_speech_frames_leave_out_a_quiet_lead_in_and_long_pauses_but_not_loud_noise():
+@pytest.mark.parametrize("level", [1e-3, 0.05])  # -60 dBFS, and 17 dB under the tone (over 30 dB: not loud)
+def test_speech_frames_leave_out_a_quiet_lead_in_and_long_pauses(level):
     rng = np.random.default_rng(0)
     speech = tone(3.0, 16_000)
 
-    def room(seconds, level=1e-3):  # -60 dBFS
+    def room(seconds):
         return rng.normal(0, level, int(seconds * 16_000))
 
-    frames = speech_frames(np.concatenate([room(1.5), speech, room(1.0), speech, room(0.3), speech]))
+    clip = [room(1.5), speech + room(3), room(1.0), speech + room(3), room(0.3), speech]
+    frames = speech_frames(np.concatenate(clip))
     assert len(frames) == (1.5 + 3 + 1 + 3 + 0.3 + 3) * 50
     quiet = np.flatnonzero(~frames)
     lead, pause = quiet[quiet < 75], quiet[quiet >= 75]
     assert lead.tolist() == list(range(65))  # up to 0.2 s (10 frames) before the tone
     assert pause.tolist() == list(range(225 + 10, 275 - 10))  # 1 s pause, less 0.2 s on each side; 0.3 s: none
-    noisy = np.concatenate([room(1.5, 0.05), speech])  # 17 dB under the tone: it counts as sound
-    assert speech_frames(noisy).all() and speech_frames(speech).all() and len(speech_frames(np.zeros(100))) == 0
+    assert speech_frames(speech).all() and len(speech_frames(np.zeros(100))) == 0
     assert len(speech_frames(tone(0.1, 16_000))) == 5  # a clip shorter than the margins: one flag per 20 ms
+
+
+def test_speech_frames_count_noise_that_rises_and_falls_as_sound():
+    rng = np.random.default_rng(0)
+    swell = 0.05 * (1.5 + np.sin(np.linspace(0, 12 * np.pi, 24_000)))  # 1.5 s of noise swelling 3 times a second
+    assert speech_frames(np.concatenate([rng.normal(0, 1, 24_000) * swell, tone(3.0, 16_000)])).all()
 
 
 @settings(max_examples=40, deadline=None)
