@@ -75,6 +75,16 @@ class KVMeter:
         self.total = self.peak = 0
 
 
+def _quieten(trend: Tensor, quiet: Tensor, heard: Tensor, at_mean: bool) -> Tensor:
+    """``[B, H, T]`` coverage density with the ``quiet`` frames (``[B, T]`` bool) set to zero (the uniform
+    floor only) or, ``at_mean``, to each head's mean density over the ``heard`` frames (``[B, T]`` bool)."""
+    rest: Tensor | float = 0.0
+    if at_mean:
+        heard = heard[:, None, :]
+        rest = (trend * heard).sum(-1, keepdim=True) / heard.sum(-1, keepdim=True).clamp_min(1)
+    return torch.where(quiet[:, None, :], rest, trend)
+
+
 def chunk_layout(first: int, total: int, chunk: int) -> list[tuple[int, int]]:
     """``(start, end)`` of the chunks of a ``total``-token prompt: ``first`` tokens, then ``chunk`` at a time."""
     return [(0, min(first, total))] + [(s, min(s + chunk, total)) for s in range(first, total, chunk)]
@@ -486,18 +496,16 @@ class AudioKVAttention(nn.Module):
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
             if content is not None and policy.coverage and policy.content_density:
-                inside = span_mask(content.to(key.device), length)[:, None, :]  # [B, 1, T]
-                rest = 0.0  # outside the sound: the uniform floor only, or the sound's mean density
-                if policy.padding_at_mean:
-                    rest = (trend * inside).sum(-1, keepdim=True) / inside.sum(-1, keepdim=True).clamp_min(1)
-                trend = torch.where(inside, trend, rest)
+                inside = span_mask(content.to(key.device), length)
+                trend = _quieten(trend, ~inside, inside, policy.padding_at_mean)
             if content is not None and policy.coverage and policy.quiet_lead:
                 lead = torch.stack([spans[:, 0], torch.maximum(spans[:, 0], content[:, 0])], -1)
                 trend = trend.masked_fill(span_mask(lead.to(key.device), length)[:, None, :], 0.0)
                 onset = onset_spans(torch.stack([lead[:, 1], spans[:, 1]], -1), self.onset_tokens)
             if sound is not None and policy.coverage and policy.quiet_pauses:
-                pauses = span_mask(content, length) & ~sound
-                trend = trend.masked_fill(pauses.to(key.device)[:, None, :], 0.0)
+                inside = span_mask(content, length).to(key.device)
+                sound = sound.to(key.device)
+                trend = _quieten(trend, inside & ~sound, inside & sound, policy.pauses_at_mean)
             if policy.onset and policy.coverage and spans is not None:
                 onset = onset_spans(spans, self.onset_tokens) if onset is None else onset
                 trend = weight_onset(trend, onset, cfg.onset_weight)

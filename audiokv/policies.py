@@ -128,6 +128,10 @@ class Policy:
             floor: Whisper's keys jitter there as over a quiet lead-in. On in
             ``audiokv``, chosen on the tune split with each pause lengthened by
             1 s of room tone (``audiokv-no-quiet-pauses`` switches it off).
+        pauses_at_mean: with ``quiet_pauses``, a pause's density is the
+            speech's mean instead of zero: it keeps tokens at the rate of an
+            average stretch of speech, not only the floor's
+            (``audiokv-pause-mean``).
         onset: the first ``AudioKVConfig.onset_seconds`` of an audio span get
             ``onset_weight`` times their density (the uniform floor is not
             weighted). On in ``audiokv``, chosen on the tune split
@@ -155,6 +159,7 @@ class Policy:
     smooth_keys: bool = False
     quiet_lead: bool = False
     quiet_pauses: bool = False
+    pauses_at_mean: bool = False
 
     def score(self, inp: ScoreInput) -> Tensor:
         """``[B, H_kv, T]`` token scores, higher = keep."""
@@ -384,6 +389,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-content", **{**AUDIOKV, "content_density": True}),
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
         AudioKV("audiokv-sss-keys", **{**AUDIOKV, "smooth_keys": True}),
+        AudioKV("audiokv-pause-mean", **{**AUDIOKV, "pauses_at_mean": True}),
     )
 }
 

@@ -576,6 +576,8 @@ def test_a_quiet_pause_keeps_the_floor_and_the_no_quiet_pauses_ablation_does_not
     assert no_pauses == in_pause("audiokv-no-quiet-pauses", (0, 280)) > 0.4  # the pause's novelty draws tokens
     assert in_pause("audiokv", (0, 280)) == no_pauses  # a span marks no pause
     assert in_pause("audiokv", sound) < 0.1 * 60 / 300 + 0.02  # the pause keeps the floor's share
+    # at the speech's mean density: 60 of the 480 units of density mass (the onset weights 100 frames 3 times)
+    assert 0.9 * 60 / 480 < in_pause("audiokv-pause-mean", sound) < 0.9 * 60 / 480 + 0.1 * 60 / 300 + 0.02
 
 
 def test_a_content_span_splits_the_budget_by_the_heads_path_over_the_sound(cross_module):
