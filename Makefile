@@ -80,20 +80,20 @@ results: $(STAMP)
 		--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9 --only audiokv-no-quiet-pauses,audiokv \
 		--out $(R)/tune70-pauses-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9 --only audiokv-pause-mean \
+		--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-pause-mean-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--only audiokv --out $(R)/tune70-quiet-pauses-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits tune test --pauses 1.0 --level -40
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv-pause-floor \
+		--out $(R)/tune70-pauses-40db-floor-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--only audiokv-pause-floor --out $(R)/tune70-noise-floor-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--only audiokv --out $(R)/tune70-pause-mean-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
-		--out $(R)/tune70-pauses-40db-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv --out $(R)/tune70-noise-floor-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-pause-mean --out $(R)/tune70-pause-mean-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv-pause-mean \
 		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits test --pauses 1.0
 	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
