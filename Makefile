@@ -99,6 +99,9 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/test-pauses/manifest.jsonl --policies full,audiokv-no-quiet-pauses,audiokv \
 		--ratios 0.8,0.9 --out $(R)/test-pauses-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
+		--data benchmarks/data/speech/test-pauses-40db/manifest.jsonl --policies full,audiokv-no-quiet-pauses,audiokv \
+		--ratios 0.8,0.9 --out $(R)/test-pauses-40db-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json || exit 1; done
