@@ -36,7 +36,7 @@ results-whisper: $(STAMP)
 	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json benchmarks/results/targets-$(MODEL).json --readme
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
-# commit (about 4.5 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
+# commit (about 4 h on 2 CPU cores; needs the `make speech` data). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-onset
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 HOLDOUT_POLICIES := full,random,stride,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-no-onset
@@ -69,6 +69,8 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-lead/manifest.jsonl --ratios 0.8 0.9 --only audiokv-no-quiet-lead,audiokv \
 		--out $(R)/tune70-lead-$$m.json || exit 1; done
+	# audiokv on the plain tune split: the default's rows after the quiet lead-in, the quiet pauses and the pause
+	# rate each joined it (three files, one per decision in docs/results.md): the same run at one commit, made once
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--only audiokv --out $(R)/tune70-quiet-lead-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits test --quiet-lead 1.5
@@ -82,16 +84,16 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-pause-mean-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv --out $(R)/tune70-quiet-pauses-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do cp $(R)/tune70-quiet-lead-$$m.json $(R)/tune70-quiet-pauses-$$m.json; done
 	$(BIN)/python -m benchmarks.speech_set --splits tune test --pauses 1.0 --level -40
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv-pause-floor \
 		--out $(R)/tune70-pauses-40db-floor-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--only audiokv-pause-floor --out $(R)/tune70-noise-floor-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do cp $(R)/tune70-quiet-lead-$$m.json $(R)/tune70-pause-mean-$$m.json; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv --out $(R)/tune70-pause-mean-$$m.json || exit 1; done
+		--only audiokv-no-onset --out $(R)/tune70-onset-today-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done
@@ -131,6 +133,11 @@ results: $(STAMP)
 		--data audiokv/data/speech/calib_timed/manifest.jsonl --out $(R)/whisper-base-word-timed.safetensors
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m --only audiokv \
 		--calibration $(R)/$$m-word-timed.safetensors --out $(R)/tune70-word-timed-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv calibrate --model $$m --method word-timed \
+		--data audiokv/data/speech/calib_timed/manifest.jsonl --layer-split audiokv/data/calib/$$m.safetensors \
+		--out $(R)/$$m-word-timed-split.safetensors || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m --only audiokv \
+		--calibration $(R)/$$m-word-timed-split.safetensors --out $(R)/tune70-word-timed-split-$$m.json || exit 1; done
 	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl \
 		--policies audiokv,full --ratios 0.4,0.7,0.8 --out $(R)/time-whisper-tiny.en.json
 	$(BIN)/python -m benchmarks.decode --shape 28,4,128 --context 4096 --batch 1 4 --budgets skewed balanced

@@ -75,11 +75,11 @@ class KVMeter:
         self.total = self.peak = 0
 
 
-def _quieten(trend: Tensor, quiet: Tensor, heard: Tensor, at_mean: bool) -> Tensor:
+def _quieten(trend: Tensor, quiet: Tensor, heard: Tensor | None = None) -> Tensor:
     """``[B, H, T]`` coverage density with the ``quiet`` frames (``[B, T]`` bool) set to zero (the uniform
-    floor only) or, ``at_mean``, to each head's mean density over the ``heard`` frames (``[B, T]`` bool)."""
+    floor only) or, given ``heard`` (``[B, T]`` bool), to each head's mean density over those frames."""
     rest: Tensor | float = 0.0
-    if at_mean:
+    if heard is not None:
         heard = heard[:, None, :]
         rest = (trend * heard).sum(-1, keepdim=True) / heard.sum(-1, keepdim=True).clamp_min(1)
     return torch.where(quiet[:, None, :], rest, trend)
@@ -497,15 +497,15 @@ class AudioKVAttention(nn.Module):
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
             if content is not None and policy.coverage and policy.content_density:
                 inside = span_mask(content.to(key.device), length)
-                trend = _quieten(trend, ~inside, inside, policy.padding_at_mean)
+                trend = _quieten(trend, ~inside, inside if policy.padding_at_mean else None)
             if content is not None and policy.coverage and policy.quiet_lead:
                 lead = torch.stack([spans[:, 0], torch.maximum(spans[:, 0], content[:, 0])], -1)
-                trend = trend.masked_fill(span_mask(lead.to(key.device), length)[:, None, :], 0.0)
+                trend = _quieten(trend, span_mask(lead.to(key.device), length))
                 onset = onset_spans(torch.stack([lead[:, 1], spans[:, 1]], -1), self.onset_tokens)
             if sound is not None and policy.coverage and policy.quiet_pauses:
                 inside = span_mask(content, length).to(key.device)
                 sound = sound.to(key.device)
-                trend = _quieten(trend, inside & ~sound, inside & sound, policy.pauses_at_mean)
+                trend = _quieten(trend, inside & ~sound, inside & sound if policy.pauses_at_mean else None)
             if policy.onset and policy.coverage and spans is not None:
                 onset = onset_spans(spans, self.onset_tokens) if onset is None else onset
                 trend = weight_onset(trend, onset, cfg.onset_weight)

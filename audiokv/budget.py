@@ -57,7 +57,9 @@ def head_weights(prior: Tensor, strength: float) -> Tensor:
         raise ValueError("head prior must be finite")
     prior = prior.float()
     std = prior.std(unbiased=False) if prior.numel() > 1 else prior.new_zeros(())
-    z = (prior - prior.mean()) / std if std > 0 else torch.zeros_like(prior)
+    level = prior.abs().max() if prior.numel() else prior.new_zeros(())
+    flat = std <= 1e-6 * level  # equal scores, up to the rounding of their mean: no head is favoured
+    z = torch.zeros_like(prior) if flat else (prior - prior.mean()) / std
     return torch.exp(strength * z)
 
 

@@ -53,11 +53,12 @@ def whisper_cross_attention(speech: SpeechModel, utt: Utterance) -> list[Tensor]
         seconds = len(audio) / SAMPLE_RATE
         raise ValueError(f"calibration clips must fit Whisper's 30 s window; {utt.audio_path} lasts {seconds:.1f} s")
     text_ids = speech.tokenizer.encode(" " + utt.text, add_special_tokens=False)
-    ids = torch.tensor([speech.prompt_ids + text_ids])
-    out = speech.model(input_features=log_mel(speech, [audio])[0], decoder_input_ids=ids, output_attentions=True)
+    features = log_mel(speech, [audio])[0]
+    ids = torch.tensor([speech.prompt_ids + text_ids], device=features.device)
+    out = speech.model(input_features=features, decoder_input_ids=ids, output_attentions=True)
     frames = min(math.ceil(len(audio) / 16_000 * FRAMES_PER_SECOND), out.cross_attentions[0].shape[-1])
     rows = slice(len(speech.prompt_ids) - 1, ids.shape[1])  # queries emitting text tokens and end-of-text
-    return [layer[0, :, rows, :frames].float() for layer in out.cross_attentions]
+    return [layer[0, :, rows, :frames].float().cpu() for layer in out.cross_attentions]
 
 
 def word_frames(speech: SpeechModel, utt: Utterance) -> Tensor:

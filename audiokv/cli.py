@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: --help stays fast
+    import torch
 
 # --method names; each maps to its HeadScores method id (audiokv.heads) once torch is imported
 CALIBRATION_METHODS = ("alignment", "word-timed")
@@ -34,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     calib.add_argument("--plot", default=None, help="also draw the scores as a heat map (PNG)")
     calib.add_argument("--method", choices=CALIBRATION_METHODS, default="alignment",
                        help="the budget prior (default), or the word-timed score (needs 'words' timings)")  # fmt: skip
+    calib.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
+    calib.add_argument("--layer-split", default=None, metavar="FILE",
+                       help="keep each layer's ranking of its heads, but shift the layer's scores to its mean in "
+                       "this calibration file (so that file's split of the budget over the layers)")  # fmt: skip
     ev = sub.add_parser("eval", help="accuracy and KV memory per policy and compression ratio")
     ev.add_argument("--task", choices=("asr", "passkey"), default="asr",
                     help="asr: WER of a speech model on --data; passkey: retrieval by a decoder-only LLM")  # fmt: skip
@@ -52,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="passkey: prefill this many tokens at a time (AudioKVConfig.prefill_chunk)")  # fmt: skip
     ev.add_argument("--plot", default=None, help="also draw accuracy vs ratio (PNG)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the random policy and the passkey prompts (default 0)")
+    ev.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
     ev.add_argument("--update", action="store_true",
                     help="rerun --policies into the existing --out, keeping its other rows")  # fmt: skip
     demo = sub.add_parser("demo", help="full vs audiokv vs snapkv on the bundled Whisper tiny.en and clips")
@@ -101,11 +110,13 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         get_policy(name)
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
+    device = _device(args.device)
     if args.task == "passkey":
         from audiokv.models import load_causal_lm
         from audiokv.passkey import PASSKEY_CONFIG, evaluate_passkey
 
         model, tokenizer = load_causal_lm(args.model)
+        model.to(device)
         n = args.limit or 8
         config = replace(PASSKEY_CONFIG, seed=args.seed, prefill_chunk=args.prefill_chunk)
         data = f"{n} passkey prompts of {args.context} tokens"
@@ -125,6 +136,7 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
             raise ValueError("--data is required for --task asr")
         utterances = load_speech_set(args.data, limit=args.limit)
         speech = load_speech_model(args.model)
+        speech.model.to(device)
         args.calibration = args.calibration or shipped_calibration(speech.name)
         calib = HeadScores.load(args.calibration, model=speech.name) if args.calibration else None
         if calib is None and any(get_policy(p).use_prior for p in policies):
@@ -140,7 +152,7 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     if previous is not None:
         check_same_run(previous, {**result, "n": n})  # before the long work
     rows = run()
-    result.update(environment())
+    result.update(environment(device))
     result["rows"] = [{**row, "commit": result["commit"]} for row in rows]
     if previous is not None:
         result = merge_results(previous, result)
@@ -149,6 +161,18 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     if args.plot:
         plot_results(result["rows"], args.plot, f"{name}, {what}")
     return rows
+
+
+def _device(name: str) -> torch.device:
+    """The ``--device`` to run on, or one clear error (a bad name, or one this machine does not have)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as err:  # torch raises AssertionError for CUDA it was not built with
+        raise ValueError(f"--device {name}: {(str(err).splitlines() or ['not available here'])[0]}") from None
+    return device
 
 
 def _previous_results(path: str | Path) -> dict:
@@ -190,7 +214,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     run = argparse.Namespace(
         task="asr", model="whisper-tiny.en", data=EVAL_DIR, policies="full,audiokv,snapkv", ratios=(0.4, 0.7),
-        calibration=None, limit=None, seed=0, update=False,
+        calibration=None, limit=None, seed=0, update=False, device="cpu",
         out=out / "demo.json", plot=out / "demo.png",
     )  # fmt: skip
     try:
@@ -207,20 +231,25 @@ def _demo(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from audiokv.calibrate import calibrate_whisper
     from audiokv.dataset import load_speech_set
-    from audiokv.heads import METHOD, TIMED_METHOD
+    from audiokv.heads import METHOD, TIMED_METHOD, HeadScores
     from audiokv.models import load_speech_model
 
     try:
         _check_outputs(args.out, args.plot)
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be at least 1")
+        device = _device(args.device)
         data = load_speech_set(args.data, limit=args.limit)
         speech = load_speech_model(args.model)
+        speech.model.to(device)
+        layers = None if args.layer_split is None else HeadScores.load(args.layer_split, model=speech.name)
         method = {"alignment": METHOD, "word-timed": TIMED_METHOD}[args.method]
         scores = calibrate_whisper(speech, data, method=method)
+        scores.data = f"{len(data)} utterances from {args.data}"
+        if layers is not None:
+            scores = scores.with_layer_split(layers)
     except USER_ERRORS as err:
         return _fail("calibrate", err)
-    scores.data = f"{len(data)} utterances from {args.data}"
     scores.save(args.out)
     print(f"wrote {args.out}: {scores.shape[0]} layers x {scores.shape[1]} KV heads")
     for layer, head, value in scores.top(8):

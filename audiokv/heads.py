@@ -150,6 +150,21 @@ class HeadScores:
         heads = self.scores.shape[1]
         return [(i // heads, i % heads, flat[i].item()) for i in idx]
 
+    def with_layer_split(self, other: HeadScores) -> HeadScores:
+        """These scores' split of each layer's budget over its heads, on ``other``'s split over the layers.
+
+        The engine splits the model's budget over the layers by their mean scores
+        and a layer's budget over its heads by their standardized scores
+        (:func:`~audiokv.budget.head_weights`), which a shift leaves alone: here each
+        layer's scores are shifted to ``other``'s mean in that layer. ``[L, H_kv]`` both.
+        """
+        if self.shape != other.shape:
+            raise ValueError(f"cannot take the layer split of {other.shape} scores for {self.shape} scores")
+        mine = self.scores.float()
+        scores = mine - mine.mean(-1, keepdim=True) + other.scores.float().mean(-1, keepdim=True)
+        data = f"{self.data}; layer split of {other.method} ({other.data})"
+        return HeadScores(scores, self.model, data, method=f"{self.method}+layers")
+
     def save(self, path: str | Path) -> None:
         """Write ``head_scores`` and the metadata to a safetensors file."""
         layers, heads = self.shape

@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 
 
-def environment() -> dict:
-    """Device, versions and commit, for results files."""
+def environment(device: torch.device | str | None = None) -> dict:
+    """Device, versions and commit, for results files.
+
+    ``device``: where the work ran; None: the GPU if there is one, else the CPU.
+    """
     import audiokv
 
     commit = os.environ.get("AUDIOKV_COMMIT")  # set where the tree is a copy (its .git may be stale or absent)
@@ -27,7 +30,8 @@ def environment() -> dict:
             ).stdout.strip()  # fmt: skip
         except (OSError, subprocess.CalledProcessError):  # an installed package
             commit = "unknown"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86'})"
+    on = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(on) if on.type == "cuda" else f"{on.type} ({platform.processor() or 'x86'})"
     try:
         import triton
 
@@ -35,7 +39,7 @@ def environment() -> dict:
     except ImportError:
         triton_version = None
     return {
-        "device": device,
+        "device": name,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "triton": triton_version,

@@ -12,7 +12,8 @@ from audiokv.models.whisper import SpeechModel
 
 
 def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, mels, 3000]`` Whisper input features (every clip padded to 30 s) and ``[B, 3000]`` their mask of speech.
+    """``[B, mels, 3000]`` Whisper input features (every clip padded to 30 s) and ``[B, 3000]`` their mask of speech,
+    on the model's device and (features) in its dtype.
 
     The mask is the feature extractor's (the real audio, not the padding)
     without the quiet before and between the speech (a lead-in of room tone,
@@ -28,7 +29,8 @@ def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> tuple[torch.Tensor
             end = len(frames) - int(frames[::-1].argmax())  # one past the last frame of speech
             quiet = torch.from_numpy(~frames[:end]).repeat_interleave(per_frame)[: mask.shape[1]]
             mask[row, : len(quiet)] &= ~quiet
-    return feats.input_features.to(next(speech.model.parameters()).dtype), mask
+    weight = next(speech.model.parameters())
+    return feats.input_features.to(weight.device, weight.dtype), mask.to(weight.device)
 
 
 def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_tokens: int = 200) -> list[str]:
@@ -53,7 +55,7 @@ def _greedy_windows(speech: SpeechModel, audios: list[np.ndarray], max_new_token
     features, sound = log_mel(speech, audios)
     encoder_out = model.model.encoder(features)
     bsz = features.shape[0]
-    tokens = torch.tensor([speech.prompt_ids] * bsz)
+    tokens = torch.tensor([speech.prompt_ids] * bsz, device=features.device)
     done = torch.zeros(bsz, dtype=torch.bool)
     generated: list[list[int]] = [[] for _ in range(bsz)]
     cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -66,12 +68,12 @@ def _greedy_windows(speech: SpeechModel, audios: list[np.ndarray], max_new_token
         )  # fmt: skip
         past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
-        for i in range(bsz):
+        for i, token in enumerate(nxt.tolist()):  # one copy to the host per step
             if not done[i]:
-                if nxt[i].item() == speech.eos_id:
+                if token == speech.eos_id:
                     done[i] = True
                 else:
-                    generated[i].append(nxt[i].item())
+                    generated[i].append(token)
         if done.all():
             break
         step_input = nxt[:, None]

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The GPU benchmarks. The first four parts fit one device lease (about 5 minutes); profile and compiled about 5 more.
+# The GPU checks and benchmarks. decode, generate, decode-b8 and prefill fit one device lease (about 5 minutes);
+# profile and compiled about 5 more; tests has not yet run on a GPU (written without one), allow it 5 minutes.
 # On the device machine, from the repo root:  bash benchmarks/gpu.sh [PART ...]   (default: all, in this order)
+#   tests      tests/test_cuda.py: CUDA keeps the CPU's tokens, flex attends over exactly them, Whisper on the GPU
+#              (needs soundfile and soxr there: carry their wheels)
 #   decode     one layer's decode step at Qwen2.5-Omni-7B's shape (28 query, 4 KV heads, dim 128), batch 1
 #   generate   end-to-end generate() of a 4-layer Qwen2.5-Omni-7B-shaped model: dense, audiokv, kvpress-style mask
 #   decode-b8  the decode step at batch 8 and 64k context
@@ -30,9 +33,11 @@ part() {  # $1 name, $2 seconds, rest: the benchmark's module and arguments
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(decode generate decode-b8 prefill profile compiled compiled-ro)
+[ ${#parts[@]} -eq 0 ] && parts=(tests decode generate decode-b8 prefill profile compiled compiled-ro)
 for p in "${parts[@]}"; do
   case "$p" in
+    tests) echo "== tests $(date +%T)"; timeout 300 python3 -m pytest -q -p no:cacheprovider -rA tests/test_cuda.py 2>&1 \
+      | tee "$OUT/test_cuda.log"; echo "== tests: exit ${PIPESTATUS[0]} $(date +%T)" ;;
     decode) part decode-cuda-omni7b 150 benchmarks.decode --device cuda --shape 28,4,128 --batch 1 \
       --context 16384 65536 --ratios 0 0.4 0.7 0.9 --steps 100 ;;
     generate) part generate-cuda 150 benchmarks.generate --device cuda --context 16384 --ratios 0.4 0.7 ;;

@@ -5,64 +5,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import merged_row
+from reference import KeptReference, merged_row
 
 from audiokv import AudioKVAttention, AudioKVConfig
 from audiokv.attention import SharedKVAttention
 from audiokv.kernel import rows_attention
-
-
-class KeptReference:
-    """Dense fp64 attention over the tokens a module kept plus everything appended since.
-
-    Built from the original prompt K/V and the module's selection, never from its
-    pool; when the policy merges, kept audio tokens are merged by :func:`merged_row`.
-    """
-
-    def __init__(self, module, key, value, span=None, causal=True):
-        bsz, heads, length = key.shape[:3]
-        self.group = module.num_heads // heads
-        self.scale = module.scaling
-        self.causal = causal
-        self.rows = []
-        lo, hi = (0, length) if span is None else span
-        merge = module.policy.merge and (span is not None or not causal)
-        for b in range(bsz):
-            for h in range(heads):
-                idx = module.kept_indices[b, h, : module.budgets[b, h]]
-                k, v = key[b, h].double(), value[b, h].double()
-                if merge:
-                    self.rows.append(list(merged_row(k, v, idx, lo, hi)))
-                else:
-                    self.rows.append([k[idx], v[idx], torch.zeros(len(idx), dtype=torch.float64)])
-
-    def append(self, key, value):
-        for r, row in enumerate(self.rows):
-            b, h = divmod(r, key.shape[1])
-            row[0] = torch.cat([row[0], key[b, h].double()])
-            row[1] = torch.cat([row[1], value[b, h].double()])
-            row[2] = torch.cat([row[2], torch.zeros(key.shape[2], dtype=torch.float64)])
-
-    def attend(self, query):
-        """Queries whose keys are the last ``q`` appended (causal), or that see every key."""
-        bsz, hq, q_len, dim = query.shape
-        heads = hq // self.group
-        out = torch.empty(bsz, hq, q_len, dim, dtype=torch.float64)
-        for r, (keys, values, mass) in enumerate(self.rows):
-            b, h = divmod(r, heads)
-            n = keys.shape[0]
-            q = query[b, h * self.group : (h + 1) * self.group].double()
-            logits = q @ keys.T * self.scale + mass
-            last = n - q_len + torch.arange(q_len) if self.causal else torch.full((q_len,), n - 1)
-            visible = torch.arange(n)[None, :] <= last[:, None]
-            out[b, h * self.group : (h + 1) * self.group] = (
-                torch.softmax(logits.masked_fill(~visible, -torch.inf), -1) @ values
-            )
-        return out
-
-    def step(self, query, key, value):
-        self.append(key, value)
-        return self.attend(query)
 
 
 def qkv(bsz, hq, hkv, length, dim, dtype, gen):

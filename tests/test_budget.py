@@ -124,6 +124,8 @@ def test_prior_moves_budget_to_audio_heads():
     weighted = head_budgets(scores, 400, safeguard=0.1, weights=head_weights(torch.tensor([0, 0, 0, 5.0]), 1.0))
     assert weighted[0, 3] > plain[0, 3] and weighted.sum() == plain.sum() == 400
     assert torch.equal(head_weights(torch.tensor([1.0, 2.0, 3.0]), 0.0), torch.ones(3))
+    # equal scores favour no head, also where their float mean rounds off (a std of ~1e-8, not 0)
+    assert torch.equal(head_weights(torch.full((6,), 0.5375), 1.0), torch.ones(6))
 
 
 def test_mark_mandatory_uses_first_valid_tokens_as_sinks():

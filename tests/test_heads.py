@@ -99,3 +99,20 @@ def test_save_load_and_refusals(tmp_path):
     with pytest.raises(ValueError, match="finite"):
         HeadScores(torch.tensor([[float("nan")]]), model="m", data="d")
     assert scores.top(1)[0][2] == scores.scores.max().item()
+
+
+@given(layers=st.integers(1, 6), heads=st.integers(2, 8), seed=st.integers(0, 2**16))
+def test_the_layer_split_of_other_scores_keeps_each_layers_head_weights(layers, heads, seed):
+    from audiokv.budget import head_weights
+
+    gen = torch.Generator().manual_seed(seed)
+    mine = HeadScores(torch.rand(layers, heads, generator=gen), "m", "mine")
+    theirs = HeadScores(torch.rand(layers, heads, generator=gen), "m", "theirs")
+    mine.scores[0] = 0.5375  # heads that score the same keep even weights (their float mean rounds off)
+    blend = mine.with_layer_split(theirs)
+    assert blend.shape == (layers, heads) and blend.model == "m" and "theirs" in blend.data
+    torch.testing.assert_close(blend.scores.mean(-1), theirs.scores.mean(-1))  # the engine's layer split
+    for layer in range(layers):  # ... and each layer's split over its heads
+        torch.testing.assert_close(head_weights(blend.scores[layer], 1.0), head_weights(mine.scores[layer], 1.0))
+    with pytest.raises(ValueError, match="cannot take the layer split"):
+        mine.with_layer_split(HeadScores(torch.rand(layers, heads + 1), "m", "other"))

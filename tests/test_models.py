@@ -168,6 +168,12 @@ def test_calibrate_cli(tmp_path, capsys):
     args = ["calibrate", "--model", "whisper-tiny.en", "--data", str(CALIB_DIR), "--out", str(out), "--limit", "1"]
     assert main(args) == 0
     assert HeadScores.load(out, model="whisper-tiny.en").data.startswith("1 utterances from")
+    shipped = CALIBRATION_DIR / "whisper-tiny.en.safetensors"
+    timed = ["--method", "word-timed", "--data", str(CALIB_DIR.parent / "calib_timed" / "manifest.jsonl")]
+    assert main([*args, *timed, "--layer-split", str(shipped)]) == 0
+    blend, layers = HeadScores.load(out), HeadScores.load(shipped)
+    assert blend.method.endswith("+layers") and not torch.equal(blend.scores, layers.scores)
+    torch.testing.assert_close(blend.scores.mean(-1), layers.scores.mean(-1))  # the shipped split over the layers
     assert (
         main(["calibrate", "--model", "whisper-tiny.en", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     )
@@ -225,6 +231,7 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
     assert main([*args, "--ratios", "0.5", "--limit", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert {"model", "device", "torch", "audiokv", "commit", "rows"} <= set(result)
+    assert result["device"].startswith("cpu")  # where it ran (the default), also on a machine with a GPU
     rows = {(r["policy"], r["compression_ratio"]): r for r in result["rows"]}
     assert set(rows) == {("full", 0.0), ("snapkv", 0.5)}
     for r in rows.values():
@@ -243,6 +250,8 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         (["--task", "passkey", "--model", "{tmp}/no-model"], "cannot load"),
         (["--update"], "does not exist yet"),  # nothing to add to: fails before any work
         (["--update", "--out", "{tmp}/a-file"], "not a results file"),
+        (["--device", "gpu"], "--device gpu: Expected one of"),
+        (["--device", "cuda:7"], "--device cuda:7: "),  # no such GPU (or no CUDA at all): before any work
     ],
 )
 def test_eval_cli_bad_input_is_one_line_and_nonzero(extra, message, capsys, tmp_path):
