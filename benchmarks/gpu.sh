@@ -13,6 +13,9 @@
 #   compiled-ro  the same with torch.compile(mode="reduce-overhead") (CUDA graphs)
 # Each part runs under its own time limit and copies its JSON and log to $OUT as soon as it ends, so a part
 # that runs over loses only itself. Set AUDIOKV_COMMIT: the copied tree's .git may not be the commit run.
+# The committed speech clips (about 75 MB) put the tree over a 64 MiB copy limit: untrack them for the call
+# (git rm -r -q --cached benchmarks/data/speech/{tune,test,holdout}, with those folders in .git/info/exclude),
+# then git reset -q -- benchmarks/data/speech.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results
