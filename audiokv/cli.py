@@ -26,6 +26,9 @@ def _ratios(text: str) -> tuple[float, ...]:
     return values
 
 
+DEVICE_HELP = "where the model runs: cpu (default), cuda, cuda:1, ..."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `audiokv` command."""
     parser = argparse.ArgumentParser(prog="audiokv", description="AudioKV KV-cache compression")
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     calib.add_argument("--plot", default=None, help="also draw the scores as a heat map (PNG)")
     calib.add_argument("--method", choices=CALIBRATION_METHODS, default="alignment",
                        help="the budget prior (default), or the word-timed score (needs 'words' timings)")  # fmt: skip
-    calib.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
+    calib.add_argument("--device", default="cpu", help=DEVICE_HELP)
     calib.add_argument("--layer-split", default=None, metavar="FILE",
                        help="keep each layer's ranking of its heads, but shift the layer's scores to its mean in "
                        "this calibration file (so that file's split of the budget over the layers)")  # fmt: skip
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="passkey: prefill this many tokens at a time (AudioKVConfig.prefill_chunk)")  # fmt: skip
     ev.add_argument("--plot", default=None, help="also draw accuracy vs ratio (PNG)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the random policy and the passkey prompts (default 0)")
-    ev.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
+    ev.add_argument("--device", default="cpu", help=DEVICE_HELP)
     ev.add_argument("--update", action="store_true",
                     help="rerun --policies into the existing --out, keeping its other rows")  # fmt: skip
     demo = sub.add_parser("demo", help="full vs audiokv vs snapkv on the bundled Whisper tiny.en and clips")
