@@ -104,6 +104,10 @@ results: $(STAMP)
 		--only audiokv:head_prior_strength=0.5 --out $(R)/tune70-strength-today-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--only audiokv-sss-keys --out $(R)/tune70-sss-keys-today-$$m.json || exit 1; done
+	$(BIN)/python -m benchmarks.speech_set --splits tune2
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--data benchmarks/data/speech/tune2/manifest.jsonl --only audiokv,audiokv-sss:sss_cutoff=0.5,audiokv-sss-keys \
+		--out $(R)/tune2-sss-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done

@@ -14,7 +14,9 @@ default that only fits the tuning voices shows up as a gap on ``test``:
   engine, on the kal diphones flite's and festival's kal voices also use) and six espeak-ng
   accent+timbre pairs of neither split (test's accents; the f3 timbre is also tune's, on another
   accent); clean, babble of four tune voices at 15-20 dB SNR, 8 kHz mu-law, tempo 1.15 with a
-  small-room reverb; sentences of its own (the babble speaks the shared pool).
+  small-room reverb; sentences of its own (the babble speaks the shared pool);
+- tune2, built after every default was fixed, to re-decide on clips no default was chosen on: tune's
+  voices and conditions with sentences of its own and another seed (tuning data, not committed).
 
 Passages are 1-5 sentences drawn (seeded) from a pool (tune and test share one), kept between 8 and
 28 s. Each split gets ``manifest.jsonl`` (NeMo style, with voice, engine,
@@ -141,6 +143,51 @@ HOLDOUT_SENTENCES = [
 ]
 
 
+# the tune2 split's own sentences: none of the pools above, no 4-word phrase shared with them
+TUNE2_SENTENCES = [
+    "The postman left a heavy parcel on the doorstep in the pouring rain.",
+    "Frogs croaked in the reeds at the edge of the marsh as the evening grew cold.",
+    "The mechanic lifted the car and found a small crack in the exhaust pipe.",
+    "Our class planted tomatoes in the school yard and watered them each day.",
+    "The lawyer read the contract twice before she signed her name at the bottom.",
+    "Children gathered around the fountain to throw pennies and make wishes.",
+    "The plumber replaced the leaking pipe under the sink in less than an hour.",
+    "We stopped at a roadside stall to buy strawberries and fresh cream.",
+    "The goalkeeper dived to the left and caught the ball with both hands.",
+    "A thin layer of ice had formed on the pond by the early morning.",
+    "The tour guide pointed out the castle walls and the ruined chapel.",
+    "My uncle repairs old radios in a workshop behind his house.",
+    "The passengers held on tightly as the small plane shook in the wind.",
+    "She painted the fence green and hung a basket of flowers by the gate.",
+    "The professor asked the students to read the first chapter before Monday.",
+    "A lonely owl called from the forest while the campfire slowly died.",
+    "The waiter brought two cups of coffee and a plate of almond biscuits.",
+    "Heavy traffic on the bridge made everyone late for the morning shift.",
+    "The gardener raked the fallen leaves into a large pile beside the shed.",
+    "They rented a cottage by the sea and spent the week walking on the cliffs.",
+    "The bank manager explained the new rules to a long line of customers.",
+    "A cold draft came through the gap under the old wooden door.",
+    "The runner crossed the finish line and collapsed onto the soft grass.",
+    "His daughter wrote a poem about the moon and read it at dinner.",
+    "The shop on the corner sells newspapers, candles and bright umbrellas.",
+    "Thunder rolled over the valley and the cattle moved under the trees.",
+    "The nurse showed the new mother how to hold her baby safely.",
+    "We followed a narrow path through the woods until we reached the river.",
+    "The printer jammed again just before the report was due.",
+    "A street musician played the accordion outside the busy train station.",
+    "The captain ordered the crew to lower the sails before the storm arrived.",
+    "My brother spent the whole afternoon fixing the chain on his bicycle.",
+    "The town hall clock struck noon as the parade turned into the square.",
+    "She kept her favorite recipes in a folder next to the spice jars.",
+    "The astronomer waited all night for the clouds to clear from the sky.",
+    "Workers painted white lines on the new road through the village.",
+    "The puppy chewed one of my slippers and hid the other under the bed.",
+    "A warm breeze drifted through the open window of the quiet classroom.",
+    "The jury listened carefully as the witness described the missing car.",
+    "Farmers brought their vegetables to the fair in wooden carts.",
+]
+
+
 @dataclass(frozen=True)
 class Voice:
     """One synthetic speaker: engine, voice name and settings (speed, pitch, gaps)."""
@@ -211,7 +258,10 @@ SPLITS: dict[str, dict] = {
         "seed": 37,
     },
 }
-CLIPS_PER_VOICE = {"tune": 5, "test": 6, "holdout": 6}
+# built at 2026-12-07 to re-decide on clips no default was chosen on: tune's voices and conditions
+# (so it is tuning data, never reported as a result), sentences of its own and another seed
+SPLITS["tune2"] = {**SPLITS["tune"], "sentences": TUNE2_SENTENCES, "seed": 53}
+CLIPS_PER_VOICE = {"tune": 5, "tune2": 5, "test": 6, "holdout": 6}
 FREETTS_JAR, FREETTS_KAL = "/usr/share/java/freetts.jar", "/usr/share/java/cmu_us_kal.jar"
 BABBLE_TALKERS = 4
 
