@@ -192,12 +192,14 @@ def _previous_results(path: str | Path) -> dict:
 
 def _print_rows(rows: list[dict]) -> None:
     metric = "wer" if "wer" in rows[0] else "accuracy"
-    print(f"{'policy':>18} {'ratio':>6} {metric.upper():>8} {'KV held':>9} {'of full':>8} {'loops':>6} {'seconds':>8}")
+    header = f"{'policy':>18} {'ratio':>6} {metric.upper():>8} {'KV held':>9} {'of full':>8} {'loops':>6} {'short':>6}"
+    print(header + f" {'seconds':>8}")
     for r in rows:
         share = r["kv_bytes"] / r["kv_bytes_full"]
+        short = f"{r['short_rate']:>6.0%}" if "short_rate" in r else f"{'':>6}"  # passkey rows have no transcript
         print(
             f"{r['policy']:>18} {r['compression_ratio']:>6.2f} {100 * r[metric]:>7.1f}% "
-            f"{r['kv_bytes'] / 2**20:>7.1f}MB {share:>7.1%} {r['repetition_rate']:>6.0%} {r['seconds']:>8.1f}"
+            f"{r['kv_bytes'] / 2**20:>7.1f}MB {share:>7.1%} {r['repetition_rate']:>6.0%} {short} {r['seconds']:>8.1f}"
         )
 
 

@@ -39,6 +39,16 @@ def has_repetition(text: str, times: int = 3, min_words: int = 9, max_period: in
     return False
 
 
+def stops_early(text: str, reference: str, share: float = 0.5) -> bool:
+    """True when a transcript holds fewer than ``share`` of its reference's words (both normalized).
+
+    The decoder ended before the speech did: a cache that no longer shows
+    where the speech goes on lets it emit end-of-text early. It is a loop's
+    opposite failure and costs few insertions, so WER alone understates it.
+    """
+    return len(normalize_text(text).split()) < share * len(normalize_text(reference).split())
+
+
 def dense_cross_bytes(speech: SpeechModel) -> int:
     """Bytes of the full cross-attention cache of one 30 s window (what transformers would hold)."""
     cfg = speech.model.config
@@ -63,7 +73,7 @@ def evaluate_speech(
     Returns one row per run: ``policy``, ``compression_ratio``, ``wer``, ``kv_bytes``
     (mean bytes the compressed cross-attention pools held per utterance, measured
     from their tensors), ``kv_bytes_full`` (the dense cache per utterance: one per 30 s window it is cut into),
-    ``repetition_rate``, ``n`` and ``seconds``.
+    ``repetition_rate``, ``short_rate`` (:func:`stops_early`), ``n`` and ``seconds``.
     """
     for name in policies:
         get_policy(name)  # fail before any work
@@ -91,6 +101,7 @@ def evaluate_speech(
                 "kv_bytes": held / len(audio),
                 "kv_bytes_full": dense_cross_bytes(speech) * windows / len(audio),
                 "repetition_rate": sum(map(has_repetition, hyps)) / len(hyps),
+                "short_rate": sum(map(stops_early, hyps, refs)) / len(hyps),
                 "n": len(hyps),
                 "seconds": time.perf_counter() - start,
                 "hypotheses": hyps,

@@ -1,7 +1,8 @@
 """Markdown tables from results files: ``python -m benchmarks.report FILE.json [FILE.json ...] [--readme]``.
 
 One table per file: a row per policy, a column per compression ratio, WER
-(%) or passkey accuracy (%) with the share of looping outputs in brackets
+(%) or passkey accuracy (%) with the share of looping outputs and of
+transcripts that stop early (:func:`audiokv.eval.stops_early`) in brackets
 when there are any. The
 README's result tables are this script's output, never typed by hand:
 ``--readme`` rewrites the block between ``<!-- results:NAME -->`` and
@@ -37,6 +38,8 @@ def render(name: str, result: dict) -> str:
         return benchmark_table(kind, result)
     if kind == "targets":
         return targets_table(result)
+    if kind == "paired":
+        return paired_table(result)
     if kind == "time":  # every row made in one run: their times compare
         full = next(r for r in result["rows"] if r["policy"] == "full")
         seconds = _grid(result["rows"], lambda r: f"{r['seconds'] / full['seconds']:.2f}")
@@ -54,8 +57,10 @@ def table(result: dict) -> str:
     metric, unit = ("wer", "WER %") if "wer" in rows[0] else ("accuracy", "passkey accuracy %")
 
     def score(row: dict) -> str:
-        loops = f" ({row['repetition_rate']:.0%} loops)" if row["repetition_rate"] else ""
-        return f"{100 * row[metric]:.1f}{loops}"
+        notes = [
+            f"{row[k]:.0%} {name}" for k, name in (("repetition_rate", "loops"), ("short_rate", "short")) if row.get(k)
+        ]
+        return f"{100 * row[metric]:.1f}" + (f" ({', '.join(notes)})" if notes else "")
 
     data = checkout_relative(result["data"])
     caption = f"{result['model']}, `{data}`, {unit} ({_commits(result)}, {result['device']})"
@@ -95,6 +100,37 @@ def targets_table(result: dict) -> str:
         f"{result['model']}, WER points on the {result['clips']} clips of `{result['source']}` "
         f"({policy} rows made at {made}), each with 95% paired bootstrap intervals resampling clips, "
         f"then the {result['voices']} voices; commit {result['commit']}"
+    )
+    return caption + "\n\n" + "\n".join(lines)
+
+
+def paired_table(result: dict) -> str:
+    """A markdown table of a :mod:`benchmarks.paired` file: WER point differences with 95% intervals, loops."""
+
+    def interval(row: dict, key: str = "") -> str:
+        return f"{row[key + 'diff']:+.1f} [{row[key + 'low']:+.1f}, {row[key + 'high']:+.1f}]"
+
+    lines = [
+        "| candidate | ratio | − against | − against, each clip capped at its words | clips better / worse "
+        "| clips looping (against's) | clips stopping early (against's) |",
+        "|---" * 7 + "|",
+    ]
+
+    def clips(r: dict, key: str) -> str:
+        return f"{', '.join(map(str, r[key])) or '-'} ({', '.join(map(str, r[key + '_against'])) or '-'})"
+
+    for r in result["rows"]:
+        cells = [
+            r["candidate"],
+            f"{r['ratio']:g}",
+            interval(r),
+            interval(r, "capped_"),
+            f"{r['better']} / {r['worse']}",
+        ]
+        lines.append("| " + " | ".join([*cells, clips(r, "loops"), clips(r, "short")]) + " |")
+    caption = (
+        f"{result['model']}, the {result['clips']} clips of `{result['source']}` against "
+        f"`{result['against']}`: WER points, 95% paired bootstrap intervals over clips; commit {result['commit']}"
     )
     return caption + "\n\n" + "\n".join(lines)
 

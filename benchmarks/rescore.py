@@ -1,10 +1,12 @@
-"""Recount the repetition loops of results files from their stored outputs: ``python -m benchmarks.rescore FILE...``.
+"""Recount loops and early stops of results files from their stored outputs: ``python -m benchmarks.rescore FILE...``.
 
 A results row keeps every hypothesis it was scored from, so a better loop
-detector (:func:`audiokv.eval.has_repetition`) can be applied to committed
-results without decoding again. Rewrites each row's ``repetition_rate`` and
-records the commit that recounted them under ``loops_counted_at``; WER and
-everything else stay as they were made.
+detector (:func:`audiokv.eval.has_repetition`) or a new count of
+transcripts that stop early (:func:`audiokv.eval.stops_early`, which needs
+the references: the file's manifest, when it is there) can be applied to
+committed results without decoding again. Rewrites each row's
+``repetition_rate`` and ``short_rate`` and records the commit that recounted
+them under ``loops_counted_at``; WER and everything else stay as they were made.
 """
 
 from __future__ import annotations
@@ -13,21 +15,38 @@ import argparse
 import json
 from pathlib import Path
 
-from audiokv.eval import has_repetition
+from audiokv.data import checkout_relative
+from audiokv.dataset import load_speech_set
+from audiokv.eval import has_repetition, stops_early
 from audiokv.provenance import environment
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def rescore(result: dict, commit: str) -> int:
-    """Recount ``result``'s loops in place; returns how many rows changed."""
+
+def rescore(result: dict, commit: str, refs: list[str] | None = None) -> int:
+    """Recount ``result``'s loops (and, given the clips' ``refs``, early stops) in place; returns rows changed."""
     changed = 0
     for row in result["rows"]:
         if "hypotheses" not in row:
             continue
-        rate = sum(map(has_repetition, row["hypotheses"])) / len(row["hypotheses"])
-        changed += rate != row["repetition_rate"]
-        row["repetition_rate"] = rate
+        hyps = row["hypotheses"]
+        counts = {"repetition_rate": sum(map(has_repetition, hyps)) / len(hyps)}
+        if refs is not None:
+            counts["short_rate"] = sum(map(stops_early, hyps, refs)) / len(hyps)
+        changed += any(row.get(k) != v for k, v in counts.items())
+        row.update(counts)
     result["loops_counted_at"] = commit
     return changed
+
+
+def references(result: dict) -> list[str] | None:
+    """The transcripts of the clips ``result`` was made on, or None where its manifest is not here or differs."""
+    data = checkout_relative(result.get("data"))
+    if not data or not (ROOT / data).exists():
+        return None
+    refs = [u.text for u in load_speech_set(ROOT / data)]
+    sizes = {len(r["hypotheses"]) for r in result["rows"] if "hypotheses" in r}
+    return refs if sizes == {len(refs)} else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,9 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     commit = environment()["commit"]
     for path in args.files:
         result = json.loads(path.read_text())
-        changed = rescore(result, commit)
+        refs = references(result)
+        changed = rescore(result, commit, refs)
         path.write_text(json.dumps(result, indent=1))
-        print(f"{path}: {changed} of {len(result['rows'])} rows changed")
+        stops = "" if refs is not None else " (loops only: its clips are not here)"
+        print(f"{path}: {changed} of {len(result['rows'])} rows changed{stops}")
 
 
 if __name__ == "__main__":

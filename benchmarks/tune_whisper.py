@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             rows.append(row)
             print(f"{policy:>10} {json.dumps(knobs):>28} r={row['compression_ratio']:.1f} "
-                  f"WER {100 * row['wer']:5.1f}%  loops {row['repetition_rate']:.0%}", flush=True)  # fmt: skip
+                  f"WER {100 * row['wer']:5.1f}%  loops {row['repetition_rate']:.0%}  short {row['short_rate']:.0%}",
+                  flush=True)  # fmt: skip
     out = Path(args.out or f"benchmarks/results/tune-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"model": speech.name, "data": str(args.data), "clips": len(data), "calibration": str(path)}

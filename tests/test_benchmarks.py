@@ -112,14 +112,15 @@ def test_the_splits_share_no_voice_and_no_condition_and_holdout_and_tune2_no_sen
     assert len(voices) >= 10 and clips >= 60
 
 
-def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
+def test_report_table_has_a_cell_per_policy_and_ratio_with_loops_and_early_stops():
     from benchmarks.report import table
 
     rows = [
         {"policy": "full", "compression_ratio": 0.0, "wer": 0.081, "repetition_rate": 0.0},
         {"policy": "stride", "compression_ratio": 0.4, "wer": 0.09, "repetition_rate": 0.0},
         {"policy": "stride", "compression_ratio": 0.8, "wer": 0.5, "repetition_rate": 0.25},
-        {"policy": "audiokv", "compression_ratio": 0.8, "wer": 0.1234, "repetition_rate": 0.0},
+        {"policy": "audiokv", "compression_ratio": 0.8, "wer": 0.1234, "repetition_rate": 0.0, "short_rate": 0.0},
+        {"policy": "tova", "compression_ratio": 0.8, "wer": 0.4, "repetition_rate": 0.25, "short_rate": 0.5},
         {"policy": "audiokv", "compression_ratio": 0.8, "wer": 0.2, "repetition_rate": 0.0, "knobs": {"safeguard": 1}},
     ]
     text = table({"model": "m", "data": "d", "commit": "abc", "device": "cpu", "rows": rows})
@@ -128,6 +129,7 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops():
     assert "| full cache | 8.1 (every ratio) | |" in lines
     assert "| stride | 9.0 | 50.0 (25% loops) |" in lines
     assert "| audiokv |  | 12.3 |" in lines
+    assert "| tova |  | 40.0 (25% loops, 50% short) |" in lines
     assert "| audiokv safeguard=1 |  | 20.0 |" in lines
 
 
@@ -219,6 +221,30 @@ def test_every_results_table_in_the_docs_is_the_report_of_its_committed_file():
             assert body.strip() == render(name, result), f"{page.name}: block {name} is not its file's table"
             found.add(name)
     assert found == {f.stem for f in results.glob("*.json")}  # and every committed file is shown
+
+
+def test_rescore_counts_early_stops_only_with_the_references():
+    from benchmarks.rescore import rescore
+
+    rows = [{"policy": "a", "wer": 0.5, "repetition_rate": 0.0, "hypotheses": ["the", "the cat sat down"]}]
+    rescore({"rows": rows}, "abc")
+    assert "short_rate" not in rows[0]  # no manifest here: loops only
+    assert rescore({"rows": rows}, "abc", refs=["the cat sat down", "the cat sat down"]) == 1
+    assert rows[0]["short_rate"] == 0.5 and rows[0]["wer"] == 0.5
+
+
+def test_paired_caps_a_loop_at_its_clip_and_names_the_clips_that_loop_or_stop_early():
+    from benchmarks.paired import compare
+
+    refs = ["the old ferry crossed the wide river twice every day"] * 4  # 10 words each
+    loop = "the sound is very nice " * 6  # 30 words: 30 edits at least after the 10 substitutions
+    against = {0.9: {"hypotheses": refs}}
+    candidate = {0.9: {"hypotheses": [loop, "the old", refs[2], refs[3]]}}
+    (row,) = compare(refs, against, candidate)
+    assert row["diff"] > 50  # the loop's insertions count in full
+    assert row["capped_diff"] == pytest.approx(100 * (10 + 8) / 40)  # capped: the loop costs its clip's 10 words
+    assert (row["better"], row["worse"]) == (0, 2)
+    assert (row["loops"], row["short"], row["loops_against"], row["short_against"]) == ([0], [1], [], [])
 
 
 def test_rescore_recounts_loops_from_the_stored_outputs_only():

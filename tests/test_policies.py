@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from audiokv import AudioKVAttention, AudioKVConfig
-from audiokv.eval import has_repetition
+from audiokv.eval import has_repetition, stops_early
 from audiokv.policies import POLICIES, PyramidKV, get_policy
 
 
@@ -69,6 +69,21 @@ def test_unknown_policy():
 )
 def test_repetition_detection(text, loop):
     assert has_repetition(text) is loop
+
+
+@pytest.mark.parametrize(
+    ("text", "short"),
+    [
+        ("The", True),  # end-of-text after one word of ten
+        ("", True),
+        ("The river was low.", True),  # four of ten
+        ("The river was low that...", False),  # five of ten: half is not short
+        ("the river the river the river the river", False),  # long enough (a loop is the other failure)
+    ],
+)
+def test_stops_early_counts_normalized_words_against_half_the_reference(text, short):
+    reference = "The river was low that summer, so the ferry crossed."
+    assert stops_early(text, reference) is short
 
 
 def _layer(policy, **kw):
