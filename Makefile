@@ -108,6 +108,9 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune2/manifest.jsonl --only audiokv,audiokv-sss:sss_cutoff=0.5,audiokv-sss-keys \
 		--out $(R)/tune2-sss-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.paired $(R)/tune2-sss-$$m.json && \
+		$(BIN)/python -m benchmarks.paired $(R)/tune70-sss-keys-today-$$m.json \
+		--against $(R)/tune70-pause-mean-$$m.json:audiokv-pause-mean || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done
