@@ -112,7 +112,10 @@ def test_the_layer_split_of_other_scores_keeps_each_layers_head_weights(layers, 
     blend = mine.with_layer_split(theirs)
     assert blend.shape == (layers, heads) and blend.model == "m" and "theirs" in blend.data
     torch.testing.assert_close(blend.scores.mean(-1), theirs.scores.mean(-1))  # the engine's layer split
-    for layer in range(layers):  # ... and each layer's split over its heads
-        torch.testing.assert_close(head_weights(blend.scores[layer], 1.0), head_weights(mine.scores[layer], 1.0))
+    for layer in range(layers):  # ... and each layer's split over its heads, up to the float32 rounding
+        # of the shift, which standardizing divides by the heads' spread (a wrong split is off by O(1))
+        torch.testing.assert_close(
+            head_weights(blend.scores[layer], 1.0), head_weights(mine.scores[layer], 1.0), rtol=1e-4, atol=1e-4
+        )
     with pytest.raises(ValueError, match="cannot take the layer split"):
         mine.with_layer_split(HeadScores(torch.rand(layers, heads + 1), "m", "other"))
