@@ -114,6 +114,12 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done
+	$(BIN)/python -m benchmarks.speech_set --splits test2
+	for m in whisper-tiny.en whisper-base; do T2="--model $$m --data benchmarks/data/speech/test2/manifest.jsonl \
+		--out $(R)/test2-$$m.json"; $(BIN)/audiokv eval $$T2 --policies full,audiokv --ratios 0.4,0.6,0.7,0.8,0.9 && \
+		$(BIN)/audiokv eval $$T2 --update --policies stride --ratios 0.4,0.6,0.7,0.8 && \
+		$(BIN)/audiokv eval $$T2 --update --policies random,expected-attention,tova --ratios 0.4,0.6 && \
+		$(BIN)/python -m benchmarks.targets $(R)/test2-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits test --pauses 1.0
 	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/test-pauses/manifest.jsonl --policies full,audiokv-no-quiet-pauses,audiokv \

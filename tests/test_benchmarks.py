@@ -95,18 +95,26 @@ def test_compiled_benchmark_decodes_as_eager_without_recompiles(tmp_path):
     assert json.loads((tmp_path / "compiled.json").read_text())["rows"] == rows
 
 
-def test_the_splits_share_no_voice_and_no_condition_and_holdout_and_tune2_no_sentence():
+def test_the_splits_share_no_voice_and_no_condition_and_the_sentence_pools_no_phrase():
+    import re
     from itertools import combinations
 
-    from benchmarks.speech_set import CLIPS_PER_VOICE, SENTENCES, SPLITS
+    from benchmarks.speech_set import CLIPS_PER_VOICE, SPLITS
 
     for (name_a, a), (name_b, b) in combinations(SPLITS.items(), 2):
-        if {name_a, name_b} == {"tune", "tune2"}:
-            continue  # both tuning data: tune2 is tune's voices and conditions on sentences of its own
+        if {name_a, name_b} in ({"tune", "tune2"}, {"test", "test2"}):
+            continue  # tune2 and test2 are their split's voices and conditions on sentences of their own
         assert not {v.label for v in a["voices"]} & {v.label for v in b["voices"]}
         assert not (set(a["conditions"]) - {"clean"}) & set(b["conditions"])
-    assert not set(SPLITS["holdout"]["sentences"]) & set(SENTENCES)
-    assert not set(SPLITS["tune2"]["sentences"]) & (set(SENTENCES) | set(SPLITS["holdout"]["sentences"]))
+
+    def phrases(pool: list[str]) -> set[tuple[str, ...]]:  # every 4-word phrase of the pool
+        words = [re.findall(r"[a-z']+", s.lower()) for s in pool]
+        return {tuple(w[i : i + 4]) for w in words for i in range(len(w) - 3)}
+
+    pools = {id(s["sentences"]): s["sentences"] for s in SPLITS.values()}.values()  # tune and test share one
+    assert len(pools) == 4
+    for a, b in combinations(pools, 2):
+        assert not phrases(a) & phrases(b)
     voices = {v.label for split in SPLITS.values() for v in split["voices"]}
     clips = sum(len(SPLITS[s]["voices"]) * CLIPS_PER_VOICE[s] for s in SPLITS)
     assert len(voices) >= 10 and clips >= 60
