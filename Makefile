@@ -119,7 +119,8 @@ results: $(STAMP)
 		--out $(R)/test2-$$m.json"; $(BIN)/audiokv eval $$T2 --policies full,audiokv --ratios 0.4,0.6,0.7,0.8,0.9 && \
 		$(BIN)/audiokv eval $$T2 --update --policies stride --ratios 0.4,0.6,0.7,0.8 && \
 		$(BIN)/audiokv eval $$T2 --update --policies random,expected-attention,tova --ratios 0.4,0.6 && \
-		$(BIN)/python -m benchmarks.targets $(R)/test2-$$m.json || exit 1; done
+		$(BIN)/python -m benchmarks.targets $(R)/test2-$$m.json && $(BIN)/python -m benchmarks.targets \
+		$(R)/test-$$m.json $(R)/test2-$$m.json --out $(R)/targets-test+test2-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits test --pauses 1.0
 	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/test-pauses/manifest.jsonl --policies full,audiokv-no-quiet-pauses,audiokv \

@@ -97,7 +97,9 @@ def targets_table(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     made = ", ".join(dict.fromkeys(r["commit"] for r in result["rows"]))
     caption = (
-        f"{result['model']}, WER points on the {result['clips']} clips of `{result['source']}` "
+        f"{result['model']}, WER points on the {result['clips']} clips of "
+        + ", ".join(f"`{name}`" for name in result["source"].split(", "))
+        + " "
         f"({policy} rows made at {made}), each with 95% paired bootstrap intervals resampling clips, "
         f"then the {result['voices']} voices; commit {result['commit']}"
     )

@@ -3,7 +3,9 @@
 ``python -m benchmarks.targets benchmarks/results/test-whisper-tiny.en.json [--policy audiokv]``
 writes ``benchmarks/results/targets-<model>.json`` (``targets-`` and the file's
 name after ``test-``; rendered by
-:mod:`benchmarks.report`). For every ratio it compares the policy with the
+:mod:`benchmarks.report`). Several files of one model (``test-M.json
+test2-M.json --out F``) are checked as one set of clips: the cells that every
+file holds, their clips in file order. For every ratio it compares the policy with the
 full cache (the target: at most +1 WER point at 0.4 and 0.6, +3 at 0.7, +5
 at 0.8) and with the best baseline of that ratio (the target: no worse).
 Each difference comes with two 95% intervals of a paired bootstrap of corpus
@@ -96,6 +98,32 @@ def check(result: dict, refs: list[str], voices: list[str], policy: str = "audio
     return out
 
 
+def pool(results: list[dict]) -> dict:
+    """One results file over the clips of every file of ``results`` (one model), in order.
+
+    It holds the (policy, ratio) cells that every file holds; a cell's ``commit``
+    names each commit its rows were made at.
+    """
+    if len({r["model"] for r in results}) > 1:
+        raise SystemExit("pooled files must be of one model")
+    cells = [
+        {(r["policy"], r["compression_ratio"]): {**r, "commit": r.get("commit", res["commit"])} for r in res["rows"]}
+        for res in results
+    ]
+    rows = []
+    for cell in (c for c in cells[0] if all(c in other for other in cells[1:])):
+        parts = [file[cell] for file in cells]
+        clips = [len(p["hypotheses"]) for p in parts]
+        rows.append({
+            "policy": cell[0],
+            "compression_ratio": cell[1],
+            "commit": ", ".join(dict.fromkeys(p["commit"] for p in parts)),
+            "hypotheses": [h for p in parts for h in p["hypotheses"]],
+            "repetition_rate": sum(p["repetition_rate"] * n for p, n in zip(parts, clips, strict=True)) / sum(clips),
+        })  # fmt: skip
+    return {"model": results[0]["model"], "commit": results[0]["commit"], "rows": rows}
+
+
 def compare(mine: list[int], other: list[int], words: list[int], voices: list[str]) -> dict:
     """The difference in WER points with its interval over clips (``low``, ``high``) and over voices."""
     diff, low, high = paired_bootstrap(mine, other, words)
@@ -114,24 +142,29 @@ def verdict(cell: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path)
+    parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--policy", default="audiokv")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="needed with several files")
     args = parser.parse_args(argv)
-    result = json.loads(args.file.read_text())
-    manifest = ROOT / checkout_relative(result["data"])
-    refs = [u.text for u in load_speech_set(manifest)]
-    voices = [json.loads(line)["voice"] for line in manifest.read_text().splitlines() if line.strip()]
+    if len(args.files) > 1 and args.out is None:
+        parser.error("several files are pooled into one: name it with --out")
+    results = [json.loads(f.read_text()) for f in args.files]
+    refs, voices = [], []
+    for one in results:
+        manifest = ROOT / checkout_relative(one["data"])
+        refs += [u.text for u in load_speech_set(manifest)]
+        voices += [json.loads(line)["voice"] for line in manifest.read_text().splitlines() if line.strip()]
+    result = pool(results) if len(results) > 1 else results[0]
     checked = {
         "model": result["model"],
-        "source": args.file.name,
+        "source": ", ".join(f.name for f in args.files),
         "policy": args.policy,
         "clips": len(refs),
         **environment(),
         "voices": len(set(voices)),
         "rows": check(result, refs, voices, args.policy),
     }
-    out = args.out or args.file.with_name(f"targets-{args.file.stem.removeprefix('test-')}.json")
+    out = args.out or args.files[0].with_name(f"targets-{args.files[0].stem.removeprefix('test-')}.json")
     out.write_text(json.dumps(checked, indent=1))
     print(f"wrote {out}")
     return checked

@@ -337,3 +337,27 @@ def test_targets_leave_the_looping_clips_out_of_a_second_difference():
     assert row["vs_full_without_loops"] == pytest.approx(100 * 3 / 15)
     result = {"model": "m", "source": "f.json", "clips": 4, "voices": 2, "policy": "audiokv", "commit": "d"}
     assert targets_table({**result, "rows": [row]}).splitlines()[-1].endswith("| +20.0 (1 left out) |")
+
+
+def test_targets_pool_the_cells_every_file_holds_over_all_their_clips():
+    from benchmarks.targets import check, pool
+
+    def row(policy: str, ratio: float, hyps: list[str], commit: str, loops: float = 0.0) -> dict:
+        return {"policy": policy, "compression_ratio": ratio, "hypotheses": hyps, "commit": commit,
+                "repetition_rate": loops}  # fmt: skip
+
+    a_rows = [row("full", 0.0, ["x y"] * 2, "a"), row("audiokv", 0.6, ["x"] * 2, "a")]
+    a_rows += [row("stride", 0.6, ["y"] * 2, "a"), row("tova", 0.6, ["x y"] * 2, "a")]
+    b_rows = [row("full", 0.0, ["x y"] * 3, "b"), row("stride", 0.6, ["x y"] * 3, "b")]
+    b_rows += [row("audiokv", 0.6, ["x y"] * 2 + ["z z z z"], "b", 1 / 3)]
+    a, b = ({"model": "m", "commit": c, "rows": r} for c, r in (("a", a_rows), ("b", b_rows)))
+    pooled = pool([a, b])
+    cells = {(r["policy"], r["compression_ratio"]): r for r in pooled["rows"]}
+    assert set(cells) == {("full", 0.0), ("audiokv", 0.6), ("stride", 0.6)}  # tova: only in a
+    assert cells["audiokv", 0.6]["hypotheses"] == ["x"] * 2 + ["x y"] * 2 + ["z z z z"]
+    assert cells["audiokv", 0.6]["repetition_rate"] == pytest.approx(1 / 5) and cells["full", 0.0]["commit"] == "a, b"
+    (checked,) = check(pooled, ["x y"] * 5, ["v1", "v2"] * 2 + ["v1"])
+    assert checked["vs_full"]["diff"] == pytest.approx(100 * (1 + 1 + 4) / 10)  # a's two deletions, b's loop
+    assert checked["vs_best_baseline"]["baseline"] == "stride"
+    with pytest.raises(SystemExit, match="one model"):
+        pool([a, {**b, "model": "other"}])
