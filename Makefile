@@ -119,6 +119,7 @@ results: $(STAMP)
 		--out $(R)/test2-$$m.json"; $(BIN)/audiokv eval $$T2 --policies full,audiokv --ratios 0.4,0.6,0.7,0.8,0.9 && \
 		$(BIN)/audiokv eval $$T2 --update --policies stride --ratios 0.4,0.6,0.7,0.8 && \
 		$(BIN)/audiokv eval $$T2 --update --policies random,expected-attention,tova --ratios 0.4,0.6 && \
+		$(BIN)/audiokv eval $$T2 --update --policies audiokv-no-heads,audiokv-sss --ratios 0.7,0.8,0.9 && \
 		$(BIN)/python -m benchmarks.targets $(R)/test2-$$m.json && $(BIN)/python -m benchmarks.targets \
 		$(R)/test-$$m.json $(R)/test2-$$m.json --out $(R)/targets-test+test2-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits test --pauses 1.0

@@ -4,8 +4,10 @@ Every row of a Whisper results file but the full cache and the ``--against``
 row (``audiokv`` by default; ``POLICY[:KNOB=VALUE]`` as ``tune_whisper
 --only`` takes it, optionally from another file made on the same clips) is
 compared with that row at each ratio both have. Nothing is decoded again:
-the stored hypotheses are rescored. Writes ``benchmarks/results/paired-<stem>.json``
-(rendered by :mod:`benchmarks.report`).
+the stored hypotheses are rescored. Writes ``paired-<stem>.json`` beside FILE
+(rendered by :mod:`benchmarks.report`). Rows of two files are paired clip by
+clip, so both must be made on the same manifest and, where both hold one,
+agree on the full cache's transcripts.
 
 At 0.9 a few looping clips decide a mean: one loop adds hundreds of
 insertions to a 40-word clip. So beside the corpus WER difference and its
@@ -22,19 +24,21 @@ import json
 from pathlib import Path
 
 from audiokv.data import checkout_relative
-from audiokv.dataset import load_speech_set
 from audiokv.eval import has_repetition, stops_early
 from audiokv.metrics import word_errors
 from audiokv.provenance import environment
 from benchmarks.report import _label
-from benchmarks.targets import ROOT, paired_bootstrap
+from benchmarks.rescore import clips_of
+from benchmarks.targets import paired_bootstrap
 from benchmarks.tune_whisper import _row
 
 
 def rows_of(result: dict, policy: str, knobs: dict) -> dict[float, dict]:
     """The rows of ``result`` made with ``policy`` and exactly ``knobs``, by ratio; a clear error if none."""
     found = {
-        r["compression_ratio"]: r for r in result["rows"] if r["policy"] == policy and (r.get("knobs") or {}) == knobs
+        r["compression_ratio"]: {**r, "commit": r.get("commit", result["commit"])}
+        for r in result["rows"]
+        if r["policy"] == policy and (r.get("knobs") or {}) == knobs
     }
     if not found:
         names = ", ".join(sorted({_label(r) for r in result["rows"]}))
@@ -60,6 +64,8 @@ def compare(refs: list[str], against: dict[float, dict], candidate: dict[float, 
         out.append(
             {
                 "ratio": ratio,
+                "commit": candidate[ratio].get("commit"),
+                "against_commit": against[ratio].get("commit"),
                 **{"diff": diff, "low": low, "high": high},
                 **{"capped_diff": capped[0], "capped_low": capped[1], "capped_high": capped[2]},
                 "better": sum(m < b for m, b in zip(mine, base, strict=True)),
@@ -82,21 +88,28 @@ def main(argv: list[str] | None = None) -> dict:
         path, spec = spec.split(".json:", 1)
         source = Path(path + ".json")
     other = json.loads(source.read_text())
+    same_file = source.resolve() == args.file.resolve()
     if checkout_relative(other["data"]) != checkout_relative(result["data"]):
         raise SystemExit(f"{source} was made on {other['data']}, {args.file} on {result['data']}: not the same clips")
+    full = [{r["policy"]: r["hypotheses"] for r in f["rows"]}.get("full") for f in (result, other)]
+    if None not in full and full[0] != full[1]:
+        raise SystemExit(f"{source} and {args.file} disagree on the full cache's transcripts: not the same clips")
     policy, knobs = _row(spec)
     against = rows_of(other, policy, knobs)
-    refs = [u.text for u in load_speech_set(ROOT / checkout_relative(result["data"]))]
+    refs = clips_of(result, args.file.name)[0]
+    clips_of(other, source.name)
     runs = {_label(r): (r["policy"], r.get("knobs") or {}) for r in result["rows"] if r["policy"] != "full"}
-    if source == args.file:
-        runs.pop(_label({"policy": policy, "knobs": knobs}))
+    if same_file:
+        runs.pop(_label({"policy": policy, "knobs": knobs}), None)
     rows = [
         {"candidate": label, **row}
         for label, run in runs.items()
         for row in compare(refs, against, rows_of(result, *run))
     ]
+    if not rows:
+        raise SystemExit(f"no row of {args.file} shares a compression ratio with {spec!r}")
     made = {"model": result["model"], "data": result["data"], "source": args.file.name, "clips": len(refs)}
-    against_name = spec if source == args.file else f"{source.name}: {spec}"
+    against_name = spec if same_file else f"{source.name}: {spec}"
     checked = {**made, "against": against_name, **environment(), "rows": rows}
     out = args.out or args.file.with_name(f"paired-{args.file.stem}.json")
     out.write_text(json.dumps(checked, indent=1))

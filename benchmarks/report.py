@@ -134,6 +134,9 @@ def paired_table(result: dict) -> str:
         f"{result['model']}, the {result['clips']} clips of `{result['source']}` against "
         f"`{result['against']}`: WER points, 95% paired bootstrap intervals over clips; commit {result['commit']}"
     )
+    made = {(r["commit"], r["against_commit"]) for r in result["rows"] if "commit" in r}
+    if made:  # the rows compared, by the commits they were made at
+        caption += "; rows made at " + ", ".join(f"{c} against {a}" for c, a in sorted(made))
     return caption + "\n\n" + "\n".join(lines)
 
 

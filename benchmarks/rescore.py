@@ -39,14 +39,30 @@ def rescore(result: dict, commit: str, refs: list[str] | None = None) -> int:
     return changed
 
 
-def references(result: dict) -> list[str] | None:
-    """The transcripts of the clips ``result`` was made on, or None where its manifest is not here or differs."""
+def clips_of(result: dict, name: str = "the results file") -> tuple[list[str], list[str | None]]:
+    """The transcripts and voices (None where the manifest names none) of the clips ``result`` was made on.
+
+    Read from its manifest, which must be here and hold as many clips as every
+    row has outputs (a clear error naming ``name`` otherwise): rows are paired
+    with clips by position.
+    """
     data = checkout_relative(result.get("data"))
-    if not data or not (ROOT / data).exists():
+    if not data or not (ROOT / data).is_file():
+        raise SystemExit(f"{name}: its clips ({result.get('data')}) are not here")
+    lines = [json.loads(line) for line in (ROOT / data).read_text().splitlines() if line.strip()]
+    for row in result["rows"]:
+        if len(row.get("hypotheses", lines)) != len(lines):
+            raise SystemExit(f"{name}: {row['policy']} has {len(row['hypotheses'])} outputs, {data} {len(lines)} clips")
+    return [u.text for u in load_speech_set(ROOT / data)], [line.get("voice") for line in lines]
+
+
+def references(result: dict) -> list[str] | None:
+    """The transcripts of the clips ``result`` was made on, or None where its manifest is not here or holds
+    another number of clips (a manifest rebuilt with as many clips is not noticed)."""
+    try:
+        return clips_of(result)[0]
+    except SystemExit:
         return None
-    refs = [u.text for u in load_speech_set(ROOT / data)]
-    sizes = {len(r["hypotheses"]) for r in result["rows"] if "hypotheses" in r}
-    return refs if sizes == {len(refs)} else None
 
 
 def main(argv: list[str] | None = None) -> None:

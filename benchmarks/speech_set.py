@@ -16,7 +16,9 @@ default that only fits the tuning voices shows up as a gap on ``test``:
   accent); clean, babble of four tune voices at 15-20 dB SNR, 8 kHz mu-law, tempo 1.15 with a
   small-room reverb; sentences of its own (the babble speaks the shared pool);
 - tune2, built after every default was fixed, to re-decide on clips no default was chosen on: tune's
-  voices and conditions with sentences of its own and another seed (tuning data, not committed).
+  voices and conditions with sentences of its own and another seed (tuning data, not committed);
+- test2, built to narrow test's intervals: test's voices and conditions, 40 sentences of its own,
+  10 clips per voice (reported beside test, never tuned on; not committed).
 
 Passages are 1-5 sentences drawn (seeded) from a pool (tune and test share one), kept between 8 and
 28 s. Each split gets ``manifest.jsonl`` (NeMo style, with voice, engine,

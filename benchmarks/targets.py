@@ -27,14 +27,13 @@ from pathlib import Path
 import torch
 
 from audiokv.data import checkout_relative
-from audiokv.dataset import load_speech_set
 from audiokv.eval import has_repetition
 from audiokv.metrics import word_errors
 from audiokv.provenance import environment
+from benchmarks.rescore import clips_of
 
 # the most WER points above the full cache the issue allows, by ratio
 ABOVE_FULL = {0.4: 1.0, 0.6: 1.0, 0.7: 3.0, 0.8: 5.0}
-ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("random", "stride", "snapkv", "adakv", "tova", "expected-attention")
 
 
@@ -71,18 +70,18 @@ def check(result: dict, refs: list[str], voices: list[str], policy: str = "audio
     ``vs_full_without_loops`` the difference to the full cache over the others
     (no interval): how far a miss is single looping clips.
     """
-    rows = {(r["policy"], r["compression_ratio"]): r for r in result["rows"]}
-    if len(rows) < len(result["rows"]) or ("full", 0.0) not in rows:
-        raise SystemExit("a targets file needs one full-cache row and one row per policy and ratio (no tuning knobs)")
+    rows = cells(result)
+    if ("full", 0.0) not in rows:
+        raise SystemExit("a targets file needs a full-cache row")
     errors = {cell: word_errors(refs, r["hypotheses"]) for cell, r in rows.items()}
     full, words = errors["full", 0.0]
     out = []
     for ratio in sorted(x for p, x in errors if p == policy):
         mine = errors[policy, ratio][0]
         made = rows[policy, ratio]
-        row = {"ratio": ratio, "commit": made.get("commit", result["commit"]), "loops": made["repetition_rate"]}
-        row["vs_full"] = {**compare(mine, full, words, voices), "allowed": ABOVE_FULL.get(ratio)}
         looping = {i for i, text in enumerate(made["hypotheses"]) if has_repetition(text)}
+        row = {"ratio": ratio, "commit": made.get("commit", result["commit"]), "loops": len(looping) / len(words)}
+        row["vs_full"] = {**compare(mine, full, words, voices), "allowed": ABOVE_FULL.get(ratio)}
         row["looping_clips"] = sorted(looping)
         rest = [i for i in range(len(words)) if i not in looping]
         row["vs_full_without_loops"] = 100 * sum(mine[i] - full[i] for i in rest) / max(1, sum(words[i] for i in rest))
@@ -98,29 +97,38 @@ def check(result: dict, refs: list[str], voices: list[str], policy: str = "audio
     return out
 
 
+def cells(result: dict) -> dict[tuple[str, float], dict]:
+    """``result``'s rows by (policy, ratio), each with the commit it was made at; refuses tuning rows."""
+    rows = {
+        (r["policy"], r["compression_ratio"]): {**r, "commit": r.get("commit", result["commit"])}
+        for r in result["rows"]
+    }
+    if len(rows) < len(result["rows"]) or any(r.get("knobs") for r in result["rows"]):
+        raise SystemExit("targets need one row per policy and ratio (no tuning knobs)")
+    return rows
+
+
 def pool(results: list[dict]) -> dict:
-    """One results file over the clips of every file of ``results`` (one model), in order.
+    """One results file over the clips of every file of ``results`` (one model, other clips each), in order.
 
     It holds the (policy, ratio) cells that every file holds; a cell's ``commit``
     names each commit its rows were made at.
     """
     if len({r["model"] for r in results}) > 1:
         raise SystemExit("pooled files must be of one model")
-    cells = [
-        {(r["policy"], r["compression_ratio"]): {**r, "commit": r.get("commit", res["commit"])} for r in res["rows"]}
-        for res in results
-    ]
+    if len({checkout_relative(r["data"]) for r in results}) < len(results):
+        raise SystemExit("pooled files must be made on different clips")
+    files = [cells(r) for r in results]
     rows = []
-    for cell in (c for c in cells[0] if all(c in other for other in cells[1:])):
-        parts = [file[cell] for file in cells]
-        clips = [len(p["hypotheses"]) for p in parts]
-        rows.append({
-            "policy": cell[0],
-            "compression_ratio": cell[1],
-            "commit": ", ".join(dict.fromkeys(p["commit"] for p in parts)),
-            "hypotheses": [h for p in parts for h in p["hypotheses"]],
-            "repetition_rate": sum(p["repetition_rate"] * n for p, n in zip(parts, clips, strict=True)) / sum(clips),
-        })  # fmt: skip
+    for (policy, ratio), first in files[0].items():
+        if all((policy, ratio) in other for other in files[1:]):
+            parts = [first, *(other[policy, ratio] for other in files[1:])]
+            rows.append({
+                "policy": policy,
+                "compression_ratio": ratio,
+                "commit": ", ".join(dict.fromkeys(p["commit"] for p in parts)),
+                "hypotheses": [h for p in parts for h in p["hypotheses"]],
+            })  # fmt: skip
     return {"model": results[0]["model"], "commit": results[0]["commit"], "rows": rows}
 
 
@@ -150,10 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("several files are pooled into one: name it with --out")
     results = [json.loads(f.read_text()) for f in args.files]
     refs, voices = [], []
-    for one in results:
-        manifest = ROOT / checkout_relative(one["data"])
-        refs += [u.text for u in load_speech_set(manifest)]
-        voices += [json.loads(line)["voice"] for line in manifest.read_text().splitlines() if line.strip()]
+    for path, one in zip(args.files, results, strict=True):
+        texts, speakers = clips_of(one, path.name)
+        refs, voices = refs + texts, voices + speakers
     result = pool(results) if len(results) > 1 else results[0]
     checked = {
         "model": result["model"],

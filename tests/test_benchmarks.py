@@ -342,22 +342,58 @@ def test_targets_leave_the_looping_clips_out_of_a_second_difference():
 def test_targets_pool_the_cells_every_file_holds_over_all_their_clips():
     from benchmarks.targets import check, pool
 
-    def row(policy: str, ratio: float, hyps: list[str], commit: str, loops: float = 0.0) -> dict:
-        return {"policy": policy, "compression_ratio": ratio, "hypotheses": hyps, "commit": commit,
-                "repetition_rate": loops}  # fmt: skip
+    def row(policy: str, ratio: float, hyps: list[str], commit: str) -> dict:
+        return {"policy": policy, "compression_ratio": ratio, "hypotheses": hyps, "commit": commit}
 
     a_rows = [row("full", 0.0, ["x y"] * 2, "a"), row("audiokv", 0.6, ["x"] * 2, "a")]
     a_rows += [row("stride", 0.6, ["y"] * 2, "a"), row("tova", 0.6, ["x y"] * 2, "a")]
     b_rows = [row("full", 0.0, ["x y"] * 3, "b"), row("stride", 0.6, ["x y"] * 3, "b")]
-    b_rows += [row("audiokv", 0.6, ["x y"] * 2 + ["z z z z"], "b", 1 / 3)]
-    a, b = ({"model": "m", "commit": c, "rows": r} for c, r in (("a", a_rows), ("b", b_rows)))
+    loop = "the sound is very nice " * 6  # 30 words over a 2-word reference: 30 edits
+    b_rows += [row("audiokv", 0.6, ["x y"] * 2 + [loop], "b")]
+    a, b = ({"model": "m", "data": f"{c}.jsonl", "commit": c, "rows": r} for c, r in (("a", a_rows), ("b", b_rows)))
     pooled = pool([a, b])
     cells = {(r["policy"], r["compression_ratio"]): r for r in pooled["rows"]}
     assert set(cells) == {("full", 0.0), ("audiokv", 0.6), ("stride", 0.6)}  # tova: only in a
-    assert cells["audiokv", 0.6]["hypotheses"] == ["x"] * 2 + ["x y"] * 2 + ["z z z z"]
-    assert cells["audiokv", 0.6]["repetition_rate"] == pytest.approx(1 / 5) and cells["full", 0.0]["commit"] == "a, b"
+    assert cells["audiokv", 0.6]["hypotheses"] == ["x"] * 2 + ["x y"] * 2 + [loop]
+    assert cells["full", 0.0]["commit"] == "a, b"
     (checked,) = check(pooled, ["x y"] * 5, ["v1", "v2"] * 2 + ["v1"])
-    assert checked["vs_full"]["diff"] == pytest.approx(100 * (1 + 1 + 4) / 10)  # a's two deletions, b's loop
+    assert checked["loops"] == pytest.approx(1 / 5)  # counted on the pooled transcripts
+    assert checked["vs_full"]["diff"] == pytest.approx(100 * (1 + 1 + 30) / 10)  # a's two deletions, b's loop
     assert checked["vs_best_baseline"]["baseline"] == "stride"
     with pytest.raises(SystemExit, match="one model"):
         pool([a, {**b, "model": "other"}])
+
+
+def test_files_compared_clip_by_clip_must_hold_their_manifests_clips(tmp_path):
+    from benchmarks.paired import main as paired
+    from benchmarks.rescore import clips_of, references
+    from benchmarks.targets import pool
+
+    lines = [{"audio_filepath": f"{i}.wav", "text": "a b c", "voice": f"v{i % 2}"} for i in range(3)]
+    for line in lines:
+        (tmp_path / line["audio_filepath"]).touch()
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def result(rows: list[dict], data: object = manifest) -> dict:
+        return {"model": "m", "data": str(data), "commit": "c", "rows": rows}
+
+    def row(policy: str, ratio: float, hyps: list[str], **knobs) -> dict:
+        return {"policy": policy, "compression_ratio": ratio, "hypotheses": hyps, "knobs": knobs}
+
+    full, ok = row("full", 0.0, ["a b c"] * 3), row("audiokv", 0.6, ["a b"] * 3)
+    assert clips_of(result([full, ok])) == (["a b c"] * 3, ["v0", "v1", "v0"])
+    short = result([full, row("stride", 0.6, ["a"] * 2)])
+    with pytest.raises(SystemExit, match=r"stride has 2 outputs, .* 3 clips"):
+        clips_of(short, "f.json")
+    assert references(short) is None  # rescore: loops only
+    with pytest.raises(SystemExit, match="no tuning knobs"):
+        pool([result([full, ok]), result([full, row("audiokv", 0.6, ["a"] * 3, safeguard=0.35)], tmp_path / "x")])
+    with pytest.raises(SystemExit, match="different clips"):
+        pool([result([full, ok]), result([full, ok])])
+    (tmp_path / "a.json").write_text(json.dumps(result([full, ok])))
+    with pytest.raises(SystemExit, match="shares a compression ratio"):
+        paired([str(tmp_path / "a.json"), "--against", "full"])
+    (tmp_path / "b.json").write_text(json.dumps(result([row("full", 0.0, ["a"] * 3), ok])))
+    with pytest.raises(SystemExit, match="disagree on the full cache"):
+        paired([str(tmp_path / "a.json"), "--against", f"{tmp_path / 'b.json'}:audiokv"])
