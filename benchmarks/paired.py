@@ -89,15 +89,18 @@ def main(argv: list[str] | None = None) -> dict:
         source = Path(path + ".json")
     other = json.loads(source.read_text())
     same_file = source.resolve() == args.file.resolve()
-    if checkout_relative(other["data"]) != checkout_relative(result["data"]):
-        raise SystemExit(f"{source} was made on {other['data']}, {args.file} on {result['data']}: not the same clips")
-    full = [{r["policy"]: r["hypotheses"] for r in f["rows"]}.get("full") for f in (result, other)]
-    if None not in full and full[0] != full[1]:
-        raise SystemExit(f"{source} and {args.file} disagree on the full cache's transcripts: not the same clips")
+    refs = clips_of(result, args.file.name)[0]
+    if not same_file:  # another file's rows pair with these clips only if it was made on them
+        if checkout_relative(other["data"]) != checkout_relative(result["data"]):
+            raise SystemExit(
+                f"{source} was made on {other['data']}, {args.file} on {result['data']}: not the same clips"
+            )
+        full = [{r["policy"]: r["hypotheses"] for r in f["rows"]}.get("full") for f in (result, other)]
+        if None not in full and full[0] != full[1]:
+            raise SystemExit(f"{source} and {args.file} disagree on the full cache's transcripts: not the same clips")
+        clips_of(other, source.name)
     policy, knobs = _row(spec)
     against = rows_of(other, policy, knobs)
-    refs = clips_of(result, args.file.name)[0]
-    clips_of(other, source.name)
     runs = {_label(r): (r["policy"], r.get("knobs") or {}) for r in result["rows"] if r["policy"] != "full"}
     if same_file:
         runs.pop(_label({"policy": policy, "knobs": knobs}), None)

@@ -51,7 +51,7 @@ def clips_of(result: dict, name: str = "the results file") -> tuple[list[str], l
         raise SystemExit(f"{name}: its clips ({result.get('data')}) are not here")
     lines = [json.loads(line) for line in (ROOT / data).read_text().splitlines() if line.strip()]
     for row in result["rows"]:
-        if len(row.get("hypotheses", lines)) != len(lines):
+        if "hypotheses" in row and len(row["hypotheses"]) != len(lines):
             raise SystemExit(f"{name}: {row['policy']} has {len(row['hypotheses'])} outputs, {data} {len(lines)} clips")
     return [u.text for u in load_speech_set(ROOT / data)], [line.get("voice") for line in lines]
 
