@@ -28,7 +28,7 @@ from audiokv.eval import has_repetition, stops_early
 from audiokv.metrics import word_errors
 from audiokv.provenance import environment
 from benchmarks.report import _label
-from benchmarks.rescore import clips_of
+from benchmarks.rescore import clips_of, made_at
 from benchmarks.targets import paired_bootstrap
 from benchmarks.tune_whisper import _row
 
@@ -36,7 +36,7 @@ from benchmarks.tune_whisper import _row
 def rows_of(result: dict, policy: str, knobs: dict) -> dict[float, dict]:
     """The rows of ``result`` made with ``policy`` and exactly ``knobs``, by ratio; a clear error if none."""
     found = {
-        r["compression_ratio"]: {**r, "commit": r.get("commit", result["commit"])}
+        r["compression_ratio"]: made_at(r, result)
         for r in result["rows"]
         if r["policy"] == policy and (r.get("knobs") or {}) == knobs
     }

@@ -56,6 +56,11 @@ def clips_of(result: dict, name: str = "the results file") -> tuple[list[str], l
     return [u.text for u in load_speech_set(ROOT / data)], [line.get("voice") for line in lines]
 
 
+def made_at(row: dict, result: dict) -> dict:
+    """``row`` with the commit it was made at: its own (``audiokv eval --update`` stamps each row), else its file's."""
+    return {**row, "commit": row.get("commit", result["commit"])}
+
+
 def references(result: dict) -> list[str] | None:
     """The transcripts of the clips ``result`` was made on, or None where its manifest is not here or holds
     another number of clips (a manifest rebuilt with as many clips is not noticed)."""

@@ -30,7 +30,7 @@ from audiokv.data import checkout_relative
 from audiokv.eval import has_repetition
 from audiokv.metrics import word_errors
 from audiokv.provenance import environment
-from benchmarks.rescore import clips_of
+from benchmarks.rescore import clips_of, made_at
 
 # the most WER points above the full cache the issue allows, by ratio
 ABOVE_FULL = {0.4: 1.0, 0.6: 1.0, 0.7: 3.0, 0.8: 5.0}
@@ -99,10 +99,7 @@ def check(result: dict, refs: list[str], voices: list[str], policy: str = "audio
 
 def cells(result: dict) -> dict[tuple[str, float], dict]:
     """``result``'s rows by (policy, ratio), each with the commit it was made at; refuses tuning rows."""
-    rows = {
-        (r["policy"], r["compression_ratio"]): {**r, "commit": r.get("commit", result["commit"])}
-        for r in result["rows"]
-    }
+    rows = {(r["policy"], r["compression_ratio"]): made_at(r, result) for r in result["rows"]}
     if len(rows) < len(result["rows"]) or any(r.get("knobs") for r in result["rows"]):
         raise SystemExit("targets need one row per policy and ratio (no tuning knobs)")
     return rows
