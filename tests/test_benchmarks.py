@@ -120,6 +120,30 @@ def test_the_splits_share_no_voice_and_no_condition_and_the_sentence_pools_no_ph
     assert len(voices) >= 10 and clips >= 60
 
 
+def test_the_real_split_takes_each_speakers_longest_clean_recordings_of_2_to_30_s(tmp_path):
+    import numpy as np
+    import soundfile
+
+    from benchmarks.real_set import PER_VOICE, select
+
+    def clip(name: str, seconds: float, voice: str, text: str = "some words") -> dict:
+        path = tmp_path / f"{name}.wav"
+        soundfile.write(path, np.zeros(int(16_000 * seconds), dtype=np.int16), 16_000)
+        return {"path": path, "text": text, "voice": voice}
+
+    many = [clip(f"a{i}", 3 + i, "one speaker") for i in range(PER_VOICE + 2)]  # 3..14 s: the two shortest go
+    others = [
+        clip("short", 1.5, "b"),
+        clip("long", 31, "b"),
+        clip("tagged", 5, "b", "<cutoff-montreal> montreal"),
+        clip("laugh", 5, "b", "[laughter] forced"),
+        clip("kept", 5, "b"),
+        {"path": tmp_path / "missing.wav", "text": "gone", "voice": "b"},
+    ]
+    chosen = select(others + many)
+    assert [c["path"].stem for c in chosen] == ["kept"] + [f"a{i}" for i in range(2, PER_VOICE + 2)]
+
+
 def test_report_table_has_a_cell_per_policy_and_ratio_with_loops_and_early_stops():
     from benchmarks.report import table
 
