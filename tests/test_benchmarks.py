@@ -124,7 +124,7 @@ def test_the_real_split_takes_each_speakers_longest_clean_recordings_of_2_to_30_
     import numpy as np
     import soundfile
 
-    from benchmarks.real_set import PER_VOICE, select
+    from benchmarks.real_set import KNOWN_MISSING, PER_VOICE, seconds, select
 
     def clip(name: str, seconds: float, voice: str, text: str = "some words") -> dict:
         path = tmp_path / f"{name}.wav"
@@ -138,10 +138,16 @@ def test_the_real_split_takes_each_speakers_longest_clean_recordings_of_2_to_30_
         clip("tagged", 5, "b", "<cutoff-montreal> montreal"),
         clip("laugh", 5, "b", "[laughter] forced"),
         clip("kept", 5, "b"),
-        {"path": tmp_path / "missing.wav", "text": "gone", "voice": "b"},
+        {"path": tmp_path / sorted(KNOWN_MISSING)[0], "text": "absent from its source", "voice": "b"},
     ]
     chosen = select(others + many)
     assert [c["path"].stem for c in chosen] == ["kept"] + [f"a{i}" for i in range(2, PER_VOICE + 2)]
+    with pytest.raises(SystemExit, match="not where"):  # any other missing recording is an error
+        select([*others, {"path": tmp_path / "moved.wav", "text": "words", "voice": "b"}])
+    raw = tmp_path / "speech.raw"
+    raw.write_bytes(bytes(2 * 16_000 * 3))  # 3 s of 16-bit samples at 16 kHz
+    assert seconds({"path": raw, "raw": True}) == 3.0
+    assert seconds({"path": many[0]["path"], "trim": (0.5, 2.0)}) == 1.5
 
 
 def test_report_table_has_a_cell_per_policy_and_ratio_with_loops_and_early_stops():
