@@ -116,6 +116,10 @@ results: $(STAMP)
 		--data benchmarks/data/speech/tune2/manifest.jsonl --out $(R)/tune2-knobs-$$m.json --only \
 		audiokv:safeguard=0.35,audiokv:coverage_floor=0.25,audiokv:layer_prior=0.5,audiokv:head_prior_strength=0.5 && \
 		$(BIN)/python -m benchmarks.paired $(R)/tune2-knobs-$$m.json --against $(R)/tune2-sss-$$m.json:audiokv || exit 1; done
+	for m in whisper-tiny.en whisper-base; do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--data benchmarks/data/speech/tune$${t#70}/manifest.jsonl --only audiokv,audiokv-sss-sound \
+		--out $(R)/tune$$t-sss-sound-$$m.json && $(BIN)/python -m benchmarks.paired $(R)/tune$$t-sss-sound-$$m.json \
+		|| exit 1; done; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done

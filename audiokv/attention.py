@@ -395,7 +395,8 @@ class AudioKVAttention(nn.Module):
         bsz, _, length, _ = key.shape
         spans = self._spans(audio_span, bsz, length)
         content = sound = None  # the real sound, for the policies that read where it starts, ends or pauses
-        reads_sound = self.policy.content_density or self.policy.quiet_lead or self.policy.quiet_pauses
+        policy = self.policy
+        reads_sound = policy.content_density or policy.quiet_lead or policy.quiet_pauses or policy.smooth_sound
         if self.cross_attention and audio_span is not None and reads_sound:
             content, sound = sound_rows(audio_span, bsz, length)
         key, value, indices, budgets, log_mass = self._select(
@@ -510,7 +511,8 @@ class AudioKVAttention(nn.Module):
                 onset = onset_spans(spans, self.onset_tokens) if onset is None else onset
                 trend = weight_onset(trend, onset, cfg.onset_weight)
             if policy.smooth and spans is not None:
-                trend = spectral_smooth(trend, cfg.sss_cutoff, spans)
+                smoothed = content if content is not None and policy.smooth_sound else spans
+                trend = spectral_smooth(trend, cfg.sss_cutoff, smoothed)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores
             scores = mark_mandatory(ranked, sinks=sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)

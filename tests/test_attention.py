@@ -576,3 +576,32 @@ def test_the_onset_covers_its_seconds_at_the_models_audio_rate_and_a_bad_rate_is
     assert [onset(50.0), onset(25.0), onset(12.5), onset(6.25)] == [100, 50, 25, 13]  # 12.5 tokens round up
     with pytest.raises(ValueError, match="audio_tokens_per_second"):
         onset(0.0)
+
+
+def test_sss_over_the_sound_leaves_the_paddings_spikes_to_the_cap(cross_module):
+    """200 frames: 120 of sound, then padding whose keys stand still but for 4 isolated spikes.
+
+    Each spike asks for more than one token, so the one-token cap clips it and
+    the rest goes to the other frames. SSS over every frame smears the spikes
+    under the cap and the padding keeps more; SSS over the sound only leaves the
+    padding as the unsmoothed density has it, and still smooths the sound.
+    """
+    gen = torch.Generator().manual_seed(0)
+    voice = torch.randn(1, 2, 1, 16, generator=gen)
+    key = torch.cat([voice + 0.2 * torch.randn(1, 2, 120, 16, generator=gen), torch.ones(1, 2, 80, 16)], 2)
+    key[:, :, 125::20] = 3 * torch.randn(1, 2, 4, 16, generator=gen)
+    value, query = torch.randn(1, 2, 200, 16, generator=gen), torch.randn(1, 2, 3, 16, generator=gen)
+
+    def kept(policy: str, span: tuple[int, int] | None = (0, 120)) -> list[list[int]]:
+        module = cross_module(policy, 0.8, onset_weight=1.0, coverage_floor=0.0)
+        module(query, key, value, audio_span=span)
+        return [module.kept_indices[0, h, : module.budgets[0, h]].tolist() for h in range(2)]
+
+    def in_padding(heads: list[list[int]]) -> int:
+        return sum(t >= 120 for head in heads for t in head)
+
+    plain, everywhere, sound = kept("audiokv"), kept("audiokv-sss"), kept("audiokv-sss-sound")
+    assert in_padding(everywhere) >= in_padding(plain) + 12  # smoothed spikes escape the cap (36 -> 52 of 80)
+    assert abs(in_padding(sound) - in_padding(plain)) <= 2
+    assert [[t for t in h if t < 120] for h in sound] != [[t for t in h if t < 120] for h in plain]  # smoothed
+    assert kept("audiokv-sss-sound", None) == kept("audiokv-sss", None)  # no sound marked: the whole span
