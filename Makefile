@@ -125,6 +125,10 @@ results: $(STAMP)
 		--data benchmarks/data/speech/tune$${t#70}/manifest.jsonl --ratios 0.9 --only audiokv-sss \
 		--out $(R)/tune$$t-sss-padding-whisper-base.json && $(BIN)/python $$P:audiokv && $(BIN)/python $$P:audiokv-sss-sound \
 		--out $(R)/paired-tune$$t-sss-padding-vs-sound-whisper-base.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--data benchmarks/data/speech/tune$${t#70}/manifest.jsonl --only audiokv-sss-picks \
+		--out $(R)/tune$$t-sss-picks-$$m.json && $(BIN)/python -m benchmarks.paired $(R)/tune$$t-sss-picks-$$m.json \
+		--against $(R)/tune$$t-sss-sound-$$m.json:audiokv || exit 1; done; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done

@@ -510,8 +510,8 @@ class AudioKVAttention(nn.Module):
             if policy.onset and policy.coverage and spans is not None:
                 onset = onset_spans(spans, self.onset_tokens) if onset is None else onset
                 trend = weight_onset(trend, onset, cfg.onset_weight)
+            smoothed = content if content is not None and policy.smooth_sound else spans  # where SSS runs
             if policy.smooth and spans is not None:
-                smoothed = content if content is not None and policy.smooth_sound else spans
                 trend = spectral_smooth(trend, cfg.sss_cutoff, smoothed)
             ranked = raw if policy.coverage else trend  # coverage policies smooth their density, not their scores
             scores = mark_mandatory(ranked, sinks=sinks, window=0 if cross else cfg.window, key_mask=key_mask)
@@ -539,6 +539,8 @@ class AudioKVAttention(nn.Module):
             budgets = head_budgets(split, budget, safeguard=safeguard, weights=weights)
             if policy.coverage and spans is not None:
                 pick = policy.stratum_scores(inp, raw)
+                if policy.smooth_picks:
+                    pick = spectral_smooth(pick, cfg.sss_cutoff, smoothed)
                 scores = cover_spans(scores, pick, trend, budgets, spans, cfg.coverage_floor)
         self.compressions += 1
         indices = select_tokens(scores, budgets)

@@ -119,6 +119,11 @@ class Policy:
             one-token cap clips its spikes and hands their mass to the rest, and
             smoothing across the padding hid the spikes from the cap, so the
             padding kept more tokens than without SSS (``audiokv-sss-sound``).
+        smooth_picks: SSS on the scores that choose the token inside each
+            coverage stratum (the window's), over the span ``smooth_sound``
+            gives: a stratum keeps the middle of where the queries look, not
+            one frame they happen to peak on; the density is not smoothed
+            (``audiokv-sss-picks``).
         quiet_lead: where a cross-attention row's sound starts after a quiet
             lead-in (the span's start given to the engine, from
             :func:`audiokv.transcribe.log_mel`'s mask), the lead-in keeps only the
@@ -167,6 +172,7 @@ class Policy:
     onset: bool = False
     smooth_keys: bool = False
     smooth_sound: bool = False
+    smooth_picks: bool = False
     quiet_lead: bool = False
     quiet_pauses: bool = False
     pauses_at_mean: bool = False
@@ -402,6 +408,7 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-content-mean", **{**AUDIOKV, "content_density": True, "padding_at_mean": True}),
         AudioKV("audiokv-sss-keys", **{**AUDIOKV, "smooth_keys": True}),
         AudioKV("audiokv-sss-sound", **{**AUDIOKV, "smooth": True, "smooth_sound": True}),
+        AudioKV("audiokv-sss-picks", **{**AUDIOKV, "smooth_picks": True, "smooth_sound": True}),
     )
 }
 

@@ -6,10 +6,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import KeptReference, merged_row
+from torch import Tensor
 
 from audiokv import AudioKVAttention, AudioKVConfig
 from audiokv.attention import SharedKVAttention
 from audiokv.kernel import rows_attention
+from audiokv.scoring import window_scores
+from audiokv.spectral import lowpass
 
 
 def qkv(bsz, hq, hkv, length, dim, dtype, gen):
@@ -605,3 +608,25 @@ def test_sss_over_the_sound_leaves_the_paddings_spikes_to_the_cap(cross_module):
     assert abs(in_padding(sound) - in_padding(plain)) <= 2
     assert [[t for t in h if t < 120] for h in sound] != [[t for t in h if t < 120] for h in plain]  # smoothed
     assert kept("audiokv-sss-sound", None) == kept("audiokv-sss", None)  # no sound marked: the whole span
+
+
+def test_sss_on_the_picks_keeps_the_best_smoothed_score_of_each_stratum(cross_module):
+    """One head, 200 frames, 20 kept, a uniform density: the strata are the blocks of 10 frames.
+
+    Each block keeps its best window score; with ``smooth_picks`` its best
+    score after SSS (the reference: the window's attention, low-passed here).
+    """
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = torch.randn(1, 1, 3, 16, generator=gen), *torch.randn(2, 1, 1, 200, 16, generator=gen)
+    raw = window_scores(query, key, scaling=16**-0.5, causal=False)[0, 0]
+
+    def kept(policy: str) -> list[int]:
+        module = cross_module(policy, 0.9, heads=1, coverage_floor=1.0, pooling_kernel=1)
+        module(query, key, value)
+        return module.kept_indices[0, 0, : module.budgets[0, 0]].tolist()
+
+    def best(scores: Tensor) -> list[int]:
+        return (scores.view(20, 10).argmax(-1) + torch.arange(0, 200, 10)).tolist()
+
+    assert kept("audiokv") == best(raw)
+    assert kept("audiokv-sss-picks") == best(lowpass(raw, AudioKVConfig().sss_cutoff)) != best(raw)
