@@ -119,6 +119,7 @@ class Policy:
             one-token cap clips its spikes and hands their mass to the rest, and
             smoothing across the padding hid the spikes from the cap, so the
             padding kept more tokens than without SSS (``audiokv-sss-sound``).
+            A row with no frame of sound marked is not smoothed.
         smooth_picks: SSS on the scores that choose the token inside each
             coverage stratum (the window's), over the span ``smooth_sound``
             gives: a stratum keeps the middle of where the queries look, not
