@@ -155,11 +155,6 @@ results: $(STAMP)
 		--out $(R)/holdout-$$m.json --plot $(R)/holdout-$$m.png && $(BIN)/python -m benchmarks.targets $(R)/holdout-$$m.json || exit 1; done
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.paired $(R)/test-$$m.json && \
 		$(BIN)/python -m benchmarks.paired $(R)/holdout-$$m.json || exit 1; done
-	for s in test holdout; do $(BIN)/audiokv eval --model whisper-base --data benchmarks/data/speech/$$s/manifest.jsonl \
-		--policies audiokv-sss-sound --ratios 0.7,0.8,0.9 --out $(R)/$$s-sss-sound-whisper-base.json && \
-		P="-m benchmarks.paired $(R)/$$s-sss-sound-whisper-base.json --against $(R)/$$s-whisper-base.json"; \
-		$(BIN)/python $$P:audiokv && $(BIN)/python $$P:audiokv-sss --out $(R)/paired-$$s-sss-sound-vs-sss-whisper-base.json \
-		|| exit 1; done
 	$(BIN)/python -m benchmarks.real_set
 	for m in whisper-tiny.en whisper-base; do RL="--model $$m --data benchmarks/data/speech/real/manifest.jsonl \
 		--out $(R)/real-$$m.json"; $(BIN)/audiokv eval $$RL --policies full,audiokv,stride --ratios 0.4,0.6,0.7,0.8,0.9 && \
@@ -167,6 +162,11 @@ results: $(STAMP)
 		$(BIN)/audiokv eval $$RL --update --policies audiokv-no-heads,audiokv-sss --ratios 0.7,0.8,0.9 \
 		--plot $(R)/real-$$m.png && $(BIN)/python -m benchmarks.targets $(R)/real-$$m.json && \
 		$(BIN)/python -m benchmarks.paired $(R)/real-$$m.json || exit 1; done
+	for s in test holdout real; do $(BIN)/audiokv eval --model whisper-base --data benchmarks/data/speech/$$s/manifest.jsonl \
+		--policies audiokv-sss-sound --ratios 0.7,0.8,0.9 --out $(R)/$$s-sss-sound-whisper-base.json && \
+		P="-m benchmarks.paired $(R)/$$s-sss-sound-whisper-base.json --against $(R)/$$s-whisper-base.json"; \
+		$(BIN)/python $$P:audiokv && $(BIN)/python $$P:audiokv-sss --out $(R)/paired-$$s-sss-sound-vs-sss-whisper-base.json \
+		|| exit 1; done
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
 	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \
