@@ -30,10 +30,12 @@ neither split, speaking the bundled calibration sentences, with each word's
 start and end time (from festival's own segmentation) in the manifest.
 
 Needs Debian's ``espeak-ng``, ``flite``, ``festival`` (+ ``festvox-kallpc16k``,
-``festvox-kdlpc16k``, ``festvox-us-slt-hts``), ``sox`` and, for holdout, ``freetts``. sox dithers what it
-writes, so rebuilt clips that pass through sox differ from the committed ones in the lowest bits
-(mu-law's coarse steps turn that into up to 3% of full scale), and holdout_00_3 (a FreeTTS clip
-sped up twice) more: sox's tempo search lands elsewhere on dithered input.
+``festvox-kdlpc16k``, ``festvox-us-slt-hts``), ``sox`` and, for holdout, ``freetts``. sox runs
+without dither (``-D``), so two builds on one machine are byte-identical. The committed clips were
+written while sox still dithered: rebuilt clips that pass through sox differ from them in the lowest
+bits (mu-law's coarse steps turn that into up to 3% of full scale), and holdout_00_3 (a FreeTTS
+clip sped up twice) more, since sox's tempo search lands elsewhere on dithered input; so did every
+earlier build of tune2 and test2, which are not committed.
 """
 
 from __future__ import annotations
@@ -332,7 +334,7 @@ def synthesize(voice: Voice, text: str, speed: float, path: Path) -> None:
         spoken = path.with_name(f"{path.stem}.freetts.wav")
         cmd = ["java", "-jar", FREETTS_JAR, "-voice", voice.name, "-dumpAudio", str(spoken), "-text", text]
         subprocess.run(cmd, check=True, capture_output=True)
-        cmd = ["sox", str(spoken), str(path), "tempo", str(speed)]
+        cmd = ["sox", "-D", str(spoken), str(path), "tempo", str(speed)]
     else:
         raise ValueError(f"unknown engine {voice.engine!r}")
     subprocess.run(cmd, check=True, capture_output=True)
@@ -370,9 +372,9 @@ def sox(audio: np.ndarray, *effects: str, encode: tuple[str, ...] = ()) -> np.nd
         write_wav(src, audio / max(1e-9, np.abs(audio).max()) * 0.5)
         output: tuple[str, ...] = ()
         if encode:
-            subprocess.run(["sox", str(src), *encode, str(mid)], check=True, capture_output=True)
+            subprocess.run(["sox", "-D", str(src), *encode, str(mid)], check=True, capture_output=True)
             src, output = mid, ("-e", "signed", "-b", "16", "-r", str(SAMPLE_RATE))
-        subprocess.run(["sox", str(src), *output, str(dst), *effects], check=True, capture_output=True)
+        subprocess.run(["sox", "-D", str(src), *output, str(dst), *effects], check=True, capture_output=True)
         return load_audio(dst)
 
 

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -118,6 +119,18 @@ def test_the_splits_share_no_voice_and_no_condition_and_the_sentence_pools_no_ph
     voices = {v.label for split in SPLITS.values() for v in split["voices"]}
     clips = sum(len(SPLITS[s]["voices"]) * CLIPS_PER_VOICE[s] for s in SPLITS)
     assert len(voices) >= 10 and clips >= 60
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="needs sox")
+def test_the_speech_sets_sox_effects_repeat_every_sample():
+    """sox dithers by default, differently on every run: without ``-D`` two builds of a split differ."""
+    import numpy as np
+
+    from benchmarks.speech_set import mu_law, sox
+
+    audio = np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 0.1
+    assert np.array_equal(sox(audio, "reverb", "40", "50", "30"), sox(audio, "reverb", "40", "50", "30"))
+    assert np.array_equal(mu_law(audio), mu_law(audio))
 
 
 def test_the_real_split_takes_each_speakers_longest_clean_recordings_of_2_to_30_s(tmp_path):
