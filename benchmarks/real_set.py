@@ -46,7 +46,7 @@ from pathlib import Path
 
 import soundfile
 
-from benchmarks.speech_set import write_manifest
+from benchmarks.speech_set import SOX, write_manifest
 
 DEFAULT_OUT = Path(__file__).parent / "data" / "speech" / "real"
 DEFAULT_CACHE = Path.home() / ".cache" / "audiokv" / "real-speech"
@@ -182,7 +182,7 @@ def convert(clip: dict, dest: Path) -> float:
     """Write ``clip`` to ``dest`` as 16 kHz mono 16-bit (cut to its ``trim``); returns its seconds."""
     raw = ["-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1", "-L"] if clip.get("raw") else []
     trim = ["trim", f"{clip['trim'][0]}", f"={clip['trim'][1]}"] if "trim" in clip else []
-    subprocess.run(["sox", "-D", *raw, clip["path"], "-r", "16000", "-c", "1", "-b", "16", dest, *trim], check=True)
+    subprocess.run([*SOX, *raw, clip["path"], "-r", "16000", "-c", "1", "-b", "16", dest, *trim], check=True)
     return soundfile.info(dest).duration
 
 

@@ -315,6 +315,7 @@ SPLITS["tune2"] = {**SPLITS["tune"], "sentences": TUNE2_SENTENCES, "seed": 53}
 SPLITS["test2"] = {**SPLITS["test"], "sentences": TEST2_SENTENCES, "seed": 61}
 CLIPS_PER_VOICE = {"tune": 5, "tune2": 5, "test": 6, "test2": 10, "holdout": 6}
 FREETTS_JAR, FREETTS_KAL = "/usr/share/java/freetts.jar", "/usr/share/java/cmu_us_kal.jar"
+SOX = ["sox", "-D"]  # without dither, so that a rebuild repeats every byte
 BABBLE_TALKERS = 4
 
 
@@ -334,7 +335,7 @@ def synthesize(voice: Voice, text: str, speed: float, path: Path) -> None:
         spoken = path.with_name(f"{path.stem}.freetts.wav")
         cmd = ["java", "-jar", FREETTS_JAR, "-voice", voice.name, "-dumpAudio", str(spoken), "-text", text]
         subprocess.run(cmd, check=True, capture_output=True)
-        cmd = ["sox", "-D", str(spoken), str(path), "tempo", str(speed)]
+        cmd = [*SOX, str(spoken), str(path), "tempo", str(speed)]
     else:
         raise ValueError(f"unknown engine {voice.engine!r}")
     subprocess.run(cmd, check=True, capture_output=True)
@@ -372,9 +373,9 @@ def sox(audio: np.ndarray, *effects: str, encode: tuple[str, ...] = ()) -> np.nd
         write_wav(src, audio / max(1e-9, np.abs(audio).max()) * 0.5)
         output: tuple[str, ...] = ()
         if encode:
-            subprocess.run(["sox", "-D", str(src), *encode, str(mid)], check=True, capture_output=True)
+            subprocess.run([*SOX, str(src), *encode, str(mid)], check=True, capture_output=True)
             src, output = mid, ("-e", "signed", "-b", "16", "-r", str(SAMPLE_RATE))
-        subprocess.run(["sox", "-D", str(src), *output, str(dst), *effects], check=True, capture_output=True)
+        subprocess.run([*SOX, str(src), *output, str(dst), *effects], check=True, capture_output=True)
         return load_audio(dst)
 
 
