@@ -167,6 +167,11 @@ results: $(STAMP)
 		P="-m benchmarks.paired $(R)/$$s-sss-sound-whisper-base.json --against $(R)/$$s-whisper-base.json"; \
 		$(BIN)/python $$P:audiokv && $(BIN)/python $$P:audiokv-sss --out $(R)/paired-$$s-sss-sound-vs-sss-whisper-base.json \
 		|| exit 1; done
+	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m --data benchmarks/data/speech/test/manifest.jsonl \
+		--policies full,audiokv-paper,audiokv-paper-no-sss --ratios 0.4,0.6,0.7,0.8,0.9 --out $(R)/test-paper-$$m.json && \
+		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against audiokv-paper-no-sss && \
+		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against $(R)/test-$$m.json:audiokv \
+		--out $(R)/paired-test-paper-vs-audiokv-$$m.json || exit 1; done
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
 	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \

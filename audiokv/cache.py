@@ -9,10 +9,18 @@ not compressed stay ordinary `DynamicCache` layers.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from audiokv.attention import AudioKVAttention
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name ``model.forward`` takes its cache by and its outputs return it under: ``cache`` from
+    transformers 5.2x on (which warns on ``past_key_values``), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class AudioKVLayer(CacheLayerMixin):

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from audiokv.cache import cache_argument
 from audiokv.config import AudioKVConfig
 from audiokv.eval import has_repetition
 from audiokv.integrations import apply_audiokv
@@ -108,15 +109,16 @@ def evaluate_passkey(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     runs = [(p, 0.0 if p == "full" else r) for p in policies for r in (ratios if p != "full" else [0.0])]
     rows = []
+    cache_key = cache_argument(model)
     for policy, ratio in tqdm(runs, desc=f"passkey @ {context} tokens", unit="run", disable=not progress):
         start = time.perf_counter()
         cfg = replace(config or PASSKEY_CONFIG, compression_ratio=ratio, decode_reserve=question + max_new_tokens)
         with apply_audiokv(model, cfg, policy=policy) as handle:
             cache = None
             if question:  # compress the context alone; the question is appended to the compressed cache
-                cache = model(ids[:, :-question], use_cache=True, logits_to_keep=1).past_key_values
+                cache = getattr(model(ids[:, :-question], use_cache=True, logits_to_keep=1), cache_key)
             out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), past_key_values=cache, max_new_tokens=max_new_tokens,
+                ids, attention_mask=torch.ones_like(ids), **{cache_key: cache}, max_new_tokens=max_new_tokens,
                 do_sample=False, pad_token_id=pad,
             )  # fmt: skip
             held, peak = handle.kv_bytes, handle.peak_kv_bytes

@@ -401,6 +401,11 @@ POLICIES: dict[str, Policy] = {
         AudioKV("audiokv-no-quiet-lead", **{**AUDIOKV, "quiet_lead": False}),
         AudioKV("audiokv-no-quiet-pauses", **{**AUDIOKV, "quiet_pauses": False}),
         AudioKV("audiokv-pause-floor", **{**AUDIOKV, "pauses_at_mean": False}),
+        # AudioKV as published (our reading of the paper): the calibrated prior weights layers and heads,
+        # AdaKV splits each layer's budget by the window scores, SSS smooths them, each head keeps its top
+        # ones; no coverage, merging or onset. With and without SSS, to measure SSS where the paper put it.
+        Policy("audiokv-paper", head_budgets=True, use_prior=True, layer_split=True, smooth=True),
+        Policy("audiokv-paper-no-sss", head_budgets=True, use_prior=True, layer_split=True),
         # variants the tune split rejected (docs/results.md), kept so that their rows can be remade
         AudioKV("audiokv-joint", **{**AUDIOKV, "joint_law": True}),
         AudioKV("audiokv-pick", **{**AUDIOKV, "pick_novelty": True}),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 
 from audiokv.audio import SAMPLE_RATE, speech_frames, split_at_pauses
+from audiokv.cache import cache_argument
 from audiokv.models.whisper import SpeechModel
 
 
@@ -58,7 +57,7 @@ def _greedy_windows(speech: SpeechModel, audios: list[np.ndarray], max_new_token
     tokens = torch.tensor([speech.prompt_ids] * bsz, device=features.device)
     done = torch.zeros(bsz, dtype=torch.bool)
     generated: list[list[int]] = [[] for _ in range(bsz)]
-    cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_key = cache_argument(model)
     past = None
     step_input = tokens
     for _ in range(max_new_tokens):
@@ -66,7 +65,7 @@ def _greedy_windows(speech: SpeechModel, audios: list[np.ndarray], max_new_token
             encoder_outputs=encoder_out, attention_mask=sound, decoder_input_ids=step_input, use_cache=True,
             **{cache_key: past},
         )  # fmt: skip
-        past = out.past_key_values
+        past = getattr(out, cache_key)
         nxt = out.logits[:, -1].argmax(-1)
         for i, token in enumerate(nxt.tolist()):  # one copy to the host per step
             if not done[i]:

@@ -630,3 +630,22 @@ def test_sss_on_the_picks_keeps_the_best_smoothed_score_of_each_stratum(cross_mo
 
     assert kept("audiokv") == best(raw)
     assert kept("audiokv-sss-picks") == best(lowpass(raw, AudioKVConfig().sss_cutoff)) != best(raw)
+
+
+
+def test_the_published_recipe_keeps_each_heads_top_window_scores_smoothed_by_sss(cross_module):
+    """One head, 200 frames, 20 kept: no coverage, so the kept frames are the top 20 scores (after SSS)."""
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = torch.randn(1, 1, 3, 16, generator=gen), *torch.randn(2, 1, 1, 200, 16, generator=gen)
+    raw = window_scores(query, key, scaling=16**-0.5, causal=False)[0, 0]
+
+    def kept(policy: str) -> list[int]:
+        module = cross_module(policy, 0.9, heads=1, pooling_kernel=1)
+        module(query, key, value)
+        return module.kept_indices[0, 0, : module.budgets[0, 0]].tolist()
+
+    def top(scores: Tensor) -> list[int]:
+        return sorted(scores.topk(20).indices.tolist())
+
+    assert kept("audiokv-paper-no-sss") == top(raw)
+    assert kept("audiokv-paper") == top(lowpass(raw, AudioKVConfig().sss_cutoff)) != top(raw)

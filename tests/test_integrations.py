@@ -23,7 +23,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from audiokv import AudioKVConfig
-from audiokv.cache import AudioKVCache
+from audiokv.cache import AudioKVCache, cache_argument
 from audiokv.heads import HeadScores
 from audiokv.integrations import SUPPORTED_FAMILIES, apply_audiokv
 from audiokv.integrations.apply import layer_stack
@@ -937,3 +937,13 @@ def test_sound_frames_map_the_feature_mask_onto_encoder_frames():
     spans, inside = sound_rows(frames, 4, 5)
     assert spans.tolist() == [[0, 4], [0, 5], [0, 0], [1, 4]] and torch.equal(inside, frames)
     assert sound_frames(None, 5) is None
+
+
+def test_the_cache_is_passed_and_read_by_the_name_the_forward_takes():
+    class Renamed(nn.Module):
+        def forward(self, input_ids, cache=None, **kwargs): ...
+
+    class Former(nn.Module):
+        def forward(self, input_ids, past_key_values=None, **kwargs): ...
+
+    assert cache_argument(Renamed()) == "cache" and cache_argument(Former()) == "past_key_values"

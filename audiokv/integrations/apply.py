@@ -13,7 +13,6 @@ padding mask, which the engines use when they compress.
 from __future__ import annotations
 
 import functools
-import inspect
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from audiokv.attention import AudioKVAttention, KVMeter, SharedKVAttention
-from audiokv.cache import AudioKVCache, AudioKVEncoderDecoderCache
+from audiokv.cache import AudioKVCache, AudioKVEncoderDecoderCache, cache_argument
 from audiokv.config import AudioKVConfig
 from audiokv.heads import HeadScores
 from audiokv.integrations.chunked import prefill_in_chunks
@@ -295,8 +294,7 @@ def apply_audiokv(
         attach(modules[idx], SharedKVAttention(handle.engines[source], modules[idx].scaling))
     handle._configs = set_attention_implementation(model, modules.values(), IMPLEMENTATION)
 
-    params = inspect.signature(model.forward).parameters
-    default_key = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+    default_key = cache_argument(model)
 
     def cache_of(kwargs: dict) -> tuple[str, object]:
         key = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), default_key)
