@@ -632,7 +632,6 @@ def test_sss_on_the_picks_keeps_the_best_smoothed_score_of_each_stratum(cross_mo
     assert kept("audiokv-sss-picks") == best(lowpass(raw, AudioKVConfig().sss_cutoff)) != best(raw)
 
 
-
 def test_the_published_recipe_keeps_each_heads_top_window_scores_smoothed_by_sss(cross_module):
     """One head, 200 frames, 20 kept: no coverage, so the kept frames are the top 20 scores (after SSS)."""
     gen = torch.Generator().manual_seed(0)
