@@ -1,6 +1,7 @@
 """apply_audiokv on tiny random transformers models (built offline from their configs)."""
 
 import itertools
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -26,7 +27,7 @@ from audiokv import AudioKVConfig
 from audiokv.cache import AudioKVCache, cache_argument
 from audiokv.heads import HeadScores
 from audiokv.integrations import SUPPORTED_FAMILIES, apply_audiokv
-from audiokv.integrations.apply import layer_stack
+from audiokv.integrations.apply import NoCalibrationWarning, layer_stack
 from audiokv.integrations.chunked import chunk_bounds
 from audiokv.passkey import dense_kv_bytes
 
@@ -947,3 +948,12 @@ def test_the_cache_is_passed_and_read_by_the_name_the_forward_takes():
         def forward(self, input_ids, past_key_values=None, **kwargs): ...
 
     assert cache_argument(Renamed()) == "cache" and cache_argument(Former()) == "past_key_values"
+
+
+def test_only_a_model_that_reads_audio_is_warned_that_it_runs_without_its_head_prior():
+    """The prior weighs rows holding audio; a text-only model never has one, so no calibration is missing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoCalibrationWarning)
+        apply_audiokv(tiny("llama"), AudioKVConfig(), None, "audiokv").remove()
+    with pytest.warns(NoCalibrationWarning, match="without a calibration"):
+        apply_audiokv(tiny_whisper(), AudioKVConfig(), None, "audiokv").remove()

@@ -256,7 +256,7 @@ def apply_audiokv(
     token_id = audio_token_id(model, family)
     handle = AudioKVHandle(model, {})
     policy = get_policy(policy)
-    if policy.use_prior and calibration is None:
+    if policy.use_prior and calibration is None and (family.cross_attention or token_id is not None):  # audio to weigh
         warnings.warn(
             f"policy {policy.name!r} runs without a calibration, so without its audio-critical head prior; "
             "pass calibration=HeadScores.load(...) (files for the bundled models: audiokv.data.shipped_calibration)",
