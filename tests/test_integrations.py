@@ -24,7 +24,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from audiokv import AudioKVConfig
-from audiokv.cache import AudioKVCache, cache_argument
+from audiokv.cache import AudioKVCache, AudioKVEncoderDecoderCache, cache_argument
 from audiokv.heads import HeadScores
 from audiokv.integrations import SUPPORTED_FAMILIES, apply_audiokv
 from audiokv.integrations.apply import NoCalibrationWarning, layer_stack
@@ -957,3 +957,13 @@ def test_only_a_model_that_reads_audio_is_warned_that_it_runs_without_its_head_p
         apply_audiokv(tiny("llama"), AudioKVConfig(), None, "audiokv").remove()
     with pytest.warns(NoCalibrationWarning, match="without a calibration"):
         apply_audiokv(tiny_whisper(), AudioKVConfig(), None, "audiokv").remove()
+
+
+def test_a_callers_cache_of_none_names_where_the_compressed_cache_goes():
+    """``past_key_values=None`` on a forward that takes ``cache``: ours goes under the caller's name, not both."""
+    model, features = tiny_whisper(), torch.randn(1, 16, 1600, generator=torch.Generator().manual_seed(2))
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.5)), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model(input_features=features, decoder_input_ids=torch.tensor([[1, 5]]), past_key_values=None)
+    assert not [w for w in caught if "Both" in str(w.message)]  # transformers 5.2x: both names set, one ignored
+    assert isinstance(getattr(out, cache_argument(model)), AudioKVEncoderDecoderCache)

@@ -296,8 +296,9 @@ def apply_audiokv(
 
     default_key = cache_argument(model)
 
-    def cache_of(kwargs: dict) -> tuple[str, object]:
-        key = next((k for k in ("cache", "past_key_values") if kwargs.get(k) is not None), default_key)
+    def cache_of(kwargs: dict) -> tuple[str, object]:  # the caller's cache, or the name to put ours under
+        named = [k for k in ("cache", "past_key_values") if k in kwargs]  # a caller's None names it too
+        key = next((k for k in named if kwargs[k] is not None), named[0] if named else default_key)
         return key, kwargs.get(key)
 
     def pre_hook(_module, args, kwargs):
