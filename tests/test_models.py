@@ -96,6 +96,23 @@ def test_tiny_en_matches_the_ctranslate2_runtime(tiny):
     assert greedy_transcribe(tiny, audio) == theirs
 
 
+def test_a_transformers_whisper_folder_loads_and_transcribes_as_the_bundled_model(tiny, eval_clip, tmp_path):
+    """The path a user with another Whisper size takes (a hub id or a local folder), offline."""
+    from transformers import WhisperProcessor
+
+    tiny.model.save_pretrained(tmp_path / "tiny")
+    WhisperProcessor(feature_extractor=tiny.feature_extractor, tokenizer=tiny.tokenizer).save_pretrained(
+        tmp_path / "tiny"
+    )
+    other = load_speech_model(str(tmp_path / "tiny"))
+    assert (other.prompt_ids, other.eos_id) == (tiny.prompt_ids, tiny.eos_id)
+    audio = [eval_clip.audio()]
+    assert greedy_transcribe(other, audio) == greedy_transcribe(tiny, audio)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"unknown model .*not one of the bundled"):
+        load_speech_model(str(tmp_path / "empty"))
+
+
 def test_whisper_base_transcribes_a_clip(eval_clip):
     base = load_speech_model("whisper-base")
     assert base.model.config.vocab_size == 51865 and len(base.prompt_ids) == 4  # multilingual: en + transcribe
