@@ -132,6 +132,10 @@ results: $(STAMP)
 	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
 		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done
+	for m in whisper-tiny.en whisper-base; do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+		--data benchmarks/data/speech/tune$${t#70}/manifest.jsonl --only audiokv,audiokv:layer_prior=0.5,audiokv:safeguard=0.35 \
+		--out $(R)/tune$$t-knobs-half-$$m.json && $(BIN)/python -m benchmarks.paired $(R)/tune$$t-knobs-half-$$m.json \
+		|| exit 1; done; done
 	$(BIN)/python -m benchmarks.speech_set --splits test2
 	for m in whisper-tiny.en whisper-base; do T2="--model $$m --data benchmarks/data/speech/test2/manifest.jsonl \
 		--out $(R)/test2-$$m.json"; $(BIN)/audiokv eval $$T2 --policies full,audiokv --ratios 0.4,0.6,0.7,0.8,0.9 && \
