@@ -610,41 +610,39 @@ def test_sss_over_the_sound_leaves_the_paddings_spikes_to_the_cap(cross_module):
     assert kept("audiokv-sss-sound", None) == kept("audiokv-sss", None)  # no sound marked: the whole span
 
 
+def one_head_kept(policy: str, cross_module, **knobs) -> tuple[list[int], Tensor]:
+    """One head over 200 random frames at 0.9 (20 kept), no pooling: the kept frames and the raw window scores."""
+    gen = torch.Generator().manual_seed(0)
+    query, key, value = torch.randn(1, 1, 3, 16, generator=gen), *torch.randn(2, 1, 1, 200, 16, generator=gen)
+    module = cross_module(policy, 0.9, heads=1, pooling_kernel=1, **knobs)
+    module(query, key, value)
+    raw = window_scores(query, key, scaling=16**-0.5, causal=False)[0, 0]
+    return module.kept_indices[0, 0, : module.budgets[0, 0]].tolist(), raw
+
+
 def test_sss_on_the_picks_keeps_the_best_smoothed_score_of_each_stratum(cross_module):
-    """One head, 200 frames, 20 kept, a uniform density: the strata are the blocks of 10 frames.
+    """With a uniform density the strata are the blocks of 10 frames.
 
     Each block keeps its best window score; with ``smooth_picks`` its best
     score after SSS (the reference: the window's attention, low-passed here).
     """
-    gen = torch.Generator().manual_seed(0)
-    query, key, value = torch.randn(1, 1, 3, 16, generator=gen), *torch.randn(2, 1, 1, 200, 16, generator=gen)
-    raw = window_scores(query, key, scaling=16**-0.5, causal=False)[0, 0]
-
-    def kept(policy: str) -> list[int]:
-        module = cross_module(policy, 0.9, heads=1, coverage_floor=1.0, pooling_kernel=1)
-        module(query, key, value)
-        return module.kept_indices[0, 0, : module.budgets[0, 0]].tolist()
 
     def best(scores: Tensor) -> list[int]:
         return (scores.view(20, 10).argmax(-1) + torch.arange(0, 200, 10)).tolist()
 
-    assert kept("audiokv") == best(raw)
-    assert kept("audiokv-sss-picks") == best(lowpass(raw, AudioKVConfig().sss_cutoff)) != best(raw)
+    kept, raw = one_head_kept("audiokv", cross_module, coverage_floor=1.0)
+    assert kept == best(raw)
+    smoothed, _ = one_head_kept("audiokv-sss-picks", cross_module, coverage_floor=1.0)
+    assert smoothed == best(lowpass(raw, AudioKVConfig().sss_cutoff)) != best(raw)
 
 
 def test_the_published_recipe_keeps_each_heads_top_window_scores_smoothed_by_sss(cross_module):
-    """One head, 200 frames, 20 kept: no coverage, so the kept frames are the top 20 scores (after SSS)."""
-    gen = torch.Generator().manual_seed(0)
-    query, key, value = torch.randn(1, 1, 3, 16, generator=gen), *torch.randn(2, 1, 1, 200, 16, generator=gen)
-    raw = window_scores(query, key, scaling=16**-0.5, causal=False)[0, 0]
-
-    def kept(policy: str) -> list[int]:
-        module = cross_module(policy, 0.9, heads=1, pooling_kernel=1)
-        module(query, key, value)
-        return module.kept_indices[0, 0, : module.budgets[0, 0]].tolist()
+    """No coverage, so the kept frames are the top 20 window scores (after SSS)."""
 
     def top(scores: Tensor) -> list[int]:
         return sorted(scores.topk(20).indices.tolist())
 
-    assert kept("audiokv-paper-no-sss") == top(raw)
-    assert kept("audiokv-paper") == top(lowpass(raw, AudioKVConfig().sss_cutoff)) != top(raw)
+    kept, raw = one_head_kept("audiokv-paper-no-sss", cross_module)
+    assert kept == top(raw)
+    smoothed, _ = one_head_kept("audiokv-paper", cross_module)
+    assert smoothed == top(lowpass(raw, AudioKVConfig().sss_cutoff)) != top(raw)
