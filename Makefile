@@ -43,80 +43,60 @@ PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,to
 HOLDOUT_POLICIES := full,random,stride,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-no-onset
 AGNOSTIC_POLICIES := full,random,stride,knorm,snapkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
 R := benchmarks/results
+MODELS := whisper-tiny.en whisper-base
+comma := ,
+space := $(subst ,, )
+# $(call tune,ROWS,NAME[,ARGS]): benchmarks.tune_whisper's ROWS (space-separated POLICY[:KNOB=VALUE]) on each of
+# MODELS, with ARGS (--data, --ratios), into $(R)/NAME-MODEL.json
+tune = for m in $(MODELS); do $(BIN)/python -m benchmarks.tune_whisper --model $$m $(3) \
+	--only $(subst $(space),$(comma),$(strip $(1))) --out $(R)/$(2)-$$m.json || exit 1; done
 results: $(STAMP)
 	$(MAKE) results-whisper MODEL=whisper-tiny.en POLICIES=$(WHISPER_POLICIES)
 	$(MAKE) results-whisper MODEL=whisper-base POLICIES=$(BASE_POLICIES)
 	$(BIN)/python -m benchmarks.tune_whisper
 	$(BIN)/python -m benchmarks.tune_whisper --model whisper-base --only audiokv,audiokv-sss,audiokv:safeguard=0.2,audiokv:safeguard=0.35,audiokv:layer_prior=0,audiokv:layer_prior=0.5
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv,audiokv:safeguard=0.35,audiokv-sss --out $(R)/tune70-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-joint --out $(R)/tune70-joint-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-pick,audiokv-pick-sss --out $(R)/tune70-pick-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-content --out $(R)/tune70-content-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-content-mean --out $(R)/tune70-content-mean-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-no-onset --out $(R)/tune70-onset-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv:onset_seconds=1,audiokv:onset_seconds=4 --out $(R)/tune70-onset-length-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-sss:sss_cutoff=0.3,audiokv-sss:sss_cutoff=0.5 --out $(R)/tune70-sss-cutoff-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-sss-keys --out $(R)/tune70-sss-keys-$$m.json || exit 1; done
+	$(call tune,audiokv audiokv:safeguard=0.35 audiokv-sss,tune70)
+	$(call tune,audiokv-joint,tune70-joint)
+	$(call tune,audiokv-pick audiokv-pick-sss,tune70-pick)
+	$(call tune,audiokv-content,tune70-content)
+	$(call tune,audiokv-content-mean,tune70-content-mean)
+	$(call tune,audiokv-no-onset,tune70-onset)
+	$(call tune,audiokv:onset_seconds=1 audiokv:onset_seconds=4,tune70-onset-length)
+	$(call tune,audiokv-sss:sss_cutoff=0.3 audiokv-sss:sss_cutoff=0.5,tune70-sss-cutoff)
+	$(call tune,audiokv-sss-keys,tune70-sss-keys)
 	$(BIN)/python -m benchmarks.speech_set --splits tune --quiet-lead 1.5
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-lead/manifest.jsonl --ratios 0.8 0.9 --only audiokv-no-quiet-lead,audiokv \
-		--out $(R)/tune70-lead-$$m.json || exit 1; done
+	$(call tune,audiokv-no-quiet-lead audiokv,tune70-lead,--data benchmarks/data/speech/tune-lead/manifest.jsonl --ratios 0.8 0.9)
 	# audiokv on the plain tune split: the default's rows after the quiet lead-in, the quiet pauses and the pause
 	# rate each joined it (three files, one per decision in docs/results.md): the same run at one commit, made once
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv --out $(R)/tune70-quiet-lead-$$m.json || exit 1; done
+	$(call tune,audiokv,tune70-quiet-lead)
 	$(BIN)/python -m benchmarks.speech_set --splits test --quiet-lead 1.5
-	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
+	for m in $(MODELS); do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/test-lead/manifest.jsonl --policies full,audiokv-no-quiet-lead,audiokv \
 		--ratios 0.8,0.9 --out $(R)/test-lead-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits tune --pauses 1.0
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9 --only audiokv-no-quiet-pauses,audiokv \
-		--out $(R)/tune70-pauses-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
-		--out $(R)/tune70-pauses-pause-mean-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do cp $(R)/tune70-quiet-lead-$$m.json $(R)/tune70-quiet-pauses-$$m.json; done
+	$(call tune,audiokv-no-quiet-pauses audiokv,tune70-pauses,--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9)
+	$(call tune,audiokv,tune70-pauses-pause-mean,--data benchmarks/data/speech/tune-pauses/manifest.jsonl --ratios 0.8 0.9)
+	for m in $(MODELS); do cp $(R)/tune70-quiet-lead-$$m.json $(R)/tune70-quiet-pauses-$$m.json; done
 	$(BIN)/python -m benchmarks.speech_set --splits tune test --pauses 1.0 --level -40
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv-pause-floor \
-		--out $(R)/tune70-pauses-40db-floor-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-pause-floor --out $(R)/tune70-noise-floor-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do cp $(R)/tune70-quiet-lead-$$m.json $(R)/tune70-pause-mean-$$m.json; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-no-onset --out $(R)/tune70-onset-today-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv:layer_prior=0,audiokv:layer_prior=0.5 --out $(R)/tune70-layers-today-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv:safeguard=0.35 --out $(R)/tune70-floor-today-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv:coverage_floor=0.25 --out $(R)/tune70-cover-today-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv:head_prior_strength=0.5 --out $(R)/tune70-strength-today-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--only audiokv-sss-keys --out $(R)/tune70-sss-keys-today-$$m.json || exit 1; done
+	$(call tune,audiokv-pause-floor,tune70-pauses-40db-floor,--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9)
+	$(call tune,audiokv-pause-floor,tune70-noise-floor)
+	for m in $(MODELS); do cp $(R)/tune70-quiet-lead-$$m.json $(R)/tune70-pause-mean-$$m.json; done
+	$(call tune,audiokv-no-onset,tune70-onset-today)
+	$(call tune,audiokv:layer_prior=0 audiokv:layer_prior=0.5,tune70-layers-today)
+	$(call tune,audiokv:safeguard=0.35,tune70-floor-today)
+	$(call tune,audiokv:coverage_floor=0.25,tune70-cover-today)
+	$(call tune,audiokv:head_prior_strength=0.5,tune70-strength-today)
+	$(call tune,audiokv-sss-keys,tune70-sss-keys-today)
 	$(BIN)/python -m benchmarks.speech_set --splits tune2
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune2/manifest.jsonl --only audiokv,audiokv-sss:sss_cutoff=0.5,audiokv-sss-keys \
-		--out $(R)/tune2-sss-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.paired $(R)/tune2-sss-$$m.json && \
+	$(call tune,audiokv audiokv-sss:sss_cutoff=0.5 audiokv-sss-keys,tune2-sss,--data benchmarks/data/speech/tune2/manifest.jsonl)
+	for m in $(MODELS); do $(BIN)/python -m benchmarks.paired $(R)/tune2-sss-$$m.json && \
 		$(BIN)/python -m benchmarks.paired $(R)/tune70-sss-keys-today-$$m.json \
 		--against $(R)/tune70-pause-mean-$$m.json:audiokv-pause-mean || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+	for m in $(MODELS); do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune2/manifest.jsonl --out $(R)/tune2-knobs-$$m.json --only \
 		audiokv:safeguard=0.35,audiokv:coverage_floor=0.25,audiokv:layer_prior=0.5,audiokv:head_prior_strength=0.5 && \
 		$(BIN)/python -m benchmarks.paired $(R)/tune2-knobs-$$m.json --against $(R)/tune2-sss-$$m.json:audiokv || exit 1; done
-	for m in whisper-tiny.en whisper-base; do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+	for m in $(MODELS); do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune$${t#70}/manifest.jsonl --only audiokv,audiokv-sss-sound \
 		--out $(R)/tune$$t-sss-sound-$$m.json && $(BIN)/python -m benchmarks.paired $(R)/tune$$t-sss-sound-$$m.json \
 		|| exit 1; done; done
@@ -125,19 +105,17 @@ results: $(STAMP)
 		--data benchmarks/data/speech/tune$${t#70}/manifest.jsonl --ratios 0.9 --only audiokv-sss \
 		--out $(R)/tune$$t-sss-padding-whisper-base.json && $(BIN)/python $$P:audiokv && $(BIN)/python $$P:audiokv-sss-sound \
 		--out $(R)/paired-tune$$t-sss-padding-vs-sound-whisper-base.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+	for m in $(MODELS); do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune$${t#70}/manifest.jsonl --only audiokv-sss-picks \
 		--out $(R)/tune$$t-sss-picks-$$m.json && $(BIN)/python -m benchmarks.paired $(R)/tune$$t-sss-picks-$$m.json \
 		--against $(R)/tune$$t-sss-sound-$$m.json:audiokv || exit 1; done; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
-		--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9 --only audiokv \
-		--out $(R)/tune70-pauses-40db-pause-mean-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+	$(call tune,audiokv,tune70-pauses-40db-pause-mean,--data benchmarks/data/speech/tune-pauses-40db/manifest.jsonl --ratios 0.8 0.9)
+	for m in $(MODELS); do for t in 70 2; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/tune$${t#70}/manifest.jsonl --only audiokv,audiokv:layer_prior=0.5,audiokv:safeguard=0.35 \
 		--out $(R)/tune$$t-knobs-half-$$m.json && $(BIN)/python -m benchmarks.paired $(R)/tune$$t-knobs-half-$$m.json \
 		|| exit 1; done; done
 	$(BIN)/python -m benchmarks.speech_set --splits test2
-	for m in whisper-tiny.en whisper-base; do T2="--model $$m --data benchmarks/data/speech/test2/manifest.jsonl \
+	for m in $(MODELS); do T2="--model $$m --data benchmarks/data/speech/test2/manifest.jsonl \
 		--out $(R)/test2-$$m.json"; $(BIN)/audiokv eval $$T2 --policies full,audiokv --ratios 0.4,0.6,0.7,0.8,0.9 && \
 		$(BIN)/audiokv eval $$T2 --update --policies stride --ratios 0.4,0.6,0.7,0.8 && \
 		$(BIN)/audiokv eval $$T2 --update --policies random,expected-attention,tova --ratios 0.4,0.6 && \
@@ -145,22 +123,22 @@ results: $(STAMP)
 		$(BIN)/python -m benchmarks.targets $(R)/test2-$$m.json && $(BIN)/python -m benchmarks.targets \
 		$(R)/test-$$m.json $(R)/test2-$$m.json --out $(R)/targets-test+test2-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.speech_set --splits test --pauses 1.0
-	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
+	for m in $(MODELS); do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/test-pauses/manifest.jsonl --policies full,audiokv-no-quiet-pauses,audiokv \
 		--ratios 0.8,0.9 --out $(R)/test-pauses-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
+	for m in $(MODELS); do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/test-pauses-40db/manifest.jsonl --policies full,audiokv-no-quiet-pauses,audiokv \
 		--ratios 0.8,0.9 --out $(R)/test-pauses-40db-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
+	for m in $(MODELS); do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m \
+	for m in $(MODELS); do $(BIN)/audiokv eval --model $$m \
 		--data benchmarks/data/speech/holdout/manifest.jsonl --policies $(HOLDOUT_POLICIES) --ratios 0.4,0.6,0.7,0.8,0.9 \
 		--out $(R)/holdout-$$m.json --plot $(R)/holdout-$$m.png && $(BIN)/python -m benchmarks.targets $(R)/holdout-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.paired $(R)/test-$$m.json && \
+	for m in $(MODELS); do $(BIN)/python -m benchmarks.paired $(R)/test-$$m.json && \
 		$(BIN)/python -m benchmarks.paired $(R)/holdout-$$m.json || exit 1; done
 	$(BIN)/python -m benchmarks.real_set
-	for m in whisper-tiny.en whisper-base; do RL="--model $$m --data benchmarks/data/speech/real/manifest.jsonl \
+	for m in $(MODELS); do RL="--model $$m --data benchmarks/data/speech/real/manifest.jsonl \
 		--out $(R)/real-$$m.json"; $(BIN)/audiokv eval $$RL --policies full,audiokv,stride --ratios 0.4,0.6,0.7,0.8,0.9 && \
 		$(BIN)/audiokv eval $$RL --update --policies random,expected-attention,tova --ratios 0.4,0.6 && \
 		$(BIN)/audiokv eval $$RL --update --policies audiokv-no-heads,audiokv-sss --ratios 0.7,0.8,0.9 \
@@ -171,7 +149,7 @@ results: $(STAMP)
 		P="-m benchmarks.paired $(R)/$$s-sss-sound-whisper-base.json --against $(R)/$$s-whisper-base.json"; \
 		$(BIN)/python $$P:audiokv && $(BIN)/python $$P:audiokv-sss --out $(R)/paired-$$s-sss-sound-vs-sss-whisper-base.json \
 		|| exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv eval --model $$m --data benchmarks/data/speech/test/manifest.jsonl \
+	for m in $(MODELS); do $(BIN)/audiokv eval --model $$m --data benchmarks/data/speech/test/manifest.jsonl \
 		--policies full,audiokv-paper,audiokv-paper-no-sss --ratios 0.4,0.6,0.7,0.8,0.9 --out $(R)/test-paper-$$m.json && \
 		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against audiokv-paper-no-sss && \
 		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against $(R)/test-$$m.json:audiokv \
@@ -197,12 +175,12 @@ results: $(STAMP)
 		--out $(R)/test-whisper-tiny.en-word-timed-prior.json
 	$(BIN)/audiokv calibrate --model whisper-base --method word-timed \
 		--data audiokv/data/speech/calib_timed/manifest.jsonl --out $(R)/whisper-base-word-timed.safetensors
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m --only audiokv \
+	for m in $(MODELS); do $(BIN)/python -m benchmarks.tune_whisper --model $$m --only audiokv \
 		--calibration $(R)/$$m-word-timed.safetensors --out $(R)/tune70-word-timed-$$m.json || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/audiokv calibrate --model $$m --method word-timed \
+	for m in $(MODELS); do $(BIN)/audiokv calibrate --model $$m --method word-timed \
 		--data audiokv/data/speech/calib_timed/manifest.jsonl --layer-split audiokv/data/calib/$$m.safetensors \
 		--out $(R)/$$m-word-timed-split.safetensors || exit 1; done
-	for m in whisper-tiny.en whisper-base; do $(BIN)/python -m benchmarks.tune_whisper --model $$m --only audiokv \
+	for m in $(MODELS); do $(BIN)/python -m benchmarks.tune_whisper --model $$m --only audiokv \
 		--calibration $(R)/$$m-word-timed-split.safetensors --out $(R)/tune70-word-timed-split-$$m.json || exit 1; done
 	$(BIN)/audiokv eval --model whisper-tiny.en --data benchmarks/data/speech/test/manifest.jsonl \
 		--policies audiokv,full --ratios 0.4,0.7,0.8 --out $(R)/time-whisper-tiny.en.json
