@@ -154,6 +154,17 @@ results: $(STAMP)
 		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against audiokv-paper-no-sss && \
 		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against $(R)/test-$$m.json:audiokv \
 		--out $(R)/paired-test-paper-vs-audiokv-$$m.json || exit 1; done
+	# calib-tune: the prior made on the tune split's 70 clips against the shipped one (docs/calibration.md)
+	for m in $(MODELS); do C=$(R)/$$m-tune-calibrated.safetensors; $(BIN)/audiokv calibrate --model $$m \
+		--data benchmarks/data/speech/tune/manifest.jsonl --out $$C && $(BIN)/python -m benchmarks.calib_compare \
+		audiokv/data/calib/$$m.safetensors $$C --model $$m --out $(R)/calib-compare-$$m.json && \
+		$(BIN)/python -m benchmarks.tune_whisper --model $$m --data benchmarks/data/speech/tune2/manifest.jsonl \
+		--only audiokv --calibration $$C --out $(R)/tune2-calib-tune-$$m.json && $(BIN)/python -m benchmarks.paired \
+		$(R)/tune2-calib-tune-$$m.json --against $(R)/tune2-knobs-half-$$m.json:audiokv \
+		--out $(R)/paired-tune2-calib-tune-$$m.json && $(BIN)/audiokv eval --model $$m --calibration $$C \
+		--data benchmarks/data/speech/test/manifest.jsonl --policies full,audiokv --ratios 0.4,0.6,0.7,0.8,0.9 \
+		--out $(R)/test-calib-tune-$$m.json && $(BIN)/python -m benchmarks.paired $(R)/test-calib-tune-$$m.json \
+		--against $(R)/test-$$m.json:audiokv --out $(R)/paired-test-calib-tune-$$m.json || exit 1; done
 	$(BIN)/audiokv eval --task passkey --model smollm2-135m --context 1024 --limit 6 --policies $(PASSKEY_POLICIES) \
 		--ratios 0.2,0.4,0.6,0.7,0.8,0.9 --out $(R)/sweep-passkey-smollm2-135m.json --plot $(R)/sweep-passkey-smollm2-135m.png
 	$(BIN)/audiokv eval --task passkey --protocol query-agnostic --model smollm2-135m --context 2048 --limit 20 --seed 1 \

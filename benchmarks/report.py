@@ -40,6 +40,8 @@ def render(name: str, result: dict) -> str:
         return targets_table(result)
     if kind == "paired":
         return paired_table(result)
+    if kind == "calib":
+        return calib_table(result)
     if kind == "time":  # every row made in one run: their times compare
         full = next(r for r in result["rows"] if r["policy"] == "full")
         seconds = _grid(result["rows"], lambda r: f"{r['seconds'] / full['seconds']:.2f}")
@@ -138,6 +140,24 @@ def paired_table(result: dict) -> str:
     if made:  # the rows compared, by the commits they were made at
         caption += "; rows made at " + ", ".join(f"{c} against {a}" for c, a in sorted(made))
     return caption + "\n\n" + "\n".join(lines)
+
+
+def calib_table(result: dict) -> str:
+    """Two calibrations of one model (:mod:`benchmarks.calib_compare`): agreement, then each layer's kept fraction."""
+    layers = len(result["layer_rank_correlation"])
+    head = f"{result['model']}, A: `{result['a_data']}`, B: `{result['b_data']}` (commit {result['commit']})"
+    agree = (
+        f"rank correlation of the heads' scores {result['rank_correlation']:.3f}; inside each layer "
+        + " / ".join(f"{r:.2f}" for r in result["layer_rank_correlation"])
+        + f"; of A's top {result['k']} heads B ranks {result['top_k_shared']} in its top {result['k']}"
+    )
+    lines = [head, "", agree, "", "| ratio | file | " + " | ".join(f"layer {i}" for i in range(layers)) + " |"]
+    lines.append("|---|---|" + "---|" * layers)
+    for ratio, keeps in result["layer_keeps"].items():
+        for side in ("a", "b"):
+            cells = " | ".join(f"{100 * x:.1f}%" for x in keeps[side])
+            lines.append(f"| {ratio} | {side.upper()} | {cells} |")
+    return "\n".join(lines)
 
 
 def _grid(rows: list[dict], cell) -> str:

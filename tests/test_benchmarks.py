@@ -440,3 +440,19 @@ def test_files_compared_clip_by_clip_must_hold_their_manifests_clips(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(result([row("full", 0.0, ["a"] * 3), ok])))
     with pytest.raises(SystemExit, match="disagree on the full cache"):
         paired([str(tmp_path / "a.json"), "--against", f"{tmp_path / 'b.json'}:audiokv"])
+
+
+def test_calib_compare_reads_agreement_and_each_layers_kept_fraction():
+    from benchmarks.calib_compare import compare
+
+    a = torch.tensor([[0.1, 0.2, 0.3], [0.6, 0.5, 0.4]])
+    same = compare(a, a.clone(), [0.8], k=2)
+    assert same["rank_correlation"] == pytest.approx(1.0) and same["top_k_shared"] == 2
+    keeps = same["layer_keeps"]["0.8"]
+    assert keeps["a"] == keeps["b"] and sum(keeps["a"]) / 2 == pytest.approx(0.2)  # the layer split's mean is exact
+    assert keeps["a"][1] > keeps["a"][0]  # the layer with the higher mean prior keeps more
+    flipped = compare(a, -a, [0.8], k=2)
+    assert flipped["rank_correlation"] == pytest.approx(-1.0) and flipped["top_k_shared"] == 0
+    assert flipped["layer_rank_correlation"] == pytest.approx([-1.0, -1.0])
+    with pytest.raises(ValueError, match="different shapes"):
+        compare(a, a[:1], [0.8])
