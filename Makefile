@@ -154,6 +154,11 @@ results: $(STAMP)
 		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against audiokv-paper-no-sss && \
 		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against $(R)/test-$$m.json:audiokv \
 		--out $(R)/paired-test-paper-vs-audiokv-$$m.json || exit 1; done
+	# test-beam: beam search (docs/results.md)
+	for m in $(MODELS); do $(BIN)/audiokv eval --model $$m --data benchmarks/data/speech/test/manifest.jsonl --beams 4 \
+		--policies full,audiokv,stride --ratios 0.4,0.6,0.7,0.8 --out $(R)/test-beam-$$m.json && \
+		$(BIN)/python -m benchmarks.paired $(R)/test-beam-$$m.json --against stride --out $(R)/paired-test-beam-$$m.json \
+		|| exit 1; done
 	# calib-tune: the prior made on the tune split's 70 clips against the shipped one (docs/calibration.md)
 	for m in $(MODELS); do C=$(R)/$$m-tune-calibrated.safetensors; $(BIN)/audiokv calibrate --model $$m \
 		--data benchmarks/data/speech/tune/manifest.jsonl --out $$C && $(BIN)/python -m benchmarks.calib_compare \

@@ -26,6 +26,12 @@ def _ratios(text: str) -> tuple[float, ...]:
     return values
 
 
+def _beams(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"beams must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 DEVICE_HELP = "where the model runs: cpu (default), cuda, cuda:1, ..."
 
 
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--prefill-chunk", type=int, default=None,
                     help="passkey: prefill this many tokens at a time (AudioKVConfig.prefill_chunk)")  # fmt: skip
     ev.add_argument("--plot", default=None, help="also draw accuracy vs ratio (PNG)")
+    ev.add_argument("--beams", type=_beams, default=1, help="asr: beam search with this many beams (default 1: greedy)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the random policy and the passkey prompts (default 0)")
     ev.add_argument("--device", default="cpu", help=DEVICE_HELP)
     ev.add_argument("--update", action="store_true",
@@ -149,9 +156,12 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         config = AudioKVConfig(seed=args.seed)
         n, name, data, what = len(utterances), speech.name, str(args.data), f"{len(utterances)} clips"
         ratios = list(args.ratios)
-        run = partial(evaluate_speech, speech, utterances, policies, ratios, calibration=calib, config=config)
+        run = partial(evaluate_speech, speech, utterances, policies, ratios, calibration=calib, config=config,
+                      beams=args.beams)  # fmt: skip
     calibration = None if args.calibration is None else str(args.calibration)
     result = {"model": name, "task": args.task, "data": data, "calibration": calibration, "seed": config.seed}
+    if args.task == "asr":
+        result["beams"] = args.beams
     if previous is not None:
         check_same_run(previous, {**result, "n": n})  # before the long work
     rows = run()
@@ -219,7 +229,7 @@ def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     run = argparse.Namespace(
         task="asr", model="whisper-tiny.en", data=EVAL_DIR, policies="full,audiokv,snapkv", ratios=(0.4, 0.7),
-        calibration=None, limit=None, seed=0, update=False, device="cpu",
+        calibration=None, limit=None, seed=0, update=False, device="cpu", beams=1,
         out=out / "demo.json", plot=out / "demo.png",
     )  # fmt: skip
     try:

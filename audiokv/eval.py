@@ -17,7 +17,7 @@ from audiokv.integrations import apply_audiokv
 from audiokv.metrics import normalize_text, word_error_rate
 from audiokv.models.whisper import SpeechModel
 from audiokv.policies import POLICIES, get_policy
-from audiokv.transcribe import greedy_transcribe
+from audiokv.transcribe import transcribe
 
 
 def has_repetition(text: str, times: int = 3, min_words: int = 9, max_period: int = 40) -> bool:
@@ -66,8 +66,9 @@ def evaluate_speech(
     config: AudioKVConfig | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    beams: int = 1,
 ) -> list[dict]:
-    """Greedy transcription of ``data`` under every (policy, ratio); ``full`` runs once at ratio 0.
+    """Transcription of ``data`` under every (policy, ratio), greedy or with ``beams``; ``full`` runs once at ratio 0.
 
     ``config`` sets every knob but the ratio (defaults: :class:`AudioKVConfig`).
     Returns one row per run: ``policy``, ``compression_ratio``, ``wer``, ``kv_bytes``
@@ -90,7 +91,7 @@ def evaluate_speech(
         with apply_audiokv(speech.model, cfg, calibration, policy) as handle:
             for i in range(0, len(audio), batch_size):
                 batch = audio[i : i + batch_size]
-                hyps += greedy_transcribe(speech, batch)
+                hyps += transcribe(speech, batch, beams=beams)
                 held += handle.kv_bytes
                 bar.update(len(batch))
         rows.append(
@@ -112,7 +113,7 @@ def evaluate_speech(
 
 
 # what must agree for two runs' rows to share one results file
-SAME_RUN = ("model", "task", "data", "calibration", "seed", "n")
+SAME_RUN = ("model", "task", "data", "calibration", "seed", "n", "beams")
 
 
 def check_same_run(previous: object, new: dict) -> None:
@@ -126,6 +127,8 @@ def check_same_run(previous: object, new: dict) -> None:
     old = {**previous, "n": previous["rows"][0]["n"] if previous["rows"] else None}
 
     def key(result: dict, k: str) -> object:
+        if k == "beams":
+            return result.get(k, 1)  # files made before beam search was an option decoded greedily
         return checkout_relative(result.get(k)) if k in ("data", "calibration") else result.get(k)
 
     both_calibrated = old.get("calibration") is not None and new.get("calibration") is not None

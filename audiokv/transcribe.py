@@ -1,4 +1,4 @@
-"""Greedy speech-to-text with a Whisper-style encoder-decoder, in batches; long clips are cut at pauses."""
+"""Speech-to-text with a Whisper-style encoder-decoder (greedy or beam search), in batches; long clips cut at pauses."""
 
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ def log_mel(speech: SpeechModel, audios: list[np.ndarray]) -> tuple[torch.Tensor
     return feats.input_features.to(weight.device, weight.dtype), mask.to(weight.device)
 
 
-def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_tokens: int = 200) -> list[str]:
-    """Transcribe a batch of 16 kHz clips greedily (no timestamps).
+def transcribe(
+    speech: SpeechModel, audios: list[np.ndarray], *, max_new_tokens: int = 200, beams: int = 1
+) -> list[str]:
+    """Transcribe a batch of 16 kHz clips (no timestamps): greedily, or by beam search with ``beams`` > 1.
 
     A clip longer than Whisper's 30 s window is cut at pauses
     (:func:`~audiokv.audio.split_at_pauses`); its pieces are decoded in the
@@ -42,8 +44,16 @@ def greedy_transcribe(speech: SpeechModel, audios: list[np.ndarray], *, max_new_
 
     Returns one normalized-whitespace string per clip.
     """
+    if not (isinstance(beams, int) and beams >= 1):
+        raise ValueError(f"beams must be an integer >= 1, got {beams!r}")
     pieces = [split_at_pauses(audio) for audio in audios]
-    texts = iter(_greedy_windows(speech, [p for clip in pieces for p in clip], max_new_tokens))
+    flat = [p for clip in pieces for p in clip]
+    decoded = (
+        _greedy_windows(speech, flat, max_new_tokens)
+        if beams == 1
+        else _beam_windows(speech, flat, max_new_tokens, beams)
+    )
+    texts = iter(decoded)
     return [" ".join(t for t in (next(texts) for _ in clip) if t) for clip in pieces]
 
 
@@ -77,3 +87,20 @@ def _greedy_windows(speech: SpeechModel, audios: list[np.ndarray], max_new_token
             break
         step_input = nxt[:, None]
     return [speech.tokenizer.decode(g, skip_special_tokens=True).strip() for g in generated]
+
+
+@torch.no_grad()
+def _beam_windows(speech: SpeechModel, audios: list[np.ndarray], max_new_tokens: int, beams: int) -> list[str]:
+    """Beam-search transcripts of clips of at most 30 s, one batch (transformers' ``generate``).
+
+    The prompt and the mask of speech are the greedy loop's, so with one beam
+    it gives the same tokens; whatever cache ``apply_audiokv`` installed is
+    reordered between beams by ``generate``.
+    """
+    features, sound = log_mel(speech, audios)
+    prompt = torch.tensor([speech.prompt_ids] * features.shape[0], device=features.device)
+    out = speech.model.generate(
+        input_features=features, attention_mask=sound, decoder_input_ids=prompt, num_beams=beams, do_sample=False,
+        max_length=len(speech.prompt_ids) + max_new_tokens, eos_token_id=speech.eos_id,
+    )  # fmt: skip
+    return [text.strip() for text in speech.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -65,7 +65,8 @@ def table(result: dict) -> str:
         return f"{100 * row[metric]:.1f}" + (f" ({', '.join(notes)})" if notes else "")
 
     data = checkout_relative(result["data"])
-    caption = f"{result['model']}, `{data}`, {unit} ({_commits(result)}, {result['device']})"
+    decoding = f", beam search ({result['beams']} beams)" if result.get("beams", 1) > 1 else ""
+    caption = f"{result['model']}, `{data}`, {unit}{decoding} ({_commits(result)}, {result['device']})"
     text = caption + "\n\n" + _grid(rows, score)
     if "peak_kv_bytes" in rows[0]:
         peak = _grid(rows, lambda r: f"{100 * r['peak_kv_bytes'] / r['kv_bytes_full']:.0f}")

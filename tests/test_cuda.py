@@ -11,7 +11,7 @@ from reference import KeptReference
 from audiokv import AudioKVAttention, AudioKVConfig, apply_audiokv
 from audiokv.heads import HeadScores
 from audiokv.models.whisper import SpeechModel
-from audiokv.transcribe import greedy_transcribe, log_mel
+from audiokv.transcribe import log_mel, transcribe
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -109,7 +109,7 @@ def test_whisper_transcribes_on_cuda_what_it_transcribes_on_the_cpu():
     texts, kept = {}, {}
     for name, speech in (("cpu", cpu), ("cuda", gpu)):
         with apply_audiokv(speech.model, cfg, calib) as handle:
-            texts[name] = greedy_transcribe(speech, audio, max_new_tokens=40)
+            texts[name] = transcribe(speech, audio, max_new_tokens=40)
             kept[name] = [s for engine in handle.engines.values() for s in kept_sets(engine)]
     assert texts["cuda"] == texts["cpu"] and all(texts["cpu"])
     same = sum(len(a & b) for a, b in zip(kept["cpu"], kept["cuda"], strict=True))

@@ -18,7 +18,7 @@ from audiokv.integrations import apply_audiokv
 from audiokv.integrations.apply import NoCalibrationWarning
 from audiokv.metrics import word_error_rate
 from audiokv.models import load_causal_lm, load_speech_model
-from audiokv.transcribe import greedy_transcribe, log_mel
+from audiokv.transcribe import log_mel, transcribe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def eval_clip():
 
 
 def test_tiny_en_transcribes_a_clip(tiny, eval_clip):
-    (hyp,) = greedy_transcribe(tiny, [eval_clip.audio()])
+    (hyp,) = transcribe(tiny, [eval_clip.audio()])
     assert hyp.startswith("The engineer explained that the bridge was designed to move slightly in strong winds.")
     assert word_error_rate([eval_clip.text], [hyp]) < 0.05
 
@@ -55,7 +55,7 @@ def test_a_clip_longer_than_whispers_window_is_transcribed_whole(tiny, tmp_path)
     write_wav(tmp_path / "long.wav", audio)
     long = Utterance(tmp_path / "long.wav", " ".join(u.text for u in clips))
     (row,) = evaluate_speech(tiny, [long], ["full"], [0.0], progress=False)
-    apart = word_error_rate([long.text], [" ".join(greedy_transcribe(tiny, [u.audio() for u in clips]))])
+    apart = word_error_rate([long.text], [" ".join(transcribe(tiny, [u.audio() for u in clips]))])
     assert row["wer"] <= apart + 0.02 and row["wer"] < 0.1  # cut in a pause: as good as the clips one by one
     assert row["kv_bytes_full"] == 2 * dense_cross_bytes(tiny)  # a dense cache per window
     assert 0.95 < row["kv_bytes"] / row["kv_bytes_full"] < 1.05
@@ -93,7 +93,7 @@ def test_tiny_en_matches_the_ctranslate2_runtime(tiny):
         suppress_tokens=[],
     )
     theirs = [tiny.tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in results]
-    assert greedy_transcribe(tiny, audio) == theirs
+    assert transcribe(tiny, audio) == theirs
 
 
 def test_a_transformers_whisper_folder_loads_and_transcribes_as_the_bundled_model(tiny, eval_clip, tmp_path):
@@ -107,7 +107,7 @@ def test_a_transformers_whisper_folder_loads_and_transcribes_as_the_bundled_mode
     other = load_speech_model(str(tmp_path / "tiny"))
     assert (other.prompt_ids, other.eos_id) == (tiny.prompt_ids, tiny.eos_id)
     audio = [eval_clip.audio()]
-    assert greedy_transcribe(other, audio) == greedy_transcribe(tiny, audio)
+    assert transcribe(other, audio) == transcribe(tiny, audio)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"unknown model .*not one of the bundled"):
         load_speech_model(str(tmp_path / "empty"))
@@ -116,7 +116,7 @@ def test_a_transformers_whisper_folder_loads_and_transcribes_as_the_bundled_mode
 def test_whisper_base_transcribes_a_clip(eval_clip):
     base = load_speech_model("whisper-base")
     assert base.model.config.vocab_size == 51865 and len(base.prompt_ids) == 4  # multilingual: en + transcribe
-    (hyp,) = greedy_transcribe(base, [eval_clip.audio()])
+    (hyp,) = transcribe(base, [eval_clip.audio()])
     assert word_error_rate([eval_clip.text], [hyp]) < 0.1
 
 
@@ -228,16 +228,33 @@ def test_smollm2_retrieves_a_passkey_from_2k_tokens_at_half_compression(smollm2,
 
 def test_whisper_tiny_cross_attention_compression_on_real_speech(tiny, eval_clip):
     audio = [eval_clip.audio()]
-    full = greedy_transcribe(tiny, audio)
+    full = transcribe(tiny, audio)
     calib = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
     with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.0, page_size=64), calib):
-        assert greedy_transcribe(tiny, audio) == full
+        assert transcribe(tiny, audio) == full
     with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.4, page_size=64), calib) as handle:
-        (hyp,) = greedy_transcribe(tiny, audio)
+        (hyp,) = transcribe(tiny, audio)
         held = handle.kv_bytes
     dense = 4 * 2 * 6 * 1500 * 64 * 4  # decoder layers, K/V, heads, encoder frames, head_dim, fp32
     assert held <= 0.6 * dense + 4 * 2 * 6 * 64 * 64 * 4  # kept share + at most one partly filled page per head
     assert word_error_rate([eval_clip.text], [hyp]) < 0.5  # still a transcript of this clip (not a collapse)
+
+
+def test_beam_search_reorders_the_compressed_cache_with_its_beams(tiny):
+    """transformers' beam search reorders whatever cache apply_audiokv installed, clip by clip and beam by beam."""
+    audio = [u.audio() for u in load_speech_set(EVAL_DIR, limit=2)]
+    dense = transcribe(tiny, audio, beams=3)
+    assert dense[0] != transcribe(tiny, audio[:1])[0]  # on this clip beam search and greedy disagree
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.0), None, "stride"):
+        assert transcribe(tiny, audio, beams=3) == dense  # the engine keeping everything changes nothing
+    calib = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.7), calib):
+        together = transcribe(tiny, audio, beams=3)
+        alone = [transcribe(tiny, [a], beams=3)[0] for a in audio]
+    assert together == alone  # each clip's beams read its own compressed rows, batched or not
+    assert word_error_rate([u.text for u in load_speech_set(EVAL_DIR, limit=2)], together) < 0.2
+    with pytest.raises(ValueError, match="beams must be an integer >= 1"):
+        transcribe(tiny, audio, beams=0)
 
 
 def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
@@ -254,6 +271,10 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
     for r in rows.values():
         assert {"wer", "kv_bytes", "kv_bytes_full", "repetition_rate", "n"} <= set(r) and r["n"] == 1
     assert rows[("snapkv", 0.5)]["kv_bytes"] < 0.6 * rows[("full", 0.0)]["kv_bytes_full"]
+    assert result["beams"] == 1  # greedy, said in the file
+    beam = ["--policies", "snapkv", "--ratios", "0.5", "--limit", "1", "--update", "--out", str(out), "--beams", "2"]
+    assert main(["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), *beam]) == 2  # not into a greedy file
+    assert "beams 1 != 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -269,6 +290,7 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         (["--update", "--out", "{tmp}/a-file"], "not a results file"),
         (["--device", "gpu"], "--device gpu: Expected one of"),
         (["--device", "cuda:7"], "--device cuda:7: "),  # no such GPU (or no CUDA at all): before any work
+        (["--beams", "0"], "beams must be a whole number >= 1"),
     ],
 )
 def test_eval_cli_bad_input_is_one_line_and_nonzero(extra, message, capsys, tmp_path):
@@ -391,7 +413,7 @@ def test_transcription_tells_the_cross_attention_where_speech_starts_and_sound_e
     audio = eval_clip.audio()
     room = np.random.default_rng(0).normal(0, 1e-3, 16_000).astype(np.float32)  # 1 s of quiet first
     with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.5), policy="audiokv-content"):
-        greedy_transcribe(tiny, [audio, audio[: len(audio) // 2], np.concatenate([room, audio])])
+        transcribe(tiny, [audio, audio[: len(audio) // 2], np.concatenate([room, audio])])
     assert len(spans) == tiny.model.config.decoder_layers and spans[0].shape == (3, 1500)  # a mask of sound frames
     starts, ends = sound_rows(spans[0], 3, 1500)[0].T.tolist()
     assert starts[:2] == [0, 0] and abs(starts[2] - 40) <= 2  # the speech starts 0.2 s before the clip's first word
