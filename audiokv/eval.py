@@ -73,7 +73,8 @@ def evaluate_speech(
     ``config`` sets every knob but the ratio (defaults: :class:`AudioKVConfig`).
     Returns one row per run: ``policy``, ``compression_ratio``, ``wer``, ``kv_bytes``
     (mean bytes the compressed cross-attention pools held per utterance, measured
-    from their tensors), ``kv_bytes_full`` (the dense cache per utterance: one per 30 s window it is cut into),
+    from their tensors), ``kv_bytes_full`` (the dense cache per utterance: one per 30 s window it is cut into
+    and per beam, as transformers' beam search holds one per beam),
     ``repetition_rate``, ``short_rate`` (:func:`stops_early`), ``n`` and ``seconds``.
     """
     for name in policies:
@@ -100,7 +101,7 @@ def evaluate_speech(
                 "compression_ratio": ratio,
                 "wer": word_error_rate(refs, hyps),
                 "kv_bytes": held / len(audio),
-                "kv_bytes_full": dense_cross_bytes(speech) * windows / len(audio),
+                "kv_bytes_full": dense_cross_bytes(speech) * windows * beams / len(audio),  # a copy per beam
                 "repetition_rate": sum(map(has_repetition, hyps)) / len(hyps),
                 "short_rate": sum(map(stops_early, hyps, refs)) / len(hyps),
                 "n": len(hyps),

@@ -182,6 +182,9 @@ def test_report_table_has_a_cell_per_policy_and_ratio_with_loops_and_early_stops
     assert "| audiokv |  | 12.3 |" in lines
     assert "| tova |  | 40.0 (25% loops, 50% short) |" in lines
     assert "| audiokv safeguard=1 |  | 20.0 |" in lines
+    assert "beam search" not in lines[0]  # greedy, as every file made before --beams
+    beam = table({"model": "m", "data": "d", "commit": "abc", "device": "cpu", "beams": 4, "rows": rows})
+    assert beam.splitlines()[0] == "m, `d`, WER %, beam search (4 beams) (commit abc, cpu)"
 
 
 def test_a_profile_file_renders_a_row_per_call_and_its_graph_replay():

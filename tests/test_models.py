@@ -272,9 +272,13 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         assert {"wer", "kv_bytes", "kv_bytes_full", "repetition_rate", "n"} <= set(r) and r["n"] == 1
     assert rows[("snapkv", 0.5)]["kv_bytes"] < 0.6 * rows[("full", 0.0)]["kv_bytes_full"]
     assert result["beams"] == 1  # greedy, said in the file
-    beam = ["--policies", "snapkv", "--ratios", "0.5", "--limit", "1", "--update", "--out", str(out), "--beams", "2"]
+    beam = ["--policies", "full", "--limit", "1", "--update", "--out", str(out), "--beams", "2"]
     assert main(["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), *beam]) == 2  # not into a greedy file
     assert "beams 1 != 2" in capsys.readouterr().err
+    beam = ["--policies", "full", "--limit", "1", "--out", str(tmp_path / "b.json"), "--beams", "2"]
+    assert main(["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), *beam]) == 0
+    (full,) = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert 1.0 <= full["kv_bytes"] / full["kv_bytes_full"] < 1.05  # the dense reference holds a copy per beam too
 
 
 @pytest.mark.parametrize(
