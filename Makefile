@@ -154,6 +154,11 @@ results: $(STAMP)
 		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against audiokv-paper-no-sss && \
 		$(BIN)/python -m benchmarks.paired $(R)/test-paper-$$m.json --against $(R)/test-$$m.json:audiokv \
 		--out $(R)/paired-test-paper-vs-audiokv-$$m.json || exit 1; done
+	# calib-few: the prior made on the first 1 and 3 of the shipped clips against all 12 (docs/calibration.md)
+	for m in $(MODELS); do for n in 1 3; do C=$(R)/$$m-$$n-clips.safetensors; $(BIN)/audiokv calibrate --model $$m \
+		--data audiokv/data/speech/calib_timed/manifest.jsonl --limit $$n --out $$C && \
+		$(BIN)/python -m benchmarks.calib_compare audiokv/data/calib/$$m.safetensors $$C --model $$m \
+		--out $(R)/calib-compare-clips$$n-$$m.json && rm $$C || exit 1; done; done
 	# test-beam: beam search (docs/results.md)
 	for m in $(MODELS); do $(BIN)/audiokv eval --model $$m --data benchmarks/data/speech/test/manifest.jsonl --beams 4 \
 		--policies full,audiokv,stride --ratios 0.4,0.6,0.7,0.8 --out $(R)/test-beam-$$m.json && \
