@@ -31,12 +31,24 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from audiokv.select import ranks
+
 METHOD = "semantic-acoustic-alignment/v1"
 TIMED_METHOD = "word-timed-alignment/v1"
 
 
-def _ranks(x: Tensor) -> Tensor:
-    return x.argsort(-1).argsort(-1).double()
+def _tied_ranks(x: Tensor) -> Tensor:
+    """``[..., N]`` float64 ranks along the last axis, equal values sharing the mean of their ranks (Spearman's)."""
+    ordinal = ranks(x)  # [..., N] the place of each entry in the sorted order
+    ordered = x.sort(-1).values
+    start = torch.ones_like(ordered, dtype=torch.bool)
+    start[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    tie = start.long().cumsum(-1) - 1  # [..., N] which run of equal values each sorted entry is in
+    steps = torch.arange(x.shape[-1], dtype=torch.float64, device=x.device).expand(ordinal.shape)
+    total = torch.zeros_like(steps).scatter_add_(-1, tie, steps)
+    size = torch.zeros_like(steps).scatter_add_(-1, tie, torch.ones_like(steps))
+    run_of = tie.gather(-1, ordinal)  # the run of every entry, in its own place
+    return (total / size.clamp_min(1)).gather(-1, run_of)
 
 
 def alignment_score(attn: Tensor) -> Tensor:
@@ -61,9 +73,9 @@ def alignment_score(attn: Tensor) -> Tensor:
     entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
     focus = (mass * (1 - entropy / math.log(frames))).mean(-1)  # [H]
     centroid = (p * torch.arange(frames, dtype=torch.float64)).sum(-1)  # [H, N]
-    rc = _ranks(centroid)
+    rc = _tied_ranks(centroid)
     rc = rc - rc.mean(-1, keepdim=True)
-    ri = _ranks(torch.arange(n_tok, dtype=torch.float64))
+    ri = torch.arange(n_tok, dtype=torch.float64)
     ri = ri - ri.mean()
     denom = (rc.norm(dim=-1) * ri.norm()).clamp_min(1e-12)
     mono = ((rc * ri).sum(-1) / denom).clamp_min(0)

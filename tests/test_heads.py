@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audiokv.heads import HeadScores, alignment_score, group_heads, timed_alignment_score
+from audiokv.heads import HeadScores, _tied_ranks, alignment_score, group_heads, timed_alignment_score
 
 
 def peaked(centres, frames, width=1.0):
@@ -28,6 +28,22 @@ def test_an_aligner_head_beats_diffuse_fixed_backward_and_distracted_heads():
     assert score[0] > 0.5
     assert score[1] < 0.01 and score[2] < 0.01 and score[3] == 0
     assert score[4].item() == pytest.approx(0.2 * score[0].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [3, 10, 40])
+def test_a_head_stuck_on_one_frame_is_not_monotonic_whatever_the_sort(n):
+    """Its centroids are all equal: tied ranks, no correlation with the token order (not a perfect one)."""
+    stuck = torch.zeros(1, n, 30)
+    stuck[..., 7] = 1.0  # identical rows: every query lands on the same frame
+    assert alignment_score(stuck).item() == 0
+
+
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=25))
+def test_tied_ranks_are_spearmans(values):
+    x = torch.tensor(values, dtype=torch.float64)
+    less = (x[None, :] < x[:, None]).sum(-1).double()
+    equal = (x[None, :] == x[:, None]).sum(-1).double()
+    assert torch.equal(_tied_ranks(x[None])[0], less + (equal - 1) / 2)
 
 
 def test_timed_score_rewards_the_head_on_the_current_and_next_word_not_the_one_trailing_it():
