@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from calls import cached
 from torch._dynamo.utils import counters
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -24,7 +25,7 @@ def decode(model, engines, compiled, steps):
     cache = AudioKVCache(model.config, engines)
     logits, first = [], None
     with torch.no_grad():
-        token = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        token = model(ids, **cached(model, cache), use_cache=True).logits[:, -1:].argmax(-1)
         if compiled is not None:
             model.forward = compiled  # the module's __call__, and so apply_audiokv's pre-hook, stay eager
         try:
@@ -33,7 +34,7 @@ def decode(model, engines, compiled, steps):
                     first = counters["stats"]["unique_graphs"]
                     counters.clear()
                 out = model(
-                    input_ids=token, past_key_values=cache, use_cache=True,
+                    input_ids=token, **cached(model, cache), use_cache=True,
                     cache_position=torch.tensor([pos]), position_ids=torch.tensor([[pos]]).expand(2, 1),
                 )  # fmt: skip
                 token = out.logits[:, -1:].argmax(-1)

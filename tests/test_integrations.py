@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from calls import cached
 from reference import kept_prompt
 from torch import nn
 from transformers import (
@@ -186,17 +187,17 @@ def test_half_compression_holds_half_the_memory_and_matches_masked_attention(fam
     gen = torch.Generator().manual_seed(7)
     ids = torch.randint(3, 97, (1, 800), generator=gen)
     dense = DynamicCache(config=model.config)
-    model(ids, past_key_values=dense, use_cache=True)
+    model(ids, **cached(model, dense), use_cache=True)
     dense_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in dense.layers)
 
     cfg = AudioKVConfig(compression_ratio=0.5, window=16, page_size=16, decode_reserve=0)
     handle = apply_audiokv(model, cfg, HeadScores(torch.rand(2, 2, generator=gen), model=family, data="test"))
     cache = AudioKVCache(model.config, handle.engines)
-    model(ids, past_key_values=cache, use_cache=True)
+    model(ids, **cached(model, cache), use_cache=True)
     assert cache.get_seq_length() == 800  # logical length: positions continue at 800
     assert cache.kv_bytes <= 0.52 * dense_bytes
     nxt = torch.randint(3, 97, (1, 1), generator=gen)
-    got = model(nxt, past_key_values=cache, use_cache=True).logits[:, -1]
+    got = model(nxt, **cached(model, cache), use_cache=True).logits[:, -1]
     kept = kept_state(handle.engines, 800)
     assert all(not torch.equal(e.budgets, e.budgets[:, :1].expand_as(e.budgets)) for e in handle.engines.values())
     handle.remove()
@@ -206,8 +207,8 @@ def test_half_compression_holds_half_the_memory_and_matches_masked_attention(fam
     model.config._attn_implementation = "masked_reference"
     try:
         ref_cache = DynamicCache(config=model.config)
-        model(ids, past_key_values=ref_cache, use_cache=True)
-        want = model(nxt, past_key_values=ref_cache, use_cache=True).logits[:, -1]
+        model(ids, **cached(model, ref_cache), use_cache=True)
+        want = model(nxt, **cached(model, ref_cache), use_cache=True).logits[:, -1]
     finally:
         model.config._attn_implementation = "sdpa"
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
@@ -527,7 +528,7 @@ def test_chunked_prefill_of_15k_tokens_holds_the_budget_plus_one_chunk_and_atten
     cfg = AudioKVConfig(compression_ratio=0.7, window=16, page_size=page, decode_reserve=0, prefill_chunk=chunk)
     with apply_audiokv(model, cfg) as handle:
         cache = AudioKVCache(model.config, handle.engines)
-        got = model(ids, past_key_values=cache, use_cache=True).logits
+        got = model(ids, **cached(model, cache), use_cache=True).logits
         slot = 2 * 16 * 4  # K and V of one token of one KV head, fp32 (text only: no merging, no log mass)
         pools = 0
         for engine in handle.engines.values():  # at most the kept tokens, one page per row and one chunk's K/V
@@ -537,7 +538,7 @@ def test_chunked_prefill_of_15k_tokens_holds_the_budget_plus_one_chunk_and_atten
             pools += (kept + 2 * page) * slot
         peak = handle.peak_kv_bytes  # the model: every layer's pool and one layer's chunk in flight
         nxt = torch.randint(3, 97, (1, 1), generator=torch.Generator().manual_seed(16))
-        got_next = model(nxt, past_key_values=cache, use_cache=True).logits[:, -1]
+        got_next = model(nxt, **cached(model, cache), use_cache=True).logits[:, -1]
         kept = kept_state(handle.engines, length, chunk_bounds(length, chunk))
     assert peak <= pools + 2 * chunk * slot  # unchunked: + one layer's 15k tokens
 
@@ -546,8 +547,8 @@ def test_chunked_prefill_of_15k_tokens_holds_the_budget_plus_one_chunk_and_atten
     model.config._attn_implementation = "masked_reference"
     try:
         ref_cache = DynamicCache(config=model.config)
-        want = model(ids, past_key_values=ref_cache, use_cache=True).logits
-        want_next = model(nxt, past_key_values=ref_cache, use_cache=True).logits[:, -1]
+        want = model(ids, **cached(model, ref_cache), use_cache=True).logits
+        want_next = model(nxt, **cached(model, ref_cache), use_cache=True).logits[:, -1]
     finally:
         model.config._attn_implementation = "sdpa"
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
@@ -565,7 +566,7 @@ def test_one_compressed_context_answers_follow_up_questions_like_compressing_it_
     calibration = HeadScores(torch.rand(2, 2, generator=gen), model="qwen2-audio", data="test")
 
     def ask(cache, question):  # the audio is in the cache already: only token ids go in
-        return model.generate(torch.cat([context["input_ids"], question], 1), past_key_values=cache, **greedy)
+        return model.generate(torch.cat([context["input_ids"], question], 1), **cached(model, cache), **greedy)
 
     with apply_audiokv(model, cfg, calibration) as handle:
         cache = model(**context, use_cache=True).past_key_values
@@ -708,7 +709,7 @@ def whisper_steps(model, features, steps=3, cache=None):
     tokens = torch.tensor([[1, 5]])
     logits = []
     for _ in range(steps):
-        out = model(input_features=features, decoder_input_ids=tokens, past_key_values=cache, use_cache=True)
+        out = model(input_features=features, decoder_input_ids=tokens, **cached(model, cache), use_cache=True)
         cache = out.past_key_values
         logits.append(out.logits[:, -1])
         tokens = out.logits[:, -1:].argmax(-1)
@@ -840,7 +841,7 @@ def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
 
     length = inputs["input_ids"].shape[1]
     dense = DynamicCache(config=model.config)
-    model(**inputs, past_key_values=dense, use_cache=True)
+    model(**inputs, **cached(model, dense), use_cache=True)
     full_bytes = dense.layers[2].keys.nbytes + dense.layers[2].values.nbytes
     cfg = AudioKVConfig(compression_ratio=0.5, window=8, page_size=16, decode_reserve=0)
     calibration = HeadScores(torch.rand(6, 2, generator=gen), model="gemma3n", data="test")
@@ -907,7 +908,7 @@ def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
 
     def run(fail_at):
         cache = AudioKVCache(model.config, handle.engines)
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, **cached(model, cache), use_cache=True)
         logits = []
         for i in range(3):
             if i == fail_at:
@@ -916,9 +917,9 @@ def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
                     mock.patch.object(second, "forward", side_effect=RuntimeError("boom")),
                     pytest.raises(RuntimeError),
                 ):
-                    model(steps[:, i : i + 1], past_key_values=cache, use_cache=True)
+                    model(steps[:, i : i + 1], **cached(model, cache), use_cache=True)
                 assert cache.get_seq_length() == 80 + i  # the failed step is not counted
-            logits.append(model(steps[:, i : i + 1], past_key_values=cache, use_cache=True).logits)
+            logits.append(model(steps[:, i : i + 1], **cached(model, cache), use_cache=True).logits)
         return torch.cat(logits, 1)
 
     with apply_audiokv(model, cfg) as handle:
