@@ -15,7 +15,7 @@ from audiokv.data import CALIB_DIR, CALIBRATION_DIR, EVAL_DIR
 from audiokv.dataset import Utterance, load_speech_set
 from audiokv.heads import METHOD, TIMED_METHOD, HeadScores
 from audiokv.integrations import apply_audiokv
-from audiokv.integrations.apply import NoCalibrationWarning
+from audiokv.integrations.apply import NoCalibrationWarning, feature_mask
 from audiokv.metrics import word_error_rate
 from audiokv.models import load_causal_lm, load_speech_model
 from audiokv.transcribe import log_mel, transcribe
@@ -255,6 +255,53 @@ def test_beam_search_reorders_the_compressed_cache_with_its_beams(tiny):
     assert word_error_rate([u.text for u in load_speech_set(EVAL_DIR, limit=2)], together) < 0.2
     with pytest.raises(ValueError, match="beams must be an integer >= 1"):
         transcribe(tiny, audio, beams=0)
+
+
+def test_calls_a_compressed_cache_cannot_serve_are_refused_and_leave_the_model_working(tiny, eval_clip):
+    """Word timestamps, attention weights, a switched attention, a second handle: one-line errors, nothing broken."""
+    audio = [eval_clip.audio()]
+    features, sound = log_mel(tiny, audio)
+    calib = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
+    dense = transcribe(tiny, audio)
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.5), calib) as handle:
+        compressed = transcribe(tiny, audio)
+        for asked in ("return_token_timestamps", "output_attentions"):  # transformers would switch to eager first
+            with pytest.raises(ValueError, match=f"{asked} needs attention weights"):
+                tiny.model.generate(input_features=features, attention_mask=sound, **{asked: True})
+        with pytest.raises(ValueError, match="output_attentions needs attention weights"):
+            tiny.model(
+                input_features=features, decoder_input_ids=torch.tensor([tiny.prompt_ids]), output_attentions=True
+            )
+        with pytest.raises(ValueError, match="already applied"):
+            apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.9), calib)
+        assert transcribe(tiny, audio) == compressed  # none of it touched the handle
+        tiny.model.config._attn_implementation = "eager"  # as Whisper's generate does for word timestamps
+        with pytest.raises(RuntimeError, match="switched to \\['eager'\\]"):
+            transcribe(tiny, audio)
+        tiny.model.config._attn_implementation = "audiokv"
+        handle.remove()
+    handle.remove()  # a second removal does nothing
+    assert transcribe(tiny, audio) == dense
+
+
+def test_generate_with_several_sequences_per_clip_repeats_the_sound_mask(tiny, eval_clip):
+    """``num_return_sequences`` repeats the features' rows but not their mask; the best beam is the one-sequence one."""
+    features, sound = log_mel(tiny, [eval_clip.audio()])
+    calib = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
+    call = dict(input_features=features, attention_mask=sound, num_beams=2, max_new_tokens=12, do_sample=False)
+    with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.7), calib) as handle:
+        one = tiny.model.generate(**call)
+        two = tiny.model.generate(**call, num_return_sequences=2)
+        assert handle.engines[0].prompt.audio_span.shape == (4, 1500)  # 2 sequences x 2 beams, each with the mask
+    assert two.shape[0] == 2 and torch.equal(two[:1, : one.shape[1]], one)
+
+
+def test_a_mask_longer_than_one_window_is_not_read():
+    """Long-form generate hands every 30 s window the whole recording's mask: ignored, with a warning."""
+    window = torch.ones(1, 3000, dtype=torch.bool)
+    assert feature_mask(window, 1500) is window and feature_mask(None, 1500) is None
+    with pytest.warns(UserWarning, match="covers 8322 feature frames"):
+        assert feature_mask(torch.ones(1, 8322, dtype=torch.bool), 1500) is None
 
 
 def test_eval_cli_writes_the_results_schema(tmp_path, capsys):

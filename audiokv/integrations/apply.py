@@ -101,6 +101,56 @@ def sound_frames(feature_mask: Tensor | None, frames: int) -> Tensor | None:
     return marked[:, end] > marked[:, first]
 
 
+def feature_mask(mask: Tensor | None, frames: int) -> Tensor | None:
+    """A cross-attention model's ``[B, F]`` feature mask if it covers one encoder window, else None with a warning.
+
+    Whisper's encoder turns ``2 * frames`` feature frames (30 s) into ``frames``
+    outputs. transformers' long-form ``generate`` (audio over 30 s) passes the
+    whole recording's mask to every 30 s window; where a window starts in it
+    is not known here, so such a mask is not read (every frame counts as sound).
+    """
+    if mask is None or mask.shape[-1] == 2 * frames:
+        return mask
+    warnings.warn(
+        f"the attention mask covers {mask.shape[-1]} feature frames, not one {2 * frames}-frame window "
+        "(long-form generate?): audiokv ignores it and treats every encoder frame as sound",
+        stacklevel=3,
+    )
+    return None
+
+
+def _batch_rows(args: tuple, kwargs: dict) -> int | None:
+    """Rows of a cross-attention model's forward call: its decoder's input or the encoder's output (None: unknown)."""
+    for name in ("decoder_input_ids", "decoder_inputs_embeds", "input_features"):
+        if isinstance(kwargs.get(name), Tensor):
+            return kwargs[name].shape[0]
+    encoded = kwargs.get("encoder_outputs")
+    if encoded is not None:
+        return encoded[0].shape[0]
+    return args[0].shape[0] if args and isinstance(args[0], Tensor) else None
+
+
+def refuse_attention_weights(kwargs: dict, generation_config: object = None) -> None:
+    """One-line error for a call that asks for attention weights, which compressed layers cannot give.
+
+    Whisper's word timestamps (``return_token_timestamps``, ``pipeline(return_timestamps="word")``)
+    align tokens by their cross-attention weights over every encoder frame;
+    compressed layers attend over the kept frames only and return no weights.
+    """
+    asked = [
+        name
+        for name in ("output_attentions", "return_token_timestamps")
+        if kwargs.get(name) or getattr(generation_config, name, False)
+    ]
+    if kwargs.get("return_timestamps") == "word":
+        asked.append("return_timestamps='word'")
+    if asked:
+        raise ValueError(
+            f"{', '.join(asked)} needs attention weights over the whole cache, which audiokv's compressed layers "
+            "do not keep; call without it, or remove the handle first"
+        )
+
+
 def _audiokv_attention(module: nn.Module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     engine: AudioKVAttention | SharedKVAttention | None = getattr(module, "audiokv", None)
     if engine is None or engine.prompt.bypass:
@@ -136,20 +186,20 @@ class AudioKVHandle:
     meter: KVMeter = field(default_factory=KVMeter)
 
     def remove(self) -> None:
-        """Restore the original attention implementation and modules."""
-        for module in self._modules:
-            del module.audiokv
-        for config, impl in self._configs:
-            config._attn_implementation = impl
+        """Restore the original attention implementation and modules (a second call does nothing)."""
         if self._hooks:
             for hook in self._hooks:
                 hook.remove()
             if self._generate is None:
-                del self.model.generate
+                self.model.__dict__.pop("generate", None)
             else:
                 self.model.generate = self._generate
+        for module in self._modules:
+            module._modules.pop("audiokv", None)
+        for config, impl in self._configs:
+            config._attn_implementation = impl
         if self._chunked is not None:
-            del self._chunked.forward
+            self._chunked.__dict__.pop("forward", None)
         self._modules, self._configs, self._hooks, self._generate, self._chunked = [], [], [], None, None
 
     def __enter__(self) -> AudioKVHandle:
@@ -238,6 +288,8 @@ def apply_audiokv(
     family = family_of(model)
     text_config = model.config.get_text_config(decoder=True)
     modules = attention_modules(model, family.attention)
+    if any(hasattr(m, "audiokv") for m in modules.values()):
+        raise ValueError("audiokv is already applied to this model; remove the other handle first (handle.remove())")
     roles = layer_roles(modules, text_config)
     first = modules[roles.compressed[0]]
     heads = getattr(first, "num_heads", None) or text_config.num_attention_heads
@@ -302,6 +354,13 @@ def apply_audiokv(
         return key, kwargs.get(key)
 
     def pre_hook(_module, args, kwargs):
+        refuse_attention_weights(kwargs)
+        changed = {impl for cfg, _ in handle._configs if (impl := cfg._attn_implementation) != IMPLEMENTATION}
+        if changed:
+            raise RuntimeError(
+                f"the model's attention implementation was switched to {sorted(changed)} after apply_audiokv, "
+                "so its compressed layers would be skipped; remove the handle and apply audiokv again"
+            )
         key, cache = cache_of(kwargs)
         prompt.bypass = False
         if isinstance(cache, AudioKVCache | AudioKVEncoderDecoderCache):
@@ -320,7 +379,14 @@ def apply_audiokv(
             kwargs[key] = AudioKVCache(model.config, handle.engines)
         handle.meter.reset()  # a new sequence
         if family.cross_attention:  # every encoder frame is attended; the features' mask says which are sound
-            prompt.audio_span = sound_frames(kwargs.get("attention_mask"), model.config.max_source_positions)
+            frames = model.config.max_source_positions
+            prompt.audio_span = sound_frames(feature_mask(kwargs.get("attention_mask"), frames), frames)
+            rows = _batch_rows(args, kwargs)
+            if prompt.audio_span is not None and rows is not None and rows != len(prompt.audio_span):
+                if rows % len(prompt.audio_span):
+                    raise ValueError(f"the attention mask has {len(prompt.audio_span)} rows for a batch of {rows}")
+                # generate(num_return_sequences=N) repeats the features' rows but not their mask
+                prompt.audio_span = prompt.audio_span.repeat_interleave(rows // len(prompt.audio_span), 0)
             return args, kwargs
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         prompt.audio_span = audio_spans(input_ids, token_id) if input_ids is not None else None
@@ -342,6 +408,7 @@ def apply_audiokv(
 
     @functools.wraps(generate)
     def generate_reserving(*args, **kwargs):  # the pools reserve room for this call's new tokens, no more
+        refuse_attention_weights(kwargs, kwargs.get("generation_config") or getattr(model, "generation_config", None))
         prompt.decode_tokens = decode_tokens(model, args, kwargs)
         try:
             return generate(*args, **kwargs)
