@@ -33,6 +33,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, OSError) as err:
         raise ValueError(f"cannot read audio file {path}: {err}") from None
+    if not np.isfinite(data).all():  # float WAVs can hold them; a model would decode them silently as noise
+        raise ValueError(f"audio file {path} holds NaN or infinite samples")
     return data, rate
 
 

@@ -57,11 +57,21 @@ def load_speech_set(source: str | Path, limit: int | None = None) -> list[Uttera
     if source.is_dir():
         chapters = sorted(source.rglob("*.trans.txt"))
         items = _librispeech(chapters) if chapters else _audio_folder(source)
+    elif source.suffix.lower() in AUDIO_SUFFIXES:
+        raise ValueError(f"{source} is an audio file; a speech set is a folder of audio + .txt or a JSONL manifest")
     elif source.is_file():
         items = _manifest(source)
     else:
         raise ValueError(f"speech data {source} is neither a directory nor a manifest file")
     return items[:limit] if limit is not None else items
+
+
+def _text(path: Path) -> str:
+    """A transcript or manifest file as text: UTF-8, with or without a byte-order mark."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def _audio_beside(folder: Path, stem: str) -> Path | None:
@@ -71,7 +81,7 @@ def _audio_beside(folder: Path, stem: str) -> Path | None:
 def _librispeech(chapters: list[Path]) -> list[Utterance]:
     items = []
     for trans in chapters:
-        for n, line in enumerate(trans.read_text().splitlines(), 1):
+        for n, line in enumerate(_text(trans).splitlines(), 1):
             if not line.strip():
                 continue
             utt, _, text = line.strip().partition(" ")
@@ -91,18 +101,20 @@ def _audio_folder(folder: Path) -> list[Utterance]:
         txt = audio.with_suffix(".txt")
         if not txt.exists():
             raise ValueError(f"missing transcript {txt} for {audio}")
-        items.append(Utterance(audio, txt.read_text().strip()))
+        items.append(Utterance(audio, _text(txt).strip()))
     return items
 
 
 def _manifest(source: Path) -> list[Utterance]:
     items = []
-    for n, line in enumerate(source.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(source).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            path, text = Path(row["audio_filepath"]), str(row["text"])
+            path, text = Path(row["audio_filepath"]), row["text"]
+            if not isinstance(text, str):
+                raise TypeError(f"'text' is {text!r}, not a string")
             words = None if row.get("words") is None else tuple((float(a), float(b)) for a, b in row["words"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(

@@ -140,6 +140,37 @@ def test_bad_data_errors_name_the_file(tmp_path):
         load_speech_set(tmp_path)[0].audio()
 
 
+def test_a_manifest_text_that_is_not_a_string_is_refused(tmp_path):
+    (tmp_path / "null.jsonl").write_text('{"audio_filepath": "a.wav", "text": null}\n')  # was the reference "None"
+    write_wav(tmp_path / "a.wav", tone(0.1, 16_000))
+    with pytest.raises(ValueError, match=r"null\.jsonl:1: .*'text' is None, not a string"):
+        load_speech_set(tmp_path / "null.jsonl")
+
+
+def test_an_audio_file_given_as_a_speech_set_is_named_as_such(tmp_path):
+    write_wav(tmp_path / "a.wav", tone(0.1, 16_000))
+    with pytest.raises(ValueError, match=r"a\.wav is an audio file"):  # was a UTF-8 decode error
+        load_speech_set(tmp_path / "a.wav")
+
+
+def test_manifests_are_utf8_with_or_without_a_byte_order_mark(tmp_path):
+    write_wav(tmp_path / "a.wav", tone(0.1, 16_000))
+    line = '{"audio_filepath": "a.wav", "text": "caf\u00e9"}\n'
+    (tmp_path / "bom.jsonl").write_text(line, encoding="utf-8-sig")
+    assert load_speech_set(tmp_path / "bom.jsonl")[0].text == "caf\u00e9"
+    (tmp_path / "latin.jsonl").write_bytes(line.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.jsonl is not UTF-8 text"):
+        load_speech_set(tmp_path / "latin.jsonl")
+
+
+def test_audio_with_nan_samples_is_refused_by_name(tmp_path):
+    samples = tone(0.1, 16_000).astype(np.float32)
+    samples[100] = np.nan
+    soundfile.write(tmp_path / "nan.wav", samples, 16_000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"nan\.wav holds NaN or infinite samples"):
+        load_audio(tmp_path / "nan.wav")
+
+
 @pytest.mark.parametrize(
     ("raw", "normal"),
     [
