@@ -100,6 +100,18 @@ def _check_outputs(*paths: str | Path | None) -> None:
             raise ValueError(f"cannot write {path}: " + ("a directory" if path.is_dir() else "permission denied"))
 
 
+def _check_plot(path: str | Path | None) -> None:
+    """Fail before any long work if matplotlib cannot draw ``path`` (its extension names the format)."""
+    if path is None:
+        return
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix and suffix not in kinds:
+        raise ValueError(f"cannot draw {path}: .{suffix} is none of matplotlib's formats ({', '.join(sorted(kinds))})")
+
+
 def _run_eval(args: argparse.Namespace) -> list[dict]:
     """Run ``audiokv eval`` (also the demo); writes the JSON (and plot), returns the rows."""
     import json
@@ -114,8 +126,9 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     from audiokv.provenance import environment
 
     _check_outputs(args.out, args.plot)
+    _check_plot(args.plot)
     previous = _previous_results(args.out) if args.update else None
-    policies = args.policies.split(",")
+    policies = [name.strip() for name in args.policies.split(",")]
     for name in policies:
         get_policy(name)
     if args.limit is not None and args.limit < 1:
@@ -251,6 +264,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     try:
         _check_outputs(args.out, args.plot)
+        _check_plot(args.plot)
         if args.limit is not None and args.limit < 1:
             raise ValueError("--limit must be at least 1")
         device = _device(args.device)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields
 from typing import Literal
 
 
@@ -114,6 +115,13 @@ class AudioKVConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for field in fields(self):  # numpy and torch scalars (np.float32(0.5), torch.tensor(8)) as Python numbers
+            value = getattr(self, field.name)
+            if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                continue
+            object.__setattr__(self, field.name, int(value) if isinstance(value, numbers.Integral) else float(value))
         ratio = _require_float("compression_ratio", self.compression_ratio)
         if not 0.0 <= ratio < 1.0:
             raise ValueError(

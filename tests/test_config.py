@@ -45,3 +45,16 @@ def test_bad_fields_raise_clear_errors(field, value, match):
 def test_valid_configs_are_kept_as_given(ratio, window, page):
     cfg = AudioKVConfig(compression_ratio=ratio, window=window, page_size=page)
     assert (cfg.compression_ratio, cfg.window, cfg.page_size) == (ratio, window, page)
+
+
+def test_numpy_and_torch_scalars_are_read_as_python_numbers():
+    import numpy as np
+    import torch
+
+    cfg = AudioKVConfig(compression_ratio=np.float32(0.25), window=np.int64(8), page_size=torch.tensor(32))
+    assert (cfg.compression_ratio, cfg.window, cfg.page_size) == (0.25, 8, 32)
+    assert type(cfg.compression_ratio) is float and type(cfg.window) is int and type(cfg.page_size) is int
+    with pytest.raises(ValueError, match="must be a number"):
+        AudioKVConfig(compression_ratio=np.bool_(True))
+    with pytest.raises(ValueError, match="must be a number"):
+        AudioKVConfig(compression_ratio=torch.tensor([0.5, 0.2]))

@@ -195,6 +195,8 @@ def test_calibrate_cli(tmp_path, capsys):
         main(["calibrate", "--model", "whisper-tiny.en", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     )
     assert "neither a directory nor a manifest" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "not-written.safetensors"), "--plot", str(tmp_path / "h.xyz")]) == 2
+    assert "cannot draw" in capsys.readouterr().err and not (tmp_path / "not-written.safetensors").exists()
 
 
 def passkey_ids(tokenizer):
@@ -336,6 +338,8 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         (["--data", "/nowhere"], "neither a directory nor a manifest"),
         (["--out", "{tmp}/a-file/r.json"], "cannot write"),  # checked before any work
         (["--plot", "{tmp}"], "cannot write"),
+        (["--plot", "{tmp}/p.xyz"], "cannot draw"),  # before any work, not a traceback after it
+        (["--policies", "full, magic"], "unknown policy 'magic'"),  # spaces after commas are read as --ratios' are
         (["--task", "passkey", "--model", "{tmp}/no-model"], "cannot load"),
         (["--update"], "does not exist yet"),  # nothing to add to: fails before any work
         (["--update", "--out", "{tmp}/a-file"], "not a results file"),
