@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,12 +76,14 @@ def word_frames(speech: SpeechModel, utt: Utterance) -> Tensor:
     return torch.tensor(spans)
 
 
-def _mean_scores(per_sample: Iterable[Tensor], count: int, desc: str, progress: bool) -> Tensor:
-    """The mean of ``count`` samples' ``[num_layers, H_q]`` head scores."""
+def _mean_scores(per_sample: Iterable[Tensor | None], count: int, desc: str, progress: bool) -> tuple[Tensor, int]:
+    """The mean of ``count`` samples' ``[num_layers, H_q]`` head scores (None: skipped), and how many counted."""
     if count == 0:
         raise ValueError("calibration needs at least one sample")
-    total = sum(tqdm(per_sample, total=count, desc=desc, disable=not progress, unit="clip"))
-    return total / count
+    scored = [s for s in tqdm(per_sample, total=count, desc=desc, disable=not progress, unit="clip") if s is not None]
+    if not scored:
+        raise ValueError(f"none of the {count} calibration samples could be scored (each was skipped, see above)")
+    return sum(scored) / len(scored), len(scored)
 
 
 def calibrate_whisper(
@@ -104,17 +107,25 @@ def calibrate_whisper(
     if timed and not all(u.words is not None for u in data):
         raise ValueError(f"{TIMED_METHOD} needs word timings ('words' in the manifest) for every utterance")
 
-    def score(utt: Utterance) -> Tensor:
+    def score(utt: Utterance) -> Tensor | None:
         layers = whisper_cross_attention(speech, utt)
+        tokens, frames = layers[0].shape[1] - 1, layers[0].shape[2]  # the last row emits end-of-text
+        if tokens < 2 or frames < 2:  # e.g. a one-word answer ("YES"), or a clip of 0.02 s
+            warnings.warn(
+                f"calibration skips {utt.audio_path}: {tokens} transcript token(s) over {frames} encoder frame(s) "
+                "of speech; its heads' alignment needs at least 2 of each",
+                stacklevel=2,
+            )
+            return None
         if timed:
             spans = word_frames(speech, utt)
             return torch.stack([timed_alignment_score(a[:, :-1], spans) for a in layers])  # without end-of-text
         return torch.stack([alignment_score(a) for a in layers])
 
-    mean = _mean_scores(map(score, data), len(data), f"calibrating {speech.name}", progress)
+    mean, used = _mean_scores(map(score, data), len(data), f"calibrating {speech.name}", progress)
     heads = speech.model.config.decoder_attention_heads
     scores = group_heads(mean, heads)  # cross-attention is multi-head: one KV head per head
-    return HeadScores(scores, model=speech.name, data=f"{len(data)} utterances", method=method)
+    return HeadScores(scores, model=speech.name, data=f"{used} utterances", method=method)
 
 
 CAPTURE = "audiokv_capture"
@@ -209,7 +220,7 @@ def calibrate_decoder(
         torch.stack([alignment_score(a) for a in decoder_audio_attention(model, inputs, text_start)])
         for inputs, text_start in samples
     )
-    mean = _mean_scores(per_sample, len(samples), f"calibrating {name}", progress)
+    mean, _ = _mean_scores(per_sample, len(samples), f"calibrating {name}", progress)
     text = model.config.get_text_config(decoder=True)
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     return HeadScores(group_heads(mean, kv_heads), model=name, data=f"{len(samples)} samples")

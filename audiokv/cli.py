@@ -274,7 +274,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         layers = None if args.layer_split is None else HeadScores.load(args.layer_split, model=speech.name)
         method = {"alignment": METHOD, "word-timed": TIMED_METHOD}[args.method]
         scores = calibrate_whisper(speech, data, method=method)
-        scores.data = f"{len(data)} utterances from {args.data}"
+        scores.data = f"{scores.data} from {args.data}"  # the utterances it could score
         if layers is not None:
             scores = scores.with_layer_split(layers)
     except USER_ERRORS as err:

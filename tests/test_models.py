@@ -180,6 +180,17 @@ def test_shipped_calibration_files_match_their_models():
         HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-base")
 
 
+def test_calibration_skips_a_clip_too_short_to_align_and_names_it(tiny):
+    (good,) = load_speech_set(CALIB_DIR, limit=1)
+    short = Utterance(good.audio_path, "yes")  # one token: no order to correlate (a LibriSpeech-style answer)
+    with pytest.warns(UserWarning, match=r"skips .*\.wav: 1 transcript token"):
+        both = calibrate_whisper(tiny, [good, short], progress=False)
+    assert torch.equal(both.scores, calibrate_whisper(tiny, [good], progress=False).scores)
+    assert both.data == "1 utterances"
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="none of the 1 calibration samples"):
+        calibrate_whisper(tiny, [short], progress=False)
+
+
 def test_calibrate_cli(tmp_path, capsys):
     out = tmp_path / "c.safetensors"
     args = ["calibrate", "--model", "whisper-tiny.en", "--data", str(CALIB_DIR), "--out", str(out), "--limit", "1"]
