@@ -177,6 +177,7 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
         result["beams"] = args.beams
     if previous is not None:
         check_same_run(previous, {**result, "n": n})  # before the long work
+        _say_what_update_drops(previous, policies, args.ratios, args.out)
     rows = run()
     result.update(environment(device))
     result["rows"] = [{**row, "commit": result["commit"]} for row in rows]
@@ -187,6 +188,15 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     if args.plot:
         plot_results(result["rows"], args.plot, f"{name}, {what}")
     return rows
+
+
+def _say_what_update_drops(previous: dict, policies: list[str], ratios: tuple[float, ...], out: str) -> None:
+    """``--update`` replaces every row of a rerun policy: name, before the run, the ratios it will lose."""
+    for name in set(policies) - {"full"}:  # the full cache runs once, at ratio 0
+        lost = sorted({r["compression_ratio"] for r in previous["rows"] if r["policy"] == name} - set(ratios))
+        if lost:
+            print(f"audiokv eval: {name}'s rows at {', '.join(map(str, lost))} in {out} will be replaced by this "
+                  "run's, which leaves those ratios out", file=sys.stderr)  # fmt: skip
 
 
 def _device(name: str) -> torch.device:

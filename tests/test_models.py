@@ -332,6 +332,12 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         assert {"wer", "kv_bytes", "kv_bytes_full", "repetition_rate", "n"} <= set(r) and r["n"] == 1
     assert rows[("snapkv", 0.5)]["kv_bytes"] < 0.6 * rows[("full", 0.0)]["kv_bytes_full"]
     assert result["beams"] == 1  # greedy, said in the file
+    capsys.readouterr()
+    update = ["--policies", "snapkv", "--ratios", "0.6", "--limit", "1", "--update", "--out", str(out)]
+    assert main(["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), *update]) == 0
+    assert "snapkv's rows at 0.5 in" in capsys.readouterr().err  # said before the run: a rerun policy is replaced
+    rows = {(r["policy"], r["compression_ratio"]) for r in json.loads(out.read_text())["rows"]}
+    assert rows == {("full", 0.0), ("snapkv", 0.6)}
     beam = ["--policies", "full", "--limit", "1", "--update", "--out", str(out), "--beams", "2"]
     assert main(["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), *beam]) == 2  # not into a greedy file
     assert "beams 1 != 2" in capsys.readouterr().err
