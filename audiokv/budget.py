@@ -81,8 +81,12 @@ def layer_shares(layer_prior: Tensor, strength: float) -> Tensor:
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"layer prior strength must be in [0, 1], got {strength}")
-    if layer_prior.dim() != 1 or not torch.isfinite(layer_prior).all() or (layer_prior < 0).any():
-        raise ValueError(f"layer prior must be finite, non-negative and [L], got shape {tuple(layer_prior.shape)}")
+    if layer_prior.dim() != 1 or not torch.isfinite(layer_prior).all():
+        raise ValueError(f"layer prior must be finite and [L], got shape {tuple(layer_prior.shape)}")
+    if (layer_prior < 0).any():
+        raise ValueError(
+            f"layer prior must be non-negative (calibrated head scores lie in [0, 1]), got {layer_prior.tolist()}"
+        )
     layer_prior = layer_prior.double()
     total = layer_prior.mean()
     relative = layer_prior / total if total > 0 else torch.ones_like(layer_prior)

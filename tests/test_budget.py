@@ -165,7 +165,7 @@ def test_layer_shares_mix_the_uniform_split_with_the_layers_prior():
     assert torch.allclose(layer_shares(prior, 1.0), torch.tensor([0.0, 0.75, 2.25], dtype=torch.float64))
     assert torch.allclose(layer_shares(prior, 0.5), torch.tensor([0.5, 0.875, 1.625], dtype=torch.float64))
     assert torch.allclose(layer_shares(torch.zeros(3), 1.0), torch.ones(3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match=r"non-negative .*got \[1.0, -1.0\]"):  # names the fault and the values
         layer_shares(torch.tensor([1.0, -1.0]), 0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         layer_shares(prior, 1.5)

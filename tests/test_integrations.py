@@ -262,6 +262,13 @@ def test_unsupported_model_and_wrong_calibration_are_clear_errors():
     assert len(SUPPORTED_FAMILIES) >= 4
     with pytest.raises(ValueError, match="2 x 2"):
         apply_audiokv(tiny("llama"), AudioKVConfig(), HeadScores(torch.rand(4, 6), model="m", data="d"))
+    holder = mock.Mock(spec=["model"], model=tiny("llama"))  # e.g. audiokv's SpeechModel
+    with pytest.raises(TypeError, match=r"model must be a transformers model, got Mock \(pass its \.model\)"):
+        apply_audiokv(holder, AudioKVConfig())
+    with pytest.raises(TypeError, match="config must be an AudioKVConfig, got dict"):
+        apply_audiokv(tiny("llama"), {"compression_ratio": 0.5})
+    with pytest.raises(TypeError, match=r"calibration must be HeadScores\.load\(path\) or None, got str"):
+        apply_audiokv(tiny("llama"), AudioKVConfig(), "calib/whisper-tiny.en.safetensors")
 
 
 def test_beam_search_and_several_samples_per_prompt_reorder_the_pages_like_the_dense_cache():

@@ -285,6 +285,13 @@ def apply_audiokv(
         A handle; ``handle.remove()`` restores the model. ``model.generate`` works
         unchanged (greedy or sampling, batches with left padding).
     """
+    if not isinstance(model, nn.Module):
+        inner = " (pass its .model)" if isinstance(getattr(model, "model", None), nn.Module) else ""
+        raise TypeError(f"model must be a transformers model, got {type(model).__name__}{inner}")
+    if not isinstance(config, AudioKVConfig):
+        raise TypeError(f"config must be an AudioKVConfig, got {type(config).__name__}")
+    if calibration is not None and not isinstance(calibration, HeadScores):
+        raise TypeError(f"calibration must be HeadScores.load(path) or None, got {type(calibration).__name__}")
     family = family_of(model)
     text_config = model.config.get_text_config(decoder=True)
     modules = attention_modules(model, family.attention)
