@@ -600,6 +600,69 @@ def with_pauses(
     return _copy_split(split, out, lengthen, f"pauses lengthened by {seconds:g} s of room tone")
 
 
+MUSIC_SNR_DB = (10.0, 15.0)
+
+
+def music_bed(samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``[samples]`` float32 synthetic music at 16 kHz: a plucked pentatonic melody over a bass and sustained chords.
+
+    A key, a tempo (80-140 beats a minute) and a I-V-vi-IV progression of one
+    chord a bar are drawn; the melody plays eighth notes (a fifth of them
+    rests) from the key's major pentatonic, each a few decaying harmonics; the
+    bass plucks the chord's root on every beat and a soft triad holds under
+    each bar. Nothing here is speech: it has onsets, pitch and rhythm, which
+    white, pink and babble noise do not.
+    """
+    n, seconds = samples, samples / SAMPLE_RATE
+    t = np.arange(n) / SAMPLE_RATE
+    beat = 60.0 / rng.uniform(80, 140)
+    key = 48 + int(rng.integers(12))  # MIDI note of the tonic, C3-B3
+    degrees = [0, 7, 9, 5]  # I, V, vi, IV
+    pentatonic = [0, 2, 4, 7, 9]
+    out = np.zeros(n)
+
+    def note(midi: float, start: float, length: float, level: float, harmonics: int, decay: float) -> None:
+        first, last = int(start * SAMPLE_RATE), min(n, int((start + length) * SAMPLE_RATE))
+        if first >= last:
+            return
+        local = t[first:last] - start
+        envelope = np.minimum(local / 0.01, 1.0) * np.exp(-local / decay)  # 10 ms attack, then decay
+        freq = 440.0 * 2 ** ((midi - 69) / 12)
+        tone = sum(np.sin(2 * np.pi * freq * k * local) / k**1.5 for k in range(1, harmonics + 1))
+        out[first:last] += level * envelope * tone
+
+    bar = 4 * beat
+    for b in range(int(seconds / bar) + 1):
+        root = key + degrees[b % 4]
+        third = 3 if degrees[b % 4] == 9 else 4  # vi is minor
+        for interval in (0, third, 7):
+            note(root + 12 + interval, b * bar, bar, 0.12, 2, 2.0)  # the held chord
+        for i in range(4):
+            note(root - 12, b * bar + i * beat, beat, 0.5, 3, 0.25)  # the bass
+        for i in range(8):
+            if rng.random() > 0.2:
+                pitch = key + 24 + pentatonic[int(rng.integers(5))] + 12 * int(rng.integers(2))
+                note(pitch, b * bar + i * beat / 2, beat / 2, 0.35, 4, 0.3)  # the melody
+    return out.astype(np.float32)
+
+
+def with_music(split: Path, out: Path) -> list[dict]:
+    """Copy a split's clips into ``out`` over a :func:`music_bed` of their length at 10-15 dB SNR (drawn per clip).
+
+    Speech over music (a video, a podcast's bed, a radio) is audio our
+    splits do not hold: every other degradation is noise, reverb or a
+    channel. Music changes at every note, so a policy that follows how fast
+    the sound changes may spend its tokens on the music.
+    """
+    rng = np.random.default_rng(0)
+
+    def under_music(audio: np.ndarray) -> np.ndarray:
+        snr = float(rng.uniform(*MUSIC_SNR_DB))
+        return mix(audio, music_bed(len(audio), rng), snr).astype(np.float32)
+
+    return _copy_split(split, out, under_music, f"music at {MUSIC_SNR_DB[0]:g}-{MUSIC_SNR_DB[1]:g} dB SNR")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the splits' subfolders")
@@ -618,8 +681,17 @@ def main(argv: list[str] | None = None) -> None:
         help="the room tone's level for --pauses and --quiet-lead (default -60; another level adds -<level>db "
         "to the folder's name)",
     )  # fmt: skip
+    parser.add_argument(
+        "--music", action="store_true",
+        help="instead, copy the built splits to SPLIT-music/ over synthetic music at 10-15 dB SNR",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     tag = "" if args.level == -60.0 else f"-{-args.level:g}db"
+    if args.music:
+        for split in args.splits:
+            rows = with_music(args.out / split, args.out / f"{split}-music")
+            print(f"{split}-music: {len(rows)} clips over music -> {args.out / f'{split}-music'}")
+        return
     if args.pauses is not None:
         for split in args.splits:
             out = args.out / f"{split}-pauses{tag}"

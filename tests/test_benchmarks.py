@@ -133,6 +133,28 @@ def test_the_speech_sets_sox_effects_repeat_every_sample():
     assert np.array_equal(mu_law(audio), mu_law(audio))
 
 
+def test_the_music_copy_mixes_a_pitched_bed_under_each_clip_at_its_drawn_snr(tmp_path):
+    """Music, not noise: most of its energy sits in a few pitches (white noise spreads it), at 10-15 dB under speech."""
+    import numpy as np
+
+    from audiokv.audio import load_audio, write_wav
+    from benchmarks.speech_set import music_bed, with_music, write_manifest
+
+    bed = music_bed(16_000 * 4, np.random.default_rng(3))
+    assert bed.shape == (64_000,) and np.isfinite(bed).all()
+    power = np.abs(np.fft.rfft(bed)) ** 2
+    assert np.sort(power)[::-1][: len(power) // 100].sum() > 0.5 * power.sum()  # 1% of the bins hold most of it
+    speech = (np.sin(np.arange(48_000) * 0.05) * 0.3).astype(np.float32)
+    (tmp_path / "src").mkdir()
+    write_wav(tmp_path / "src" / "a.wav", speech)
+    write_manifest(tmp_path / "src", [{"audio_filepath": "a.wav", "text": "t", "condition": "clean"}])
+    (row,) = with_music(tmp_path / "src", tmp_path / "out")
+    assert row["condition"] == "clean, music at 10-15 dB SNR"
+    music = load_audio(tmp_path / "out" / "a.wav") - load_audio(tmp_path / "src" / "a.wav")
+    snr = 10 * np.log10(np.mean(speech**2) / np.mean(music**2))
+    assert 9.9 < snr < 15.1
+
+
 def test_the_real_split_takes_each_speakers_longest_clean_recordings_of_2_to_30_s(tmp_path):
     import numpy as np
     import soundfile
