@@ -33,8 +33,9 @@ def window_scores(
             False for cross-attention, where every query sees every key.
 
     Returns:
-        ``[B, H_kv, T]`` float32 scores in [0, 1]; each (row, head) sums to 1.
-        Padding keys score 0.
+        ``[B, H_kv, T]`` float32 scores in [0, 1]: the mean attention of the
+        queries that see a key (a padding query sees none), so each (row, head)
+        sums to 1, or to 0 where no query does. Padding keys score 0.
     """
     if query_window.dim() != 4 or key.dim() != 4:
         raise ValueError(
@@ -62,7 +63,9 @@ def window_scores(
     if key_mask is not None:
         allowed = allowed[None, None] & key_mask[:, None, None, :].bool()
     logits = logits.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(logits, dim=-1).mean(dim=-2)
+    sees = allowed.any(-1)  # a left-padding query sees no key: it does not vote (its softmax would be NaN)
+    probs = torch.softmax(logits, dim=-1).masked_fill(~sees[..., None], 0.0)
+    return probs.sum(dim=-2) / sees.sum(-1, keepdim=True).clamp_min(1)
 
 
 def pool_scores(scores: Tensor, kernel: int, mode: str = "max") -> Tensor:

@@ -63,6 +63,20 @@ def left_padded(bsz, length, gen):
     return ids, mask
 
 
+@pytest.mark.parametrize("policy", ["audiokv", "snapkv", "h2o"])
+def test_a_row_shorter_than_the_window_decodes_in_a_batch_as_it_does_alone(policy):
+    """Its left padding fills the window with queries that see no key: they must not vote (their softmax is NaN)."""
+    model = tiny("qwen2")
+    ids = torch.randint(3, 97, (2, 100), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 100, dtype=torch.long)
+    mask[1, :80], ids[1, :80] = 0, 0  # 20 tokens, under the window of 32
+    greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.5), policy=policy):
+        both = torch.stack(model.generate(ids, attention_mask=mask, **greedy).logits, 1)
+        alone = torch.stack(model.generate(ids[1:, 80:], **greedy).logits, 1)
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("bsz", [1, 3])
 def test_ratio_zero_is_identical_to_the_unpatched_model(family, bsz):
