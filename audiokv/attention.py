@@ -187,6 +187,7 @@ class AudioKVAttention(nn.Module):
         self._chunks: list[tuple[Tensor, Tensor]] | None = None  # selections of the chunks prefilled so far
         self.held_before_chunk: list[int] | None = None  # tokens per row before the chunk being prefilled
         self._begun = 0  # new tokens of the decode call `begin_step` prepared (0: none yet)
+        self.owner: object | None = None  # the cache layer whose sequence the pool holds (`AudioKVLayer`)
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call is a prefill)."""

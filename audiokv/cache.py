@@ -52,6 +52,7 @@ class AudioKVLayer(CacheLayerMixin):
         step. The compressed layers never read the model's mask. See
         :meth:`AudioKVAttention.begin_step`.
         """
+        self._check_owner()
         self.engine.begin_step(tokens)
         if self._seen is None:
             self._seen = torch.zeros((), dtype=torch.long, device=self.engine.pool.lengths.device)
@@ -76,8 +77,18 @@ class AudioKVLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         if self.length == 0:
             self.engine.reset()
+            self.engine.owner = self
+        self._check_owner()
         self.length += key_states.shape[-2]
         return key_states, value_states
+
+    def _check_owner(self) -> None:
+        """The engine's pool holds this layer's sequence, not one a later prefill through the same handle put there."""
+        if self.engine.owner is not self:
+            raise ValueError(
+                "this cache's compressed tokens were replaced by a later prefill through the same apply_audiokv "
+                "handle (a handle holds one live sequence); prefill this cache's prompt again"
+            )
 
     def get_seq_length(self, *args) -> int | torch.Tensor:
         """Tokens seen before the current call (a 0-d tensor inside a call prepared by :meth:`begin_step`)."""

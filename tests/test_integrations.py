@@ -921,6 +921,22 @@ def test_a_forward_without_a_cache_is_plain_attention_even_after_a_compressed_ge
             torch.testing.assert_close(model(ids, use_cache=False).logits, want, atol=1e-5, rtol=0)
 
 
+def test_a_cache_whose_pools_a_later_prefill_took_over_refuses_to_decode():
+    """The compressed tokens live in the handle's engines: a second prefill replaces the first cache's."""
+    model = tiny("qwen2")
+    gen = torch.Generator().manual_seed(6)
+    first, second = torch.randint(3, 97, (1, 80), generator=gen), torch.randint(3, 97, (1, 60), generator=gen)
+    step = torch.randint(3, 97, (1, 1), generator=gen)
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.5, window=8, page_size=16)) as handle:
+        old = AudioKVCache(model.config, handle.engines)
+        model(first, **cached(model, old), use_cache=True)
+        model.generate(second, max_new_tokens=3, do_sample=False)  # a new sequence through the same engines
+        with pytest.raises(ValueError, match="replaced by a later prefill"):
+            model(step, **cached(model, old), use_cache=True)
+        assert handle.kv_bytes > 0
+    assert handle.kv_bytes == 0 and handle.peak_kv_bytes == 0  # remove() frees the last sequence's pools
+
+
 def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
     model = tiny("qwen2")
     gen = torch.Generator().manual_seed(4)

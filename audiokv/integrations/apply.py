@@ -200,6 +200,10 @@ class AudioKVHandle:
             config._attn_implementation = impl
         if self._chunked is not None:
             self._chunked.__dict__.pop("forward", None)
+        for engine in self.engines.values():  # free the last sequence's pools; a cache left over cannot read them
+            engine.reset()
+            engine.owner = None
+        self.meter.reset()
         self._modules, self._configs, self._hooks, self._generate, self._chunked = [], [], [], None, None
 
     def __enter__(self) -> AudioKVHandle:
