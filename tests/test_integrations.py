@@ -406,6 +406,18 @@ def lalm_inputs(name, gen, text_after=300):
     return model.eval(), inputs, (start, start + spec["n_audio"])
 
 
+def test_an_audio_prompt_given_as_embeddings_only_is_said_to_lose_its_audio_span():
+    """The audio span comes from the placeholder ids: with inputs_embeds alone it cannot be found."""
+    model, inputs, _ = lalm_inputs("qwen2_audio", torch.Generator().manual_seed(7), text_after=40)
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.5, window=8)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # with the ids: found, nothing said
+            model(**inputs, use_cache=True)
+        with pytest.warns(UserWarning, match="passes inputs_embeds only, so its audio is compressed as text"):
+            model(inputs_embeds=embeds, use_cache=True)
+
+
 def lalm_batch(name, gen):
     """Three left-padded prompts; returns model, inputs, ``[3, 2]`` audio spans.
 

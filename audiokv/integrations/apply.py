@@ -401,6 +401,12 @@ def apply_audiokv(
             return args, kwargs
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         prompt.audio_span = audio_spans(input_ids, token_id) if input_ids is not None else None
+        if input_ids is None and token_id is not None:
+            warnings.warn(
+                "audiokv finds the audio by its placeholder token ids; this prefill passes inputs_embeds only, "
+                "so its audio is compressed as text (no coverage, merging or head prior): pass input_ids",
+                stacklevel=2,
+            )
         mask = kwargs.get("attention_mask")
         prompt.key_mask = mask.bool() if mask is not None and mask.dim() == 2 and not mask.all() else None
         return args, kwargs
