@@ -418,6 +418,18 @@ def test_an_audio_prompt_given_as_embeddings_only_is_said_to_lose_its_audio_span
             model(inputs_embeds=embeds, use_cache=True)
 
 
+def test_text_between_two_clips_is_said_to_be_covered_as_audio():
+    from audiokv.integrations.apply import audio_spans
+
+    ids = torch.tensor([[1, 2, 9, 9, 9, 3, 4, 9, 9, 5], [1, 9, 9, 9, 9, 2, 3, 4, 5, 6]])
+    with pytest.warns(UserWarning, match="text between audio placeholders"):
+        spans = audio_spans(ids, 9)
+    assert spans.tolist() == [[2, 9], [1, 5]]  # one span per row, from the first clip's start to the last's end
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        audio_spans(ids[1:], 9)  # one clip: nothing to say
+
+
 def lalm_batch(name, gen):
     """Three left-padded prompts; returns model, inputs, ``[3, 2]`` audio spans.
 

@@ -38,3 +38,8 @@ def test_the_command_line_help_does_not_import_torch():
     code += "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False"), out
+
+
+def test_python_dash_m_audiokv_is_the_command():
+    out = subprocess.run([sys.executable, "-m", "audiokv", "eval", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("usage: audiokv eval")

@@ -79,7 +79,14 @@ def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
     is_audio = input_ids == token_id
     if not is_audio.any():
         return None
-    return mask_spans(is_audio).cpu()
+    spans = mask_spans(is_audio).cpu()
+    if (is_audio.sum(-1).cpu() < spans[:, 1] - spans[:, 0]).any():
+        warnings.warn(
+            "a prompt holds text between audio placeholders (several clips?): audiokv covers one audio span per "
+            "row, from its first audio token to its last, and compresses the text between them as audio",
+            stacklevel=3,
+        )
+    return spans
 
 
 def sound_frames(feature_mask: Tensor | None, frames: int) -> Tensor | None:
