@@ -153,11 +153,14 @@ def _run_eval(args: argparse.Namespace) -> list[dict]:
     else:
         from audiokv.dataset import load_speech_set
         from audiokv.eval import evaluate_speech
+        from audiokv.metrics import normalize_text
         from audiokv.models import load_speech_model
 
         if args.data is None:
             raise ValueError("--data is required for --task asr")
         utterances = load_speech_set(args.data, limit=args.limit)
+        if not any(normalize_text(u.text).split() for u in utterances):  # WER has nothing to count: say so first
+            raise ValueError(f"the transcripts of {args.data} hold no words once normalized")
         speech = load_speech_model(args.model)
         speech.model.to(device)
         args.calibration = args.calibration or shipped_calibration(speech.name)

@@ -353,6 +353,7 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         (["--ratios", "1.2"], "compression ratios must be in [0, 1)"),
         (["--policies", "full,magic"], "unknown policy 'magic'"),
         (["--data", "/nowhere"], "neither a directory nor a manifest"),
+        (["--data", "{tmp}/wordless.jsonl"], "hold no words once normalized"),  # before decoding, not after
         (["--out", "{tmp}/a-file/r.json"], "cannot write"),  # checked before any work
         (["--plot", "{tmp}"], "cannot write"),
         (["--plot", "{tmp}/p.xyz"], "cannot draw"),  # before any work, not a traceback after it
@@ -368,6 +369,8 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
 def test_eval_cli_bad_input_is_one_line_and_nonzero(extra, message, capsys, tmp_path):
     args = ["eval", "--model", "whisper-tiny.en", "--data", str(EVAL_DIR), "--out", str(tmp_path / "r.json")]
     (tmp_path / "a-file").write_text("")
+    clip = EVAL_DIR / sorted(p.name for p in EVAL_DIR.glob("*.wav"))[0]
+    (tmp_path / "wordless.jsonl").write_text(json.dumps({"audio_filepath": str(clip), "text": "Uh, um."}) + "\n")
     args += [x.replace("{tmp}", str(tmp_path)) for x in extra]
     try:
         code = main(args)
