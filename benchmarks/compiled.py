@@ -29,7 +29,7 @@ from torch._dynamo.utils import counters
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM, StaticCache
 
 from audiokv import AudioKVConfig, apply_audiokv
-from audiokv.cache import AudioKVCache
+from audiokv.cache import AudioKVCache, cache_argument
 from benchmarks.generate import SHAPES
 from benchmarks.harness import device_and_dtype, parser, timer_for, write_results
 
@@ -42,10 +42,10 @@ def decode(model, ids: torch.Tensor, cache, steps: int, warmup: int, feed: torch
     the graphs compiled after warm-up.
     """
     timer = timer_for(ids.device)
-    length = ids.shape[1]
+    length, name = ids.shape[1], cache_argument(model)  # the cache's keyword in this transformers
     logits, tokens, times, graphs = [], [], [], 0
     with torch.no_grad():
-        token = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        token = model(ids, **{name: cache}, use_cache=True).logits[:, -1:].argmax(-1)
         if compiled is not None:
             model.forward = compiled  # __call__ and so apply_audiokv's hooks stay eager
         try:
@@ -55,7 +55,7 @@ def decode(model, ids: torch.Tensor, cache, steps: int, warmup: int, feed: torch
                 if feed is not None:
                     token = feed[:, i : i + 1]
                 pos = length + i
-                step = dict(input_ids=token, past_key_values=cache, use_cache=True,
+                step = dict(input_ids=token, **{name: cache}, use_cache=True,
                             cache_position=torch.tensor([pos], device=ids.device),
                             position_ids=torch.full((ids.shape[0], 1), pos, device=ids.device))  # fmt: skip
                 out: list = []

@@ -557,7 +557,8 @@ def test_chunked_prefill_of_a_padded_batch_keeps_padding_in_the_first_chunk(bsz)
     assert torch.equal(same.sequences, ref.sequences)
     bounds = chunk_bounds(90, 10, mask.bool())
     assert bounds[:2] == ([(0, 10), (10, 20)] if bsz == 1 else [(0, 24), (24, 34)])  # row 2 pads 14 tokens
-    cfg = AudioKVConfig(compression_ratio=0.6, window=8, prefill_chunk=10)
+    with pytest.warns(UserWarning, match="prefill_chunk=10 keeps at least"):  # small chunks on purpose
+        cfg = AudioKVConfig(compression_ratio=0.6, window=8, prefill_chunk=10)
     with apply_audiokv(model, cfg) as handle:
         out = model.generate(ids, attention_mask=mask, **greedy)
         kept = kept_state(handle.engines, 90, bounds)
