@@ -86,8 +86,8 @@ class AudioKVLayer(CacheLayerMixin):
         """The engine's pool holds this layer's sequence, not one a later prefill through the same handle put there."""
         if self.engine.owner is not self:
             raise ValueError(
-                "this cache's compressed tokens were replaced by a later prefill through the same apply_audiokv "
-                "handle (a handle holds one live sequence); prefill this cache's prompt again"
+                "this cache's compressed tokens are gone: a later prefill through the same apply_audiokv handle "
+                "replaced them (a handle holds one live sequence), or the handle was removed; prefill again"
             )
 
     def get_seq_length(self, *args) -> int | torch.Tensor:
@@ -107,8 +107,9 @@ class AudioKVLayer(CacheLayerMixin):
     get_max_cache_shape = get_max_length  # the same method's name in transformers < 5.2x
 
     def reset(self) -> None:
+        if self.engine.owner is self:  # an old cache must not wipe the sequence a later prefill put in the pools
+            self.engine.reset()
         self.length = self._begun = self._step = 0
-        self.engine.reset()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep batch rows ``indices`` (in that order; beam search and batch expansion go through here)."""
@@ -132,6 +133,7 @@ class AudioKVLayer(CacheLayerMixin):
         keep = self.length + max_length if max_length < 0 else max_length
         if keep >= self.length:
             return
+        self._check_owner()
         prompt = self.engine.prompt_length
         if keep < prompt:
             raise ValueError(f"cannot crop a compressed cache to {keep} tokens: its compressed prompt has {prompt}")

@@ -125,7 +125,7 @@ def calibrate_whisper(
     mean, used = _mean_scores(map(score, data), len(data), f"calibrating {speech.name}", progress)
     heads = speech.model.config.decoder_attention_heads
     scores = group_heads(mean, heads)  # cross-attention is multi-head: one KV head per head
-    return HeadScores(scores, model=speech.name, data=f"{used} utterances", method=method)
+    return HeadScores(scores, model=speech.name, data=f"{used} utterance{'s' * (used != 1)}", method=method)
 
 
 CAPTURE = "audiokv_capture"

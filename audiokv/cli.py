@@ -104,7 +104,10 @@ def _check_plot(path: str | Path | None) -> None:
     """Fail before any long work if matplotlib cannot draw ``path`` (its extension names the format)."""
     if path is None:
         return
-    from matplotlib.backend_bases import FigureCanvasBase
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'audiokv[plot]'") from None
 
     kinds = FigureCanvasBase.get_supported_filetypes()
     suffix = Path(path).suffix.lstrip(".").lower()

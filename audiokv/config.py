@@ -161,11 +161,12 @@ class AudioKVConfig:
         _require_int("decode_every", self.decode_every, 1)
         if self.prefill_chunk is not None:
             _require_int("prefill_chunk", self.prefill_chunk, self.window + 1)
-            if self.window > (1 - ratio) * self.prefill_chunk:  # every chunk keeps at least its last `window`
+            least = math.ceil(self.window / (1 - ratio) - 1e-9)  # every chunk keeps at least its last `window`
+            if self.prefill_chunk < least:
                 warnings.warn(
                     f"prefill_chunk={self.prefill_chunk} keeps at least the last window={self.window} tokens of "
-                    f"each chunk ({self.window / self.prefill_chunk:.0%}), more than the {1 - ratio:.0%} "
-                    f"compression_ratio={ratio:g} asks: use prefill_chunk >= {math.ceil(self.window / (1 - ratio))}",
+                    f"each chunk ({self.window / self.prefill_chunk:.1%}), more than the {1 - ratio:.1%} "
+                    f"compression_ratio={ratio:g} asks: use prefill_chunk >= {least}",
                     stacklevel=3,
                 )
         _require_int("seed", self.seed, 0)

@@ -57,7 +57,7 @@ def load_speech_set(source: str | Path, limit: int | None = None) -> list[Uttera
     if source.is_dir():
         chapters = sorted(source.rglob("*.trans.txt"))
         items = _librispeech(chapters) if chapters else _audio_folder(source)
-    elif source.suffix.lower() in AUDIO_SUFFIXES:
+    elif source.is_file() and source.suffix.lower() in AUDIO_SUFFIXES:
         raise ValueError(f"{source} is an audio file; a speech set is a folder of audio + .txt or a JSONL manifest")
     elif source.is_file():
         items = _manifest(source)

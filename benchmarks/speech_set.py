@@ -613,16 +613,16 @@ def music_bed(samples: int, rng: np.random.Generator) -> np.ndarray:
     each bar. Nothing here is speech: it has onsets, pitch and rhythm, which
     white, pink and babble noise do not.
     """
-    n, seconds = samples, samples / SAMPLE_RATE
-    t = np.arange(n) / SAMPLE_RATE
+    seconds = samples / SAMPLE_RATE
+    t = np.arange(samples) / SAMPLE_RATE
     beat = 60.0 / rng.uniform(80, 140)
     key = 48 + int(rng.integers(12))  # MIDI note of the tonic, C3-B3
     degrees = [0, 7, 9, 5]  # I, V, vi, IV
     pentatonic = [0, 2, 4, 7, 9]
-    out = np.zeros(n)
+    out = np.zeros(samples)
 
     def note(midi: float, start: float, length: float, level: float, harmonics: int, decay: float) -> None:
-        first, last = int(start * SAMPLE_RATE), min(n, int((start + length) * SAMPLE_RATE))
+        first, last = int(start * SAMPLE_RATE), min(samples, int((start + length) * SAMPLE_RATE))
         if first >= last:
             return
         local = t[first:last] - start

@@ -138,12 +138,17 @@ def test_the_music_copy_mixes_a_pitched_bed_under_each_clip_at_its_drawn_snr(tmp
     import numpy as np
 
     from audiokv.audio import load_audio, write_wav
-    from benchmarks.speech_set import music_bed, with_music, write_manifest
+    from benchmarks.speech_set import _noise, music_bed, with_music, write_manifest
 
-    bed = music_bed(16_000 * 4, np.random.default_rng(3))
+    def peaked(signal):  # the share of the power in the strongest 1% of the frequency bins
+        power = np.sort(np.abs(np.fft.rfft(signal)) ** 2)[::-1]
+        return power[: len(power) // 100].sum() / power.sum()
+
+    rng = np.random.default_rng(3)
+    bed = music_bed(16_000 * 4, rng)
     assert bed.shape == (64_000,) and np.isfinite(bed).all()
-    power = np.abs(np.fft.rfft(bed)) ** 2
-    assert np.sort(power)[::-1][: len(power) // 100].sum() > 0.5 * power.sum()  # 1% of the bins hold most of it
+    assert peaked(bed) > 0.8  # its pitches (about 0.9) ...
+    assert peaked(_noise("pink", 64_000, rng)) < 0.7 and peaked(_noise("white", 64_000, rng)) < 0.1  # ... not noise
     speech = (np.sin(np.arange(48_000) * 0.05) * 0.3).astype(np.float32)
     (tmp_path / "src").mkdir()
     write_wav(tmp_path / "src" / "a.wav", speech)

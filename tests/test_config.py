@@ -63,8 +63,9 @@ def test_numpy_and_torch_scalars_are_read_as_python_numbers():
 def test_a_prefill_chunk_too_small_for_the_ratio_says_what_it_keeps():
     import warnings
 
-    with pytest.warns(UserWarning, match=r"keeps at least the last window=32 tokens of each chunk \(50%\).*>= 107"):
+    with pytest.warns(UserWarning, match=r"keeps at least the last window=32 tokens of each chunk \(50.0%\).*>= 107"):
         AudioKVConfig(compression_ratio=0.7, prefill_chunk=64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         AudioKVConfig(compression_ratio=0.7, prefill_chunk=107)  # 30% of 107 holds the window
+        AudioKVConfig(compression_ratio=0.8, prefill_chunk=160)  # exactly: 20% of 160 is 32 (1 - 0.8 rounds below 0.2)

@@ -65,7 +65,11 @@ def left_padded(bsz, length, gen):
 
 @pytest.mark.parametrize("policy", ["audiokv", "snapkv", "h2o"])
 def test_a_row_shorter_than_the_window_decodes_in_a_batch_as_it_does_alone(policy):
-    """Its left padding fills the window with queries that see no key: they must not vote (their softmax is NaN)."""
+    """Its left padding fills the window with queries that see no key: they must not vote (their softmax is NaN).
+
+    A row under the window is kept whole, so this checks that the batch decodes at all, and as the rows do
+    alone; what the other queries score is checked against the reference loop in test_scoring.
+    """
     model = tiny("qwen2")
     ids = torch.randint(3, 97, (2, 100), generator=torch.Generator().manual_seed(5))
     mask = torch.ones(2, 100, dtype=torch.long)
@@ -953,13 +957,18 @@ def test_a_cache_whose_pools_a_later_prefill_took_over_refuses_to_decode():
     first, second = torch.randint(3, 97, (1, 80), generator=gen), torch.randint(3, 97, (1, 60), generator=gen)
     step = torch.randint(3, 97, (1, 1), generator=gen)
     with apply_audiokv(model, AudioKVConfig(compression_ratio=0.5, window=8, page_size=16)) as handle:
-        old = AudioKVCache(model.config, handle.engines)
+        old, live = AudioKVCache(model.config, handle.engines), AudioKVCache(model.config, handle.engines)
         model(first, **cached(model, old), use_cache=True)
-        model.generate(second, max_new_tokens=3, do_sample=False)  # a new sequence through the same engines
-        with pytest.raises(ValueError, match="replaced by a later prefill"):
-            model(step, **cached(model, old), use_cache=True)
-        assert handle.kv_bytes > 0
+        model(second, **cached(model, live), use_cache=True)  # a new sequence through the same engines
+        for use in (lambda: model(step, **cached(model, old), use_cache=True), lambda: old.crop(-1)):
+            with pytest.raises(ValueError, match="compressed tokens are gone: a later prefill"):
+                use()
+        old.reset()  # forgets its own count only: the live sequence's pools stay
+        want = model(step, **cached(model, live), use_cache=True).logits
+        assert torch.isfinite(want).all() and handle.kv_bytes > 0
     assert handle.kv_bytes == 0 and handle.peak_kv_bytes == 0  # remove() frees the last sequence's pools
+    with pytest.raises(ValueError, match="or the handle was removed"):
+        model(step, **cached(model, live), use_cache=True)
 
 
 def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
@@ -986,6 +995,23 @@ def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():
 
     with apply_audiokv(model, cfg) as handle:
         torch.testing.assert_close(run(fail_at=1), run(fail_at=None), atol=1e-6, rtol=0)
+
+
+def test_a_whisper_mask_shorter_than_the_window_is_padded_and_a_longer_one_is_not_read():
+    """Long-form generate hands every 30 s window the whole recording's mask: ignored, with a warning."""
+    model = tiny_whisper()
+    features = torch.randn(1, 16, 1600, generator=torch.Generator().manual_seed(3))
+    call = dict(input_features=features, decoder_input_ids=torch.tensor([[1, 5]]), use_cache=True)
+    sound = torch.zeros(1, 1600, dtype=torch.bool)
+    sound[:, 100:900] = True
+    with apply_audiokv(model, AudioKVConfig(compression_ratio=0.5, page_size=16)) as handle:
+        model(**call, attention_mask=sound)
+        full = handle.engines[0].prompt.audio_span.clone()
+        model(**call, attention_mask=sound[:, :1000])  # padding="longest": the same sound, shorter
+        assert torch.equal(handle.engines[0].prompt.audio_span, full)
+        with pytest.warns(UserWarning, match="covers 4000 feature frames"):
+            model(**call, attention_mask=torch.ones(1, 4000, dtype=torch.bool))
+        assert handle.engines[0].prompt.audio_span is None  # every frame counts as sound
 
 
 def test_sound_frames_map_the_feature_mask_onto_encoder_frames():

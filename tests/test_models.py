@@ -15,7 +15,7 @@ from audiokv.data import CALIB_DIR, CALIBRATION_DIR, EVAL_DIR
 from audiokv.dataset import Utterance, load_speech_set
 from audiokv.heads import METHOD, TIMED_METHOD, HeadScores
 from audiokv.integrations import apply_audiokv
-from audiokv.integrations.apply import NoCalibrationWarning, feature_mask
+from audiokv.integrations.apply import NoCalibrationWarning, sound_frames
 from audiokv.metrics import word_error_rate
 from audiokv.models import load_causal_lm, load_speech_model
 from audiokv.transcribe import log_mel, transcribe
@@ -186,7 +186,7 @@ def test_calibration_skips_a_clip_too_short_to_align_and_names_it(tiny):
     with pytest.warns(UserWarning, match=r"skips .*\.wav: 1 transcript token"):
         both = calibrate_whisper(tiny, [good, short], progress=False)
     assert torch.equal(both.scores, calibrate_whisper(tiny, [good], progress=False).scores)
-    assert both.data == "1 utterances"
+    assert both.data == "1 utterance"
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="none of the 1 calibration samples"):
         calibrate_whisper(tiny, [short], progress=False)
 
@@ -195,7 +195,7 @@ def test_calibrate_cli(tmp_path, capsys):
     out = tmp_path / "c.safetensors"
     args = ["calibrate", "--model", "whisper-tiny.en", "--data", str(CALIB_DIR), "--out", str(out), "--limit", "1"]
     assert main(args) == 0
-    assert HeadScores.load(out, model="whisper-tiny.en").data.startswith("1 utterances from")
+    assert HeadScores.load(out, model="whisper-tiny.en").data.startswith("1 utterance from")
     shipped = CALIBRATION_DIR / "whisper-tiny.en.safetensors"
     timed = ["--method", "word-timed", "--data", str(CALIB_DIR.parent / "calib_timed" / "manifest.jsonl")]
     assert main([*args, *timed, "--layer-split", str(shipped)]) == 0
@@ -297,24 +297,21 @@ def test_calls_a_compressed_cache_cannot_serve_are_refused_and_leave_the_model_w
     assert transcribe(tiny, audio) == dense
 
 
-def test_generate_with_several_sequences_per_clip_repeats_the_sound_mask(tiny, eval_clip):
-    """``num_return_sequences`` repeats the features' rows but not their mask; the best beam is the one-sequence one."""
-    features, sound = log_mel(tiny, [eval_clip.audio()])
+def test_generate_with_several_sequences_per_clip_repeats_the_sound_mask(tiny):
+    """``num_return_sequences`` repeats the features' rows but not their mask; each clip's best beam is its
+    one-sequence output, so each clip's rows read its own mask (the clips differ in length, so masks differ)."""
+    first, second = (u.audio() for u in load_speech_set(EVAL_DIR, limit=2))
+    features, sound = log_mel(tiny, [first, second[: 8 * 16_000]])
     calib = HeadScores.load(CALIBRATION_DIR / "whisper-tiny.en.safetensors", model="whisper-tiny.en")
     call = dict(input_features=features, attention_mask=sound, num_beams=2, max_new_tokens=12, do_sample=False)
     with apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.7), calib) as handle:
         one = tiny.model.generate(**call)
         two = tiny.model.generate(**call, num_return_sequences=2)
-        assert handle.engines[0].prompt.audio_span.shape == (4, 1500)  # 2 sequences x 2 beams, each with the mask
-    assert two.shape[0] == 2 and torch.equal(two[:1, : one.shape[1]], one)
-
-
-def test_a_mask_longer_than_one_window_is_not_read():
-    """Long-form generate hands every 30 s window the whole recording's mask: ignored, with a warning."""
-    window = torch.ones(1, 3000, dtype=torch.bool)
-    assert feature_mask(window, 1500) is window and feature_mask(None, 1500) is None
-    with pytest.warns(UserWarning, match="covers 8322 feature frames"):
-        assert feature_mask(torch.ones(1, 8322, dtype=torch.bool), 1500) is None
+        own = sound_frames(sound, 1500).repeat_interleave(4, 0)  # 2 clips x 2 sequences x 2 beams, clip by clip
+        assert torch.equal(handle.engines[0].prompt.audio_span, own)
+    for clip in range(2):
+        best = two[2 * clip]
+        assert torch.equal(best[best != tiny.eos_id][: one.shape[1]], one[clip][one[clip] != tiny.eos_id])
 
 
 def test_eval_cli_writes_the_results_schema(tmp_path, capsys):

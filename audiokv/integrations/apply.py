@@ -50,12 +50,17 @@ class _Prompt:
     bypass: bool = False  # a forward without a cache (use_cache=False): plain attention, nothing kept
 
 
+def generation_config(model: nn.Module, kwargs: dict) -> object:
+    """The generation config a ``model.generate(**kwargs)`` call runs under (None: the model has none)."""
+    return kwargs.get("generation_config") or getattr(model, "generation_config", None)
+
+
 def decode_tokens(model: nn.Module, args: tuple, kwargs: dict) -> int | None:
     """Tokens ``model.generate(*args, **kwargs)`` will append to the cache after the prompt (None: unknown).
 
     The last generated token is never fed back, so that is ``max_new_tokens - 1``.
     """
-    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    config = generation_config(model, kwargs)
     new = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
     if new is None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -108,16 +113,20 @@ def sound_frames(feature_mask: Tensor | None, frames: int) -> Tensor | None:
     return marked[:, end] > marked[:, first]
 
 
-def feature_mask(mask: Tensor | None, frames: int) -> Tensor | None:
-    """A cross-attention model's ``[B, F]`` feature mask if it covers one encoder window, else None with a warning.
+def window_mask(mask: Tensor | None, frames: int) -> Tensor | None:
+    """A cross-attention model's ``[B, F]`` feature mask over one encoder window; None (with a warning) if longer.
 
     Whisper's encoder turns ``2 * frames`` feature frames (30 s) into ``frames``
-    outputs. transformers' long-form ``generate`` (audio over 30 s) passes the
-    whole recording's mask to every 30 s window; where a window starts in it
-    is not known here, so such a mask is not read (every frame counts as sound).
+    outputs, and pads shorter features to that: a shorter mask (``padding=
+    "longest"``) is padded the same way. transformers' long-form ``generate``
+    (audio over 30 s) passes the whole recording's mask to every 30 s window;
+    where a window starts in it is not known here, so such a mask is not read
+    (every frame counts as sound).
     """
     if mask is None or mask.shape[-1] == 2 * frames:
         return mask
+    if mask.shape[-1] < 2 * frames:
+        return torch.nn.functional.pad(mask, (0, 2 * frames - mask.shape[-1]))
     warnings.warn(
         f"the attention mask covers {mask.shape[-1]} feature frames, not one {2 * frames}-frame window "
         "(long-form generate?): audiokv ignores it and treats every encoder frame as sound",
@@ -144,17 +153,17 @@ def refuse_attention_weights(kwargs: dict, generation_config: object = None) -> 
     align tokens by their cross-attention weights over every encoder frame;
     compressed layers attend over the kept frames only and return no weights.
     """
-    asked = [
+    asked = [  # an argument of the call wins over the generation config's default
         name
         for name in ("output_attentions", "return_token_timestamps")
-        if kwargs.get(name) or getattr(generation_config, name, False)
+        if (kwargs[name] if kwargs.get(name) is not None else getattr(generation_config, name, False))
     ]
     if kwargs.get("return_timestamps") == "word":
         asked.append("return_timestamps='word'")
     if asked:
         raise ValueError(
-            f"{', '.join(asked)} needs attention weights over the whole cache, which audiokv's compressed layers "
-            "do not keep; call without it, or remove the handle first"
+            f"{', '.join(asked)} {'needs' if len(asked) == 1 else 'need'} attention weights over the whole cache, "
+            "which audiokv's compressed layers do not keep; call without it, or remove the handle first"
         )
 
 
@@ -398,7 +407,7 @@ def apply_audiokv(
         handle.meter.reset()  # a new sequence
         if family.cross_attention:  # every encoder frame is attended; the features' mask says which are sound
             frames = model.config.max_source_positions
-            prompt.audio_span = sound_frames(feature_mask(kwargs.get("attention_mask"), frames), frames)
+            prompt.audio_span = sound_frames(window_mask(kwargs.get("attention_mask"), frames), frames)
             rows = _batch_rows(args, kwargs)
             if prompt.audio_span is not None and rows is not None and rows != len(prompt.audio_span):
                 if rows % len(prompt.audio_span):
@@ -432,7 +441,7 @@ def apply_audiokv(
 
     @functools.wraps(generate)
     def generate_reserving(*args, **kwargs):  # the pools reserve room for this call's new tokens, no more
-        refuse_attention_weights(kwargs, kwargs.get("generation_config") or getattr(model, "generation_config", None))
+        refuse_attention_weights(kwargs, generation_config(model, kwargs))
         prompt.decode_tokens = decode_tokens(model, args, kwargs)
         try:
             return generate(*args, **kwargs)
