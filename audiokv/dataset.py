@@ -61,6 +61,8 @@ def load_speech_set(source: str | Path, limit: int | None = None) -> list[Uttera
         raise ValueError(f"{source} is an audio file; a speech set is a folder of audio + .txt or a JSONL manifest")
     elif source.is_file():
         items = _manifest(source)
+    elif not source.exists():
+        raise ValueError(f"speech data {source} does not exist")
     else:
         raise ValueError(f"speech data {source} is neither a directory nor a manifest file")
     return items[:limit] if limit is not None else items

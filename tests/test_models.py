@@ -205,7 +205,7 @@ def test_calibrate_cli(tmp_path, capsys):
     assert (
         main(["calibrate", "--model", "whisper-tiny.en", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     )
-    assert "neither a directory nor a manifest" in capsys.readouterr().err
+    assert "nowhere does not exist" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "not-written.safetensors"), "--plot", str(tmp_path / "h.xyz")]) == 2
     assert "cannot draw" in capsys.readouterr().err and not (tmp_path / "not-written.safetensors").exists()
 
@@ -349,7 +349,8 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
     [
         (["--ratios", "1.2"], "compression ratios must be in [0, 1)"),
         (["--policies", "full,magic"], "unknown policy 'magic'"),
-        (["--data", "/nowhere"], "neither a directory nor a manifest"),
+        (["--data", "/nowhere"], "speech data /nowhere does not exist"),
+        (["--data", "/nowhere.wav"], "speech data /nowhere.wav does not exist"),  # not "an audio file"
         (["--data", "{tmp}/wordless.jsonl"], "hold no words once normalized"),  # before decoding, not after
         (["--out", "{tmp}/a-file/r.json"], "cannot write"),  # checked before any work
         (["--plot", "{tmp}"], "cannot write"),
