@@ -288,6 +288,15 @@ def test_calls_a_compressed_cache_cannot_serve_are_refused_and_leave_the_model_w
         with pytest.raises(ValueError, match="already applied"):
             apply_audiokv(tiny.model, AudioKVConfig(compression_ratio=0.9), calib)
         assert transcribe(tiny, audio) == compressed  # none of it touched the handle
+        short = dict(input_features=features, attention_mask=sound, max_new_tokens=4)
+        plain = tiny.model.generate(**short)
+        tiny.model.generation_config.output_attentions = True  # a config's default: the call's own False wins
+        try:
+            with pytest.raises(ValueError, match="output_attentions needs"):
+                tiny.model.generate(**short)
+            assert torch.equal(tiny.model.generate(**short, output_attentions=False), plain)
+        finally:
+            tiny.model.generation_config.output_attentions = False
         tiny.model.config._attn_implementation = "eager"  # as Whisper's generate does for word timestamps
         with pytest.raises(RuntimeError, match="switched to \\['eager'\\]"):
             transcribe(tiny, audio)
