@@ -9,3 +9,8 @@ def cached(model, cache) -> dict:
     ``cache`` from transformers 5.2x on, ``past_key_values`` before (:func:`audiokv.cache.cache_argument`).
     """
     return {cache_argument(model): cache}
+
+
+def cache_in(model, out):
+    """The cache a ``model(...)`` or ``generate(...)`` output returns, under the name this transformers gives it."""
+    return out[cache_argument(model)]

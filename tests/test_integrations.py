@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from calls import cached
+from calls import cache_in, cached
 from reference import kept_prompt
 from torch import nn
 from transformers import (
@@ -238,7 +238,7 @@ def test_generate_after_compression_keeps_positions_and_memory():
     cfg = AudioKVConfig(compression_ratio=0.5, window=16, page_size=16, decode_reserve=16)
     with apply_audiokv(model, cfg) as handle:
         out = model.generate(ids, max_new_tokens=20, do_sample=False, return_dict_in_generate=True)
-        cache = out.past_key_values
+        cache = cache_in(model, out)
         assert isinstance(cache, AudioKVCache) and cache.get_seq_length() == 419
         dense = 2 * 2 * 2 * 2 * 419 * 16 * 4  # layers * K,V * batch * kv heads * tokens * dim * fp32
         slack = 2 * 2 * 2 * 2 * (16 + 16) * 16 * 4  # per row: one partly filled page + the decode reserve
@@ -486,7 +486,7 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
     engine = handle.engines[0]
     assert engine.prompt.audio_span.tolist() == [list(span)]
     length = inputs["input_ids"].shape[1]
-    assert out.past_key_values.get_seq_length() == length + 5  # positions go on after eviction
+    assert cache_in(model, out).get_seq_length() == length + 5  # positions go on after eviction
     kept = kept_state(handle.engines, length)
     handle.remove()
 
@@ -619,7 +619,7 @@ def test_one_compressed_context_answers_follow_up_questions_like_compressing_it_
         return model.generate(torch.cat([context["input_ids"], question], 1), **cached(model, cache), **greedy)
 
     with apply_audiokv(model, cfg, calibration) as handle:
-        cache = model(**context, use_cache=True).past_key_values
+        cache = cache_in(model, model(**context, use_cache=True))
         length = cache.get_seq_length()
         kept = kept_state(handle.engines, length)
         reused = []
@@ -629,7 +629,7 @@ def test_one_compressed_context_answers_follow_up_questions_like_compressing_it_
         assert all(e.pool.row_lengths == e.budgets.flatten().tolist() for e in handle.engines.values())
         with pytest.raises(ValueError, match="compressed prompt"):
             cache.crop(length - 1)
-        fresh = [ask(model(**context, use_cache=True).past_key_values, q) for q in questions]
+        fresh = [ask(cache_in(model, model(**context, use_cache=True)), q) for q in questions]
     for question, got, again in zip(questions, reused, fresh, strict=True):
         assert torch.equal(got.sequences, again.sequences)
         torch.testing.assert_close(torch.stack(got.logits), torch.stack(again.logits), atol=1e-5, rtol=0)
@@ -760,7 +760,7 @@ def whisper_steps(model, features, steps=3, cache=None):
     logits = []
     for _ in range(steps):
         out = model(input_features=features, decoder_input_ids=tokens, **cached(model, cache), use_cache=True)
-        cache = out.past_key_values
+        cache = cache_in(model, out)
         logits.append(out.logits[:, -1])
         tokens = out.logits[:, -1:].argmax(-1)
     return logits, cache
@@ -900,7 +900,7 @@ def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
         engine = handle.engines[2]
         starts = length - inputs["attention_mask"].sum(-1) + 6 + 9 * torch.arange(bsz)  # after padding, text, boa
         assert torch.equal(engine.prompt.audio_span, torch.stack([starts, starts + 20], -1))
-        assert out.past_key_values.get_seq_length() == length + 5
+        assert cache_in(model, out).get_seq_length() == length + 5
         # half the prompt, the 5 tokens decoded after it, one partial page per row at most,
         # and a fp32 log-mass per slot beside K and V
         bound = (0.5 * full_bytes + (5 + 16) * full_bytes / length) * (1 + 1 / (2 * engine.head_dim))
