@@ -57,9 +57,9 @@ def load_speech_set(source: str | Path, limit: int | None = None) -> list[Uttera
     if source.is_dir():
         chapters = sorted(source.rglob("*.trans.txt"))
         items = _librispeech(chapters) if chapters else _audio_folder(source)
-    elif source.is_file() and source.suffix.lower() in AUDIO_SUFFIXES:
-        raise ValueError(f"{source} is an audio file; a speech set is a folder of audio + .txt or a JSONL manifest")
     elif source.is_file():
+        if source.suffix.lower() in AUDIO_SUFFIXES:
+            raise ValueError(f"{source} is an audio file; a speech set is a folder of audio + .txt or a JSONL manifest")
         items = _manifest(source)
     elif not source.exists():
         raise ValueError(f"speech data {source} does not exist")

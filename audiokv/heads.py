@@ -31,24 +31,20 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from audiokv.select import ranks
-
 METHOD = "semantic-acoustic-alignment/v1"
 TIMED_METHOD = "word-timed-alignment/v1"
 
 
 def _tied_ranks(x: Tensor) -> Tensor:
     """``[..., N]`` float64 ranks along the last axis, equal values sharing the mean of their ranks (Spearman's)."""
-    ordinal = ranks(x)  # [..., N] the place of each entry in the sorted order
-    ordered = x.sort(-1).values
+    ordered, order = x.sort(-1)
     start = torch.ones_like(ordered, dtype=torch.bool)
     start[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
-    tie = start.long().cumsum(-1) - 1  # [..., N] which run of equal values each sorted entry is in
-    steps = torch.arange(x.shape[-1], dtype=torch.float64, device=x.device).expand(ordinal.shape)
-    total = torch.zeros_like(steps).scatter_add_(-1, tie, steps)
-    size = torch.zeros_like(steps).scatter_add_(-1, tie, torch.ones_like(steps))
-    run_of = tie.gather(-1, ordinal)  # the run of every entry, in its own place
-    return (total / size.clamp_min(1)).gather(-1, run_of)
+    run = start.long().cumsum(-1) - 1  # [..., N] which run of equal values each sorted entry is in
+    place = torch.arange(x.shape[-1], dtype=torch.float64, device=x.device).expand(order.shape)
+    total = torch.zeros_like(place).scatter_add_(-1, run, place)
+    size = torch.zeros_like(place).scatter_add_(-1, run, torch.ones_like(place))
+    return torch.empty_like(place).scatter_(-1, order, (total / size.clamp_min(1)).gather(-1, run))
 
 
 def alignment_score(attn: Tensor) -> Tensor:
