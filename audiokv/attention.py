@@ -40,8 +40,8 @@ from audiokv.mask import PagedBlockMask
 from audiokv.merge import merge_spans
 from audiokv.paged import PagedKVPool, fit_page_size
 from audiokv.policies import Policy, ScoreInput, get_policy
-from audiokv.select import cover_spans, onset_spans, select_tokens, weight_onset
-from audiokv.spectral import Span, sound_rows, span_mask, span_rows, spectral_smooth
+from audiokv.select import clip_onsets, cover_spans, select_tokens, weight_onset
+from audiokv.spectral import Span, clip_ids, mask_spans, sound_rows, span_mask, span_rows, spectral_smooth
 
 KERNELS = ("auto", "flex", "rows", "pages", "reference")
 # From this many rows on (batch x KV heads), "auto" decodes on CPU with the per-page kernel: faster than
@@ -90,13 +90,21 @@ def chunk_layout(first: int, total: int, chunk: int) -> list[tuple[int, int]]:
     return [(0, min(first, total))] + [(s, min(s + chunk, total)) for s in range(first, total, chunk)]
 
 
-def chunk_spans(spans: Tensor, start: int, end: int) -> Tensor:
-    """``[B, 2]`` each row's part of its audio span ``spans`` in the chunk ``[start, end)``, in chunk positions.
+def clip_order(audio: Tensor, fixed: int) -> Tensor:
+    """``[B, T]`` an order of each row's positions in which its audio before the last ``fixed`` tokens is one run.
 
-    ``(0, 0)`` where the chunk holds none of it.
+    ``audio``: ``[B, T]`` bool. First come the tokens before a row's first audio
+    token, then its audio tokens, then the text between and after its clips,
+    each in prompt order; the last ``fixed`` tokens (the observation window,
+    whose queries score the rest causally and which is kept whole) stay where
+    they are. A row whose audio is one run keeps its order.
     """
-    part = (spans - start).clamp(0, end - start)
-    return torch.where((part[:, 1] > part[:, 0])[:, None], part, 0)
+    length = audio.shape[-1]
+    pos = torch.arange(length, device=audio.device)
+    first = torch.where(audio, pos, length).amin(-1, keepdim=True)
+    group = torch.where(audio, 1, torch.where(pos < first, 0, 2))
+    group = torch.where(pos >= length - fixed, 3, group)
+    return group.sort(stable=True).indices
 
 
 class AudioKVAttention(nn.Module):
@@ -247,11 +255,11 @@ class AudioKVAttention(nn.Module):
         Args:
             query: ``[B, H_q, q, D]`` new queries.
             key, value: ``[B, H_kv, q, D]`` new keys and values.
-            audio_span: prefill only; the audio tokens ``(start, end)`` or
-                ``[B, 2]``, smoothed by SSS. None: no smoothing. In cross-attention
-                every key is audio, and the span (if given) marks the frames of
-                real sound, before the padding of a fixed-length input; there it
-                may also be a ``[B, T]`` bool mask that leaves out pauses.
+            audio_span: prefill only; the audio tokens ``(start, end)``, ``[B, 2]``,
+                or a ``[B, T]`` bool mask, which may hold several clips per row.
+                None: no audio. In cross-attention every key is audio, and the
+                span (if given) marks the frames of real sound, before the padding
+                of a fixed-length input; there the mask leaves out pauses.
             key_mask: prefill only; ``[B, T]`` bool, False on padding tokens,
                 which are never kept.
             decode_tokens: prefill only; how many tokens will be appended after
@@ -394,15 +402,18 @@ class AudioKVAttention(nn.Module):
             audio_span, key_mask, decode_tokens: as in :meth:`forward`.
         """
         bsz, _, length, _ = key.shape
-        spans = self._spans(audio_span, bsz, length)
-        content = sound = None  # the real sound, for the policies that read where it starts, ends or pauses
-        policy = self.policy
-        reads_sound = policy.content_density or policy.quiet_lead or policy.quiet_pauses or policy.smooth_sound
-        if self.cross_attention and audio_span is not None and reads_sound:
-            content, sound = sound_rows(audio_span, bsz, length)
-        key, value, indices, budgets, log_mass = self._select(
-            query, key, value, spans, key_mask, self.config.sinks, content, sound=sound
-        )
+        if self.cross_attention:
+            content = sound = None  # the real sound, for the policies that read where it starts, ends or pauses
+            policy = self.policy
+            reads_sound = policy.content_density or policy.quiet_lead or policy.quiet_pauses or policy.smooth_sound
+            if audio_span is not None and reads_sound:
+                content, sound = sound_rows(audio_span, bsz, length)
+            spans = span_rows(None, bsz, length)
+            selected = self._select(query, key, value, spans, key_mask, self.config.sinks, content, sound=sound)
+        else:
+            audio = self._audio(audio_span, bsz, length)
+            selected = self._select_clips(query, key, value, audio, key_mask, self.config.sinks)
+        key, value, indices, budgets, log_mass = selected
         reserve = self._reserve(decode_tokens)
         page = self.config.page_size or fit_page_size(budgets.float().mean().item() + reserve)
         self.pool = PagedKVPool.from_selection(
@@ -410,11 +421,69 @@ class AudioKVAttention(nn.Module):
         )
         self._compressed(indices, budgets, length)
 
-    def _spans(self, audio_span: Span | Tensor | None, bsz: int, length: int) -> Tensor | None:
-        """``[B, 2]`` audio span of each row (cross-attention: every key), or None."""
-        if self.cross_attention:
-            return span_rows(None, bsz, length)
-        return None if audio_span is None else span_rows(audio_span, bsz, length)
+    @staticmethod
+    def _audio(audio_span: Span | Tensor | None, bsz: int, length: int) -> Tensor | None:
+        """``[B, T]`` bool audio tokens of a self-attention prompt, or None (no audio)."""
+        if audio_span is None:
+            return None
+        if isinstance(audio_span, Tensor) and audio_span.dtype == torch.bool:
+            if audio_span.shape != (bsz, length):
+                raise ValueError(f"audio mask must be [B, T] = [{bsz}, {length}], got {tuple(audio_span.shape)}")
+            return audio_span.detach().cpu()
+        return span_mask(span_rows(audio_span, bsz, length), length)
+
+    def _select_clips(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        audio: Tensor | None,
+        key_mask: Tensor | None,
+        sinks: int,
+        onset: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """:meth:`_select` of a self-attention prompt whose ``[B, T]`` bool ``audio`` may hold several clips per row.
+
+        Coverage, merging, SSS and the text scores read the audio as one span.
+        A row with text between its clips is therefore selected in
+        :func:`clip_order`, where its audio before the observation window is
+        one run. Only the window's queries score, and they see every key before
+        the window, so the scores are those of the prompt's own order. The kept
+        positions are mapped back; tokens merge only within their own clip, and
+        each clip has its onset. ``onset``: ``[B, T]`` bool, or None (each clip's
+        first ``onset_tokens``).
+        """
+        if audio is None:
+            return self._select(query, key, value, None, key_mask, sinks)
+        onset = clip_onsets(audio, self.onset_tokens) if onset is None else onset
+        spans = mask_spans(audio)
+        one_run = audio.sum(-1) == spans[:, 1] - spans[:, 0]
+        policy = self.policy
+        reads_places = policy.coverage or policy.merge or policy.smooth or policy.text_rarity
+        if not reads_places or one_run.all():
+            return self._select(query, key, value, spans, key_mask, sinks, onset=onset, clips=clip_ids(audio))
+        bsz, heads, length, dim = key.shape
+        order = clip_order(audio, self.config.window)
+        moved = audio.gather(1, order)
+        ahead = torch.arange(length) < length - self.config.window
+        spans = torch.where(one_run[:, None], spans, mask_spans(moved & ahead))
+        device = key.device
+        rows = order.to(device)[:, None, :].expand(bsz, heads, length)
+
+        def reorder(x: Tensor, index: Tensor) -> Tensor:  # [B, H, T, D] along T
+            return x.gather(2, index[..., None].expand(-1, -1, -1, dim))
+
+        mask = None if key_mask is None else key_mask.gather(1, order.to(key_mask.device))
+        key, value, indices, budgets, log_mass = self._select(
+            query, reorder(key, rows), reorder(value, rows), spans, mask, sinks,
+            onset=onset.gather(1, order), clips=clip_ids(audio).gather(1, order),
+        )  # fmt: skip
+        back = rows.argsort(-1)
+        key, value = reorder(key, back), reorder(value, back)
+        log_mass = None if log_mass is None else log_mass.gather(-1, back)
+        placed = rows.gather(-1, indices.clamp(max=length - 1))
+        indices = torch.where(indices < length, placed, length).sort(-1).values
+        return key, value, indices, budgets, log_mass
 
     def _reserve(self, decode_tokens: int | None) -> int:
         """Room per row for tokens appended after the prompt."""
@@ -461,6 +530,7 @@ class AudioKVAttention(nn.Module):
         content: Tensor | None = None,
         onset: Tensor | None = None,
         sound: Tensor | None = None,
+        clips: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """What each head keeps of ``[B, H_kv, T, D]`` keys and values: ``(key, value, indices, budgets, log_mass)``.
 
@@ -473,8 +543,10 @@ class AudioKVAttention(nn.Module):
         ``quiet_lead`` policies only the span's part before it does, and the onset
         starts where it does; for ``quiet_pauses`` policies the frames inside it
         that ``sound`` (``[B, T]`` bool, or None) leaves out.
-        ``onset`` (``[B, 2]``, or None: the first ``self.onset_tokens`` of ``spans``) is
+        ``onset`` (``[B, T]`` bool, or None: the first ``self.onset_tokens`` of ``spans``) is
         what the ``onset`` policies weight: a later prefill chunk holds none of it.
+        ``clips`` (``[B, T]`` int64, or None) says which clip each token of a span
+        belongs to: merging stays inside a clip (:meth:`_select_clips`).
         """
         cfg = self.config
         bsz, heads, length, _ = key.shape
@@ -503,13 +575,13 @@ class AudioKVAttention(nn.Module):
             if content is not None and policy.coverage and policy.quiet_lead:
                 lead = torch.stack([spans[:, 0], torch.maximum(spans[:, 0], content[:, 0])], -1)
                 trend = _quieten(trend, span_mask(lead.to(key.device), length))
-                onset = onset_spans(torch.stack([lead[:, 1], spans[:, 1]], -1), self.onset_tokens)
+                onset = clip_onsets(span_mask(torch.stack([lead[:, 1], spans[:, 1]], -1), length), self.onset_tokens)
             if sound is not None and policy.coverage and policy.quiet_pauses:
                 inside = span_mask(content, length).to(key.device)
                 sound = sound.to(key.device)
                 trend = _quieten(trend, inside & ~sound, inside & sound if policy.pauses_at_mean else None)
             if policy.onset and policy.coverage and spans is not None:
-                onset = onset_spans(spans, self.onset_tokens) if onset is None else onset
+                onset = clip_onsets(span_mask(spans, length), self.onset_tokens) if onset is None else onset
                 trend = weight_onset(trend, onset, cfg.onset_weight)
             smoothed = content if content is not None and policy.smooth_sound else spans  # where SSS runs
             if policy.smooth and spans is not None:
@@ -549,7 +621,7 @@ class AudioKVAttention(nn.Module):
         if policy.merge and spans is not None:
             kept = torch.zeros(bsz, heads, length + 1, dtype=torch.bool, device=key.device)
             kept = kept.scatter_(-1, indices, True)[..., :length]  # padding entries point at T
-            key, value, log_mass = merge_spans(key, value, kept, spans, key_mask)
+            key, value, log_mass = merge_spans(key, value, kept, spans, key_mask, clips)
         return key, value, indices, budgets, log_mass
 
     def _compressed(self, indices: Tensor, budgets: Tensor, length: int) -> None:
@@ -586,8 +658,7 @@ class AudioKVAttention(nn.Module):
         self._check_shapes(query, key, value)
         bsz, _, length, _ = key.shape
         end, in_flight = start + length, key.nbytes + value.nbytes
-        whole = self._spans(audio_span, bsz, total)
-        spans = None if whole is None else chunk_spans(whole, start, end)
+        whole = self._audio(audio_span, bsz, total)
         mask = None if key_mask is None else key_mask[:, start:end]
         if start == 0:
             self.reset()
@@ -597,9 +668,11 @@ class AudioKVAttention(nn.Module):
                 raise ValueError("padding after the first prefill chunk: the first chunk must reach past it")
             out = chunk_attention(query, key, value, self.pool, scale=self.scaling)
             self.held_before_chunk = self.pool.row_lengths  # for the layers that read this pool (Gemma 3n)
-        onset = None if whole is None else chunk_spans(onset_spans(whole, self.onset_tokens), start, end)
-        key, value, indices, budgets, log_mass = self._select(
-            query, key, value, spans, mask, self.config.sinks if start == 0 else 0, onset=onset
+        audio = onset = None
+        if whole is not None:  # an onset cut by the chunk's start goes on in this chunk
+            audio, onset = whole[:, start:end], clip_onsets(whole, self.onset_tokens)[:, start:end]
+        key, value, indices, budgets, log_mass = self._select_clips(
+            query, key, value, audio, mask, self.config.sinks if start == 0 else 0, onset
         )
         if start == 0:
             rows = budgets.numel()
@@ -624,24 +697,22 @@ class AudioKVAttention(nn.Module):
             self._chunks = None  # held_before_chunk stays: the layers reading this pool have yet to run
         return out
 
-    def _chunked_budget(self, first_mask: Tensor | None, bsz: int, first: int, total: int, spans: Tensor | None) -> int:
+    def _chunked_budget(self, first_mask: Tensor | None, bsz: int, first: int, total: int, audio: Tensor | None) -> int:
         """Tokens the pool will hold over all chunks of a ``total``-token prompt at most (all rows, all heads).
 
         ``first``: the first chunk's length, ``first_mask`` its ``[B, first]`` padding mask or None;
-        ``spans``: ``[B, 2]`` each row's audio span in the whole prompt, or None.
+        ``audio``: ``[B, T]`` bool audio tokens of the whole prompt, or None.
         """
         cfg = self.config
-        spans = None if spans is None else spans.cpu()
         held = 0
         for i, (start, end) in enumerate(chunk_layout(first, total, cfg.prefill_chunk or total)):
             n = end - start
             valid = torch.full((bsz,), n) if i or first_mask is None else first_mask.sum(-1).cpu()
             mandatory = torch.clamp(valid, max=(cfg.sinks if i == 0 else 0) + cfg.window)
-            audio = torch.zeros(bsz, dtype=torch.bool)  # rows with audio in this chunk: the layer prior's ratio
-            if spans is not None:
-                part = chunk_spans(spans, start, end)
-                audio = part[:, 1] > part[:, 0]
-            ratio = self._row_ratios(self._ratio(n), audio, valid, mandatory)
+            held_audio = torch.zeros(bsz, dtype=torch.bool)  # rows with audio in this chunk: the layer prior's ratio
+            if audio is not None:
+                held_audio = audio[:, start:end].any(-1)
+            ratio = self._row_ratios(self._ratio(n), held_audio, valid, mandatory)
             held += int(layer_budget(valid, self.num_kv_heads, ratio, mandatory).sum())
         return held
 

@@ -188,22 +188,36 @@ class AudioKVCrossLayer(AudioKVLayer):
     """Cross-attention cache layer: the encoder K/V pass through once, then live in the engine's pool.
 
     Later decoder steps read ``keys`` / ``values`` (empty tensors that keep no
-    encoder memory alive) and the engine attends over its pool instead.
+    encoder memory alive) and the engine attends over its pool instead. Reading
+    them raises once the pool holds another clip (a later prefill through the
+    same handle) or none (the handle removed): they would attend over nothing.
     """
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        if self._keys is not None:
+            self._check_owner()
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: torch.Tensor | None) -> None:
+        self._keys = keys
+
+    values = keys
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.engine.reset()
+        self.engine.owner = self
         self.length = key_states.shape[-2]
         self.keys = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
-        self.values = self.keys
         return key_states, value_states
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
         if self.keys is not None:
-            self.keys = self.values = self.keys[indices.to(self.keys.device)]
+            self.keys = self.keys[indices.to(self.keys.device)]
 
 
 class AudioKVEncoderDecoderCache(EncoderDecoderCache):

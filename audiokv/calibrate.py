@@ -30,9 +30,10 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from audiokv.audio import SAMPLE_RATE
 from audiokv.dataset import Utterance
 from audiokv.heads import METHOD, TIMED_METHOD, HeadScores, alignment_score, group_heads, timed_alignment_score
-from audiokv.integrations.apply import attention_modules, audio_spans, set_attention_implementation
+from audiokv.integrations.apply import attention_modules, audio_tokens, set_attention_implementation
 from audiokv.integrations.families import audio_token_id, family_of
 from audiokv.models.whisper import SpeechModel
+from audiokv.spectral import mask_spans
 from audiokv.transcribe import log_mel
 
 FRAMES_PER_SECOND = 50  # Whisper's encoder output rate: 1,500 frames for 30 s
@@ -177,10 +178,12 @@ def decoder_audio_attention(model: nn.Module, inputs: dict, text_start: int) -> 
     if ids.shape[0] != 1:
         raise ValueError(f"calibration runs one sample at a time, got a batch of {ids.shape[0]}")
     token = audio_token_id(model, family)
-    span = audio_spans(ids, token)
-    if span is None:
+    audio = audio_tokens(ids, token)
+    if audio is None:
         raise ValueError(f"the sample has no audio placeholder tokens (id {token}): the audio span is empty")
-    start, end = span[0].tolist()
+    start, end = mask_spans(audio)[0].tolist()
+    if audio.sum() < end - start:
+        raise ValueError("the sample holds text between audio placeholders: calibration aligns one clip at a time")
     if not end <= text_start <= ids.shape[1] - 3:
         raise ValueError(
             f"the transcript must follow the audio (which ends at {end}) and hold at least 3 tokens; "

@@ -30,7 +30,7 @@ def _nearest_kept(kept: Tensor, forward: bool) -> Tensor:
 
 
 def merge_spans(
-    key: Tensor, value: Tensor, kept: Tensor, spans: Tensor, key_mask: Tensor | None = None
+    key: Tensor, value: Tensor, kept: Tensor, spans: Tensor, key_mask: Tensor | None = None, clips: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fold every dropped audio token into a kept neighbour.
 
@@ -39,6 +39,8 @@ def merge_spans(
         kept: ``[B, H_kv, T]`` bool, the tokens each head keeps.
         spans: ``[B, 2]`` audio span of each row (start == end: no audio).
         key_mask: ``[B, T]`` bool, False on padding (never merged), or None.
+        clips: ``[B, T]`` int64 clip of each token (:func:`audiokv.spectral.clip_ids`), or
+            None (one clip per span): a token joins a kept token of its own clip only.
 
     Returns:
         ``(key, value, log_mass)``: ``[B, H_kv, T, D]`` keys and values where each
@@ -53,11 +55,18 @@ def merge_spans(
     left, right = _nearest_kept(anchors, True), _nearest_kept(anchors, False)
     unit = F.normalize(key.float(), dim=-1).reshape(-1, length, dim)
 
+    clip = None if clips is None else clips.to(key.device)[:, None, :].expand(bsz, heads, length).reshape(-1, length)
+
     def similarity(target: Tensor) -> Tensor:
         picked = unit.gather(1, target.clamp_min(0)[..., None].expand(-1, -1, dim))
-        return torch.where(target >= 0, (unit * picked).sum(-1), float("-inf"))
+        usable = target >= 0
+        if clip is not None:
+            usable = usable & (clip.gather(1, target.clamp_min(0)) == clip)
+        return torch.where(usable, (unit * picked).sum(-1), float("-inf"))
 
-    group = torch.where(similarity(left) >= similarity(right), left, right)  # [R, T]
+    left_sim, right_sim = similarity(left), similarity(right)
+    group = torch.where(left_sim >= right_sim, left, right)  # [R, T]
+    group = group.masked_fill(torch.maximum(left_sim, right_sim) == float("-inf"), -1)  # no kept token of its clip
     member = audio.reshape(-1, length) & (group >= 0)
     group = torch.where(member, group, pos)  # tokens outside any group point at themselves, weight 0
     weight = member.float()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from audiokv.spectral import span_mask
+from audiokv.spectral import clip_ids
 
 
 def select_tokens(scores: Tensor, budgets: Tensor) -> Tensor:
@@ -99,19 +99,23 @@ def coverage_priority(raw: Tensor, density: Tensor, counts: Tensor) -> Tensor:
     return priority.masked_fill(must, float("inf")).masked_fill(never, float("-inf"))
 
 
-def onset_spans(spans: Tensor, tokens: int) -> Tensor:
-    """``[B, 2]`` the first ``tokens`` of each row's ``[B, 2]`` span (all of a shorter one)."""
-    return torch.stack([spans[:, 0], torch.minimum(spans[:, 0] + tokens, spans[:, 1])], 1)
+def clip_onsets(audio: Tensor, tokens: int) -> Tensor:
+    """``[B, T]`` bool: the first ``tokens`` of each clip (run) of ``[B, T]`` bool ``audio`` (all of a shorter one)."""
+    ids = clip_ids(audio)
+    seen = audio.long().cumsum(-1)  # audio tokens up to each position
+    first = ids != torch.cat([ids.new_zeros(ids.shape[0], 1), ids[:, :-1]], 1)
+    before = torch.where(first & audio, seen - 1, 0).cummax(-1).values  # audio tokens before the clip
+    return audio & (seen - before <= tokens)
 
 
 def weight_onset(density: Tensor, onset: Tensor, factor: float) -> Tensor:
-    """``[B, H, T]`` ``density`` times ``factor`` inside each row's ``[B, 2]`` ``onset`` (:func:`onset_spans`).
+    """``[B, H, T]`` ``density`` times ``factor`` on the ``[B, T]`` bool ``onset`` (:func:`clip_onsets`).
 
     A decoder writes its first words with no text before them to lean on, so
     it reads them from the audio alone; where a compressed run first goes
     wrong there, it can loop for the rest of the transcript.
     """
-    return torch.where(span_mask(onset.to(density.device), density.shape[-1])[:, None, :], density * factor, density)
+    return torch.where(onset.to(density.device)[:, None, :], density * factor, density)
 
 
 def cover_spans(scores: Tensor, raw: Tensor, trend: Tensor, budgets: Tensor, spans: Tensor, uniform: float) -> Tensor:

@@ -95,6 +95,12 @@ def mask_spans(mask: Tensor) -> Tensor:
     return torch.stack([torch.where(end > 0, start, 0), end], -1)
 
 
+def clip_ids(audio: Tensor) -> Tensor:
+    """``[B, T]`` int64: 1, 2, ... on the tokens of each run (clip) of ``[B, T]`` bool ``audio``, 0 elsewhere."""
+    before = torch.cat([audio.new_zeros(audio.shape[0], 1), audio[:, :-1]], 1)
+    return (audio & ~before).long().cumsum(-1) * audio
+
+
 def span_mask(spans: Tensor, length: int, key_mask: Tensor | None = None) -> Tensor:
     """``[B, T]`` bool: the tokens inside each row's ``[B, 2]`` span that are not padding (``key_mask`` False)."""
     pos = torch.arange(length, device=spans.device)

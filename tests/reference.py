@@ -35,20 +35,23 @@ def merged_row(key, value, kept, lo, hi, valid=None):
     return keys, values, mass
 
 
-def kept_prompt(key, value, kept, span, valid=None, merge=True):
+def kept_prompt(key, value, kept, runs, valid=None, merge=True):
     """One head's prompt as a compressed layer sees it: ``[T, D]`` keys, values and ``[T]`` logit bias.
 
     Evicted tokens get a bias of -inf; kept tokens hold their merged key and value
-    (if ``merge``) and their log mass as bias.
+    (if ``merge``) and their log mass as bias. ``runs``: the ``(lo, hi)`` stretches
+    of audio (one per clip) whose tokens merge, each within itself.
     """
-    key, value = key.clone(), value.clone()
+    merged_key, merged_value = key.clone(), value.clone()
     bias = torch.full((key.shape[0],), float("-inf"), dtype=key.dtype)
-    lo, hi = span
-    if merge and hi > lo:
-        key[kept], value[kept], bias[kept] = merged_row(key, value, kept, lo, hi, valid)
-    else:
-        bias[kept] = 0.0
-    return key, value, bias
+    bias[kept] = 0.0
+    for lo, hi in runs if merge else ():
+        if hi > lo:
+            inside = (kept >= lo) & (kept < hi)
+            k, v, mass = merged_row(key, value, kept, lo, hi, valid)
+            mine = kept[inside]
+            merged_key[mine], merged_value[mine], bias[mine] = k[inside], v[inside], mass[inside]
+    return merged_key, merged_value, bias
 
 
 class KeptReference:

@@ -31,6 +31,7 @@ from audiokv.integrations import SUPPORTED_FAMILIES, apply_audiokv
 from audiokv.integrations.apply import NoCalibrationWarning, layer_stack
 from audiokv.integrations.chunked import chunk_bounds
 from audiokv.passkey import dense_kv_bytes
+from audiokv.spectral import mask_spans
 
 COMMON = dict(
     vocab_size=97,
@@ -97,8 +98,23 @@ def test_ratio_zero_is_identical_to_the_unpatched_model(family, bsz):
     assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False), ref)
 
 
+def merge_runs(audio, window):
+    """Each row's stretches of ``[B, T]`` bool ``audio`` whose tokens merge: its one clip, or with text between its
+    clips each clip's part before the observation window (the last ``window`` tokens are kept whole)."""
+    runs = []
+    for row in audio.tolist():
+        starts = [t for t, a in enumerate(row) if a and (t == 0 or not row[t - 1])]
+        ends = [t + 1 for t, a in enumerate(row) if a and (t + 1 == len(row) or not row[t + 1])]
+        ahead = len(row) - window
+        if len(starts) == 1:
+            runs.append([(starts[0], ends[0])])
+        else:
+            runs.append([(s, min(e, ahead)) for s, e in zip(starts, ends, strict=True) if s < ahead])
+    return runs
+
+
 def kept_state(engines, length, chunks=None):
-    """What each compressed layer kept: ``{layer: (indices, budgets, prompt_len, spans, key_mask, merge, chunks)}``.
+    """What each compressed layer kept: ``{layer: (indices, budgets, prompt_len, runs, key_mask, merge, chunks)}``.
 
     ``chunks``: the ``(start, end)`` chunks the prompt was prefilled in (default: one).
     """
@@ -106,16 +122,16 @@ def kept_state(engines, length, chunks=None):
     for i, e in engines.items():
         bsz = e.kept_indices.shape[0]
         if e.cross_attention:  # every encoder frame is audio
-            spans = torch.tensor([[0, length]] * bsz)
+            runs = [[(0, length)]] * bsz
         elif e.prompt.audio_span is not None:
-            spans = e.prompt.audio_span
+            runs = merge_runs(e.prompt.audio_span, e.config.window)
         else:
-            spans = torch.zeros(bsz, 2, dtype=torch.long)
+            runs = [[]] * bsz
         state[i] = (
             e.kept_indices,
             e.budgets,
             length,
-            spans,
+            runs,
             e.prompt.key_mask,
             e.policy.merge,
             chunks or [(0, length)],
@@ -130,7 +146,7 @@ def _compressed_prompt(key, value, kept):
     after the prompt. Each prefill chunk was compressed alone: its tokens merge
     within its share of the audio span.
     """
-    idx, budgets, _, spans, key_mask, merge, chunks = kept
+    idx, budgets, _, runs, key_mask, merge, chunks = kept
     key, value = key.clone(), value.clone()
     bias = torch.zeros(key.shape[:3])
     for b, h, (s, e) in itertools.product(range(key.shape[0]), range(key.shape[1]), chunks):
@@ -138,7 +154,7 @@ def _compressed_prompt(key, value, kept):
         mine = idx[b, h, : budgets[b, h]]
         key[b, h, s:e], value[b, h, s:e], bias[b, h, s:e] = kept_prompt(
             key[b, h, s:e], value[b, h, s:e], mine[(mine >= s) & (mine < e)] - s,
-            [min(max(x - s, 0), e - s) for x in spans[b].tolist()], valid, merge,
+            [(max(lo - s, 0), min(hi - s, e - s)) for lo, hi in runs[b]], valid, merge,
         )  # fmt: skip
     return key, value, bias
 
@@ -422,16 +438,29 @@ def test_an_audio_prompt_given_as_embeddings_only_is_said_to_lose_its_audio_span
             model(inputs_embeds=embeds, use_cache=True)
 
 
-def test_text_between_two_clips_is_said_to_be_covered_as_audio():
-    from audiokv.integrations.apply import audio_spans
-
-    ids = torch.tensor([[1, 2, 9, 9, 9, 3, 4, 9, 9, 5], [1, 9, 9, 9, 9, 2, 3, 4, 5, 6]])
-    with pytest.warns(UserWarning, match="text between audio placeholders"):
-        spans = audio_spans(ids, 9)
-    assert spans.tolist() == [[2, 9], [1, 5]]  # one span per row, from the first clip's start to the last's end
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        audio_spans(ids[1:], 9)  # one clip: nothing to say
+@pytest.mark.parametrize("name", ["qwen2_audio", "qwen2_5_omni_thinker"])
+def test_two_clips_with_text_between_them_decode_over_exactly_what_each_clip_kept(name):
+    """Several clips in one prompt: the text between them is text, and each clip merges within itself only."""
+    gen = torch.Generator().manual_seed(9)
+    torch.manual_seed(0)
+    model, spec = LALMS[name]()
+    clip = [*spec["before"], *[150] * spec["n_audio"], *spec["after"]]
+    between = torch.randint(0, 100, (12,), generator=gen).tolist()
+    ids = torch.tensor([[*range(1, 6), *clip, *between, *clip, *torch.randint(0, 100, (40,), generator=gen).tolist()]])
+    inputs = dict(input_ids=ids, input_features=torch.randn(2, 16, spec["frames"], generator=gen))
+    inputs["feature_attention_mask"] = torch.ones(2, spec["frames"], dtype=torch.long)
+    cfg = AudioKVConfig(compression_ratio=0.6, window=8, page_size=16, decode_reserve=0)
+    calibration = HeadScores(torch.rand(2, 2, generator=gen), model=name, data="test")
+    with apply_audiokv(model.eval(), cfg, calibration) as handle:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing to warn about any more
+            out = model.generate(**inputs, **GREEDY)
+        audio = handle.engines[0].prompt.audio_span
+        assert [len(r) for r in merge_runs(audio, cfg.window)] == [2]  # two clips, apart
+        kept = kept_state(handle.engines, ids.shape[1])
+    want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
+    assert torch.equal(out.sequences, want.sequences)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
 
 
 def lalm_batch(name, gen):
@@ -484,7 +513,7 @@ def test_lalm_ratio_zero_identical_and_half_matches_masked_attention(name):
     handle = apply_audiokv(model, cfg, HeadScores(torch.rand(2, 2, generator=gen), model=name, data="test"))
     out = model.generate(**inputs, **GREEDY)
     engine = handle.engines[0]
-    assert engine.prompt.audio_span.tolist() == [list(span)]
+    assert mask_spans(engine.prompt.audio_span).tolist() == [list(span)]
     length = inputs["input_ids"].shape[1]
     assert cache_in(model, out).get_seq_length() == length + 5  # positions go on after eviction
     kept = kept_state(handle.engines, length)
@@ -516,7 +545,7 @@ def test_lalm_batch_with_different_audio_lengths(name):
     with apply_audiokv(model, cfg, calibration) as handle:
         out = model.generate(**inputs, **GREEDY)
         engine = handle.engines[0]
-        assert torch.equal(engine.prompt.audio_span, spans)  # each row's own span
+        assert torch.equal(mask_spans(engine.prompt.audio_span), spans)  # each row's own span
         padding = ~inputs["attention_mask"].bool()
         for (b, h), budget in np.ndenumerate(engine.budgets.numpy()):  # padding is never kept
             assert not padding[b, engine.kept_indices[b, h, :budget]].any()
@@ -704,7 +733,7 @@ def test_lalm_batch_mixing_an_audio_prompt_and_a_text_only_prompt(policy):
     with apply_audiokv(model.eval(), cfg, calibration, policy) as handle:
         out = model.generate(**inputs, **GREEDY)  # raised "audio span (0, 0) is empty" before
         engine = handle.engines[0]
-        assert engine.prompt.audio_span[1].tolist() == [0, 0]  # the text row has no audio
+        assert not engine.prompt.audio_span[1].any()  # the text row has no audio
         length = ids.shape[1]
         kept = kept_state(handle.engines, length)
     want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
@@ -899,7 +928,7 @@ def test_gemma3n_compresses_the_kv_producer_and_its_sharers_read_the_pool(bsz):
         out = model.generate(**inputs, **GREEDY)
         engine = handle.engines[2]
         starts = length - inputs["attention_mask"].sum(-1) + 6 + 9 * torch.arange(bsz)  # after padding, text, boa
-        assert torch.equal(engine.prompt.audio_span, torch.stack([starts, starts + 20], -1))
+        assert torch.equal(mask_spans(engine.prompt.audio_span), torch.stack([starts, starts + 20], -1))
         assert cache_in(model, out).get_seq_length() == length + 5
         # half the prompt, the 5 tokens decoded after it, one partial page per row at most,
         # and a fp32 log-mass per slot beside K and V
@@ -969,6 +998,26 @@ def test_a_cache_whose_pools_a_later_prefill_took_over_refuses_to_decode():
     assert handle.kv_bytes == 0 and handle.peak_kv_bytes == 0  # remove() frees the last sequence's pools
     with pytest.raises(ValueError, match="or the handle was removed"):
         model(step, **cached(model, live), use_cache=True)
+
+
+def test_a_whisper_cache_whose_pools_a_later_clip_took_over_refuses_to_decode():
+    """Cross-attention reads the engines' pools, not the cache: the pre-hook checks whose clip they hold."""
+    model = tiny_whisper()
+    gen = torch.Generator().manual_seed(7)
+    first, second = torch.randn(1, 16, 1600, generator=gen), torch.randn(1, 16, 1600, generator=gen)
+    step = torch.tensor([[5]])
+    cfg = AudioKVConfig(compression_ratio=0.5, page_size=16)
+    with apply_audiokv(model, cfg):
+        want, _ = whisper_steps(model, second, steps=2)
+        _, old = whisper_steps(model, first, steps=1)
+        start, live = whisper_steps(model, second, steps=1)  # a new clip through the same engines
+        with pytest.raises(ValueError, match="compressed tokens are gone: a later prefill"):
+            model(input_features=first, decoder_input_ids=step, **cached(model, old), use_cache=True)
+        token = start[0].argmax(-1, keepdim=True)
+        got = model(input_features=second, decoder_input_ids=token, **cached(model, live), use_cache=True)
+        torch.testing.assert_close(got.logits[:, -1], want[1], atol=1e-5, rtol=0)  # the live clip decodes as before
+    with pytest.raises(ValueError, match="or the handle was removed"):
+        model(input_features=second, decoder_input_ids=step, **cached(model, live), use_cache=True)
 
 
 def test_a_decode_step_that_raises_leaves_the_cache_as_it_was():

@@ -81,3 +81,15 @@ def test_merging_brings_evicted_attention_closer_to_the_full_cache(cross_module)
         module(query, key, value)
         errors[policy] = (module(query[:, :, :1], key[:, :, :0], value[:, :, :0]) - full[:, :, :1]).abs().mean()
     assert errors["audiokv"] < 0.5 * errors["audiokv-no-merge"]
+
+
+def test_a_token_merges_into_a_kept_token_of_its_own_clip_only():
+    """Two clips made one span: token 2 (clip 1) is closest to kept token 3 (clip 2) but joins token 0."""
+    key = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.0, 1.0], [0.1, 1.0]])[None, None]
+    kept = kept_mask([[0, 3]], 5)
+    clips = torch.tensor([[1, 1, 1, 2, 2]])
+    merged_k, _, log_mass = merge_spans(key, key, kept, torch.tensor([[0, 5]]), clips=clips)
+    assert log_mass[0, 0].exp().round().tolist() == [3, 1, 1, 2, 1]
+    torch.testing.assert_close(merged_k[0, 0, 0], key[0, 0, :3].mean(0))
+    alone = merge_spans(key, key, kept, torch.tensor([[0, 5]]))[2]
+    assert alone[0, 0].exp().round().tolist() == [2, 1, 1, 3, 1]  # without clips, token 2 joins its twin

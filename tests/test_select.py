@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from audiokv import AudioKVAttention, AudioKVConfig
-from audiokv.select import cover_spans, coverage_priority, onset_spans, ranks, select_tokens, weight_onset
+from audiokv.select import clip_onsets, cover_spans, coverage_priority, ranks, select_tokens, weight_onset
 
 
 @given(n=st.integers(1, 60), levels=st.integers(1, 5), descending=st.booleans(), seed=st.integers(0, 2**16))
@@ -277,12 +277,36 @@ def test_a_layer_without_prior_still_keeps_a_token_per_head():
     assert _layer_budgets(cfg, torch.tensor([0.0, 1.0]), q, k, v, cross_attention=True) == [[1, 1], [99, 99]]
 
 
-def test_weight_onset_scales_the_first_tokens_of_each_span_only():
-    density = torch.ones(2, 1, 10)
-    spans = torch.tensor([[2, 9], [0, 3]])
-    assert onset_spans(spans, 4).tolist() == [[2, 6], [0, 3]]
-    out = weight_onset(density, onset_spans(spans, 4), factor=3.0)
-    assert out[0, 0].tolist() == [1, 1, 3, 3, 3, 3, 1, 1, 1, 1]
-    assert out[1, 0].tolist() == [3, 3, 3, 1, 1, 1, 1, 1, 1, 1]  # a span shorter than the onset: all of it
-    assert weight_onset(density, onset_spans(torch.tensor([[0, 0], [5, 5]]), 4), 3.0).eq(1).all()  # rows without audio
+def test_weight_onset_scales_the_first_tokens_of_each_clip_only():
+    density = torch.ones(3, 1, 10)
+    audio = torch.zeros(3, 10, dtype=torch.bool)
+    audio[0, 2:9], audio[1, :3], audio[2, 1:3], audio[2, 5:10] = True, True, True, True  # row 2: two clips
+    onset = clip_onsets(audio, 4)
+    assert onset.int().tolist() == [[0, 0, 1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+                                    [0, 1, 1, 0, 0, 1, 1, 1, 1, 0]]  # fmt: skip
+    out = weight_onset(density, onset, factor=3.0)
+    assert torch.equal(out[:, 0], torch.where(onset, 3.0, 1.0))
+    assert not clip_onsets(torch.zeros(2, 10, dtype=torch.bool), 4).any()  # rows without audio
     assert density.eq(1).all()  # not in place
+
+
+def test_text_between_two_clips_is_chosen_by_the_window_as_text():
+    """A row of text, clip, text, clip, question: the window's favourite tokens between the clips are all kept.
+
+    Read as one span from the first clip to the last, they would be audio: coverage keeps the one of them
+    its density asks for (they are alike, so their novelty is low) and merges the rest into it.
+    """
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, h, 200, 16, generator=gen) for h in (4, 2, 2))
+    audio = torch.zeros(1, 200, dtype=torch.bool)
+    audio[0, 10:90], audio[0, 110:180] = True, True
+    looked_at = F.normalize(q[0, :, -8:].mean(1).reshape(2, 2, 16).mean(1), dim=-1)  # [H_kv, D]
+    k[0, :, 95:100] = 40 * looked_at[:, None, :]
+    cfg = AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, sinks=2)
+    layer = AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, kernel="reference")
+    layer(q, k, v, audio_span=audio)
+    for h in range(2):
+        kept = layer.kept_indices[0, h, : layer.budgets[0, h]].tolist()
+        assert set(range(95, 100)) <= set(kept)
+        assert any(10 <= t < 90 for t in kept) and any(110 <= t < 180 for t in kept)
+        assert kept == sorted(kept) and len(set(kept)) == len(kept)

@@ -30,7 +30,6 @@ from audiokv.heads import HeadScores
 from audiokv.integrations.chunked import prefill_in_chunks
 from audiokv.integrations.families import audio_token_id, family_of, layer_roles
 from audiokv.policies import Policy, get_policy
-from audiokv.spectral import mask_spans
 
 IMPLEMENTATION = "audiokv"
 
@@ -43,7 +42,7 @@ class NoCalibrationWarning(UserWarning):
 class _Prompt:
     """Per-prompt facts the engines read at compression time."""
 
-    audio_span: Tensor | None = None  # [B, 2], rows without audio (0, 0); cross-attention: [B, T] bool, the sound
+    audio_span: Tensor | None = None  # [B, T] bool: the audio tokens; cross-attention: the sound
     key_mask: Tensor | None = None  # [B, T] bool
     decode_tokens: int | None = None  # tokens the running `generate` call appends after the prompt
     chunk: tuple[int, int] | None = None  # (start, total) of the prompt chunk being prefilled
@@ -77,21 +76,12 @@ def _new_tokens(args: tuple, kwargs: dict) -> int:
     return (ids if ids is not None else kwargs["inputs_embeds"]).shape[1]
 
 
-def audio_spans(input_ids: Tensor, token_id: int | None) -> Tensor | None:
-    """``[B, 2]`` first and one-past-last position of the audio placeholder in each row ((0, 0): none)."""
+def audio_tokens(input_ids: Tensor, token_id: int | None) -> Tensor | None:
+    """``[B, T]`` bool: the audio placeholder tokens of each row, several clips included (None: no audio)."""
     if token_id is None:
         return None
     is_audio = input_ids == token_id
-    if not is_audio.any():
-        return None
-    spans = mask_spans(is_audio).cpu()
-    if (is_audio.sum(-1).cpu() < spans[:, 1] - spans[:, 0]).any():
-        warnings.warn(
-            "a prompt holds text between audio placeholders (several clips?): audiokv covers one audio span per "
-            "row, from its first audio token to its last, and compresses the text between them as audio",
-            stacklevel=3,
-        )
-    return spans
+    return is_audio.cpu() if is_audio.any() else None
 
 
 def sound_frames(feature_mask: Tensor | None, frames: int) -> Tensor | None:
@@ -416,7 +406,7 @@ def apply_audiokv(
                 prompt.audio_span = prompt.audio_span.repeat_interleave(rows // len(prompt.audio_span), 0)
             return args, kwargs
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        prompt.audio_span = audio_spans(input_ids, token_id) if input_ids is not None else None
+        prompt.audio_span = audio_tokens(input_ids, token_id) if input_ids is not None else None
         if input_ids is None and token_id is not None:
             warnings.warn(
                 "audiokv finds the audio by its placeholder token ids; this prefill passes inputs_embeds only, "
