@@ -114,24 +114,24 @@ def merge_runs(audio, window):
 
 
 def kept_state(engines, length, chunks=None):
-    """What each compressed layer kept: ``{layer: (indices, budgets, prompt_len, runs, key_mask, merge, chunks)}``.
+    """What each compressed layer kept: ``{layer: (indices, budgets, prompt_len, audio, key_mask, merge, chunks)}``.
 
-    ``chunks``: the ``(start, end)`` chunks the prompt was prefilled in (default: one).
+    ``audio``: ``([B, T]`` bool audio tokens, the observation window); ``chunks``: the
+    ``(start, end)`` chunks the prompt was prefilled in (default: one).
     """
     state = {}
     for i, e in engines.items():
         bsz = e.kept_indices.shape[0]
+        audio = torch.zeros(bsz, length, dtype=torch.bool)
         if e.cross_attention:  # every encoder frame is audio
-            runs = [[(0, length)]] * bsz
+            audio[:] = True
         elif e.prompt.audio_span is not None:
-            runs = merge_runs(e.prompt.audio_span, e.config.window)
-        else:
-            runs = [[]] * bsz
+            audio = e.prompt.audio_span
         state[i] = (
             e.kept_indices,
             e.budgets,
             length,
-            runs,
+            (audio, e.config.window),
             e.prompt.key_mask,
             e.policy.merge,
             chunks or [(0, length)],
@@ -144,17 +144,18 @@ def _compressed_prompt(key, value, kept):
 
     The bias is -inf on dropped prompt tokens, the log mass on kept ones and 0
     after the prompt. Each prefill chunk was compressed alone: its tokens merge
-    within its share of the audio span.
+    within its own audio (:func:`merge_runs`).
     """
-    idx, budgets, _, runs, key_mask, merge, chunks = kept
+    idx, budgets, _, (audio, window), key_mask, merge, chunks = kept
     key, value = key.clone(), value.clone()
     bias = torch.zeros(key.shape[:3])
+    runs = {(s, e): merge_runs(audio[:, s:e], window) for s, e in chunks}
     for b, h, (s, e) in itertools.product(range(key.shape[0]), range(key.shape[1]), chunks):
         valid = None if key_mask is None else key_mask[b, s:e]
         mine = idx[b, h, : budgets[b, h]]
         key[b, h, s:e], value[b, h, s:e], bias[b, h, s:e] = kept_prompt(
             key[b, h, s:e], value[b, h, s:e], mine[(mine >= s) & (mine < e)] - s,
-            [(max(lo - s, 0), min(hi - s, e - s)) for lo, hi in runs[b]], valid, merge,
+            runs[s, e][b], valid, merge,
         )  # fmt: skip
     return key, value, bias
 
@@ -438,9 +439,14 @@ def test_an_audio_prompt_given_as_embeddings_only_is_said_to_lose_its_audio_span
             model(inputs_embeds=embeds, use_cache=True)
 
 
-@pytest.mark.parametrize("name", ["qwen2_audio", "qwen2_5_omni_thinker"])
-def test_two_clips_with_text_between_them_decode_over_exactly_what_each_clip_kept(name):
-    """Several clips in one prompt: the text between them is text, and each clip merges within itself only."""
+@pytest.mark.parametrize(
+    ("name", "chunk"), [("qwen2_audio", None), ("qwen2_5_omni_thinker", None), ("qwen2_audio", 64)]
+)
+def test_two_clips_with_text_between_them_decode_over_exactly_what_each_clip_kept(name, chunk):
+    """Several clips in one prompt: the text between them is text, and each clip merges within itself only.
+
+    Prefilled in chunks of 64, the first chunk holds the end of one clip, the text and the start of the next.
+    """
     gen = torch.Generator().manual_seed(9)
     torch.manual_seed(0)
     model, spec = LALMS[name]()
@@ -449,15 +455,16 @@ def test_two_clips_with_text_between_them_decode_over_exactly_what_each_clip_kep
     ids = torch.tensor([[*range(1, 6), *clip, *between, *clip, *torch.randint(0, 100, (40,), generator=gen).tolist()]])
     inputs = dict(input_ids=ids, input_features=torch.randn(2, 16, spec["frames"], generator=gen))
     inputs["feature_attention_mask"] = torch.ones(2, spec["frames"], dtype=torch.long)
-    cfg = AudioKVConfig(compression_ratio=0.6, window=8, page_size=16, decode_reserve=0)
+    cfg = AudioKVConfig(compression_ratio=0.6, window=8, page_size=16, decode_reserve=0, prefill_chunk=chunk)
     calibration = HeadScores(torch.rand(2, 2, generator=gen), model=name, data="test")
     with apply_audiokv(model.eval(), cfg, calibration) as handle:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # nothing to warn about any more
             out = model.generate(**inputs, **GREEDY)
         audio = handle.engines[0].prompt.audio_span
-        assert [len(r) for r in merge_runs(audio, cfg.window)] == [2]  # two clips, apart
-        kept = kept_state(handle.engines, ids.shape[1])
+        assert [len(r) for r in merge_runs(audio if chunk is None else audio[:, :chunk], cfg.window)] == [2]
+        length = ids.shape[1]
+        kept = kept_state(handle.engines, length, chunk and chunk_bounds(length, chunk, None))
     want = generate_with_reference(model, kept, set_implementation, **inputs, **GREEDY)
     assert torch.equal(out.sequences, want.sequences)
     torch.testing.assert_close(torch.stack(out.logits), torch.stack(want.logits), atol=1e-4, rtol=0)
