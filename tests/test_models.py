@@ -113,6 +113,19 @@ def test_a_transformers_whisper_folder_loads_and_transcribes_as_the_bundled_mode
         load_speech_model(str(tmp_path / "empty"))
 
 
+def test_a_mistyped_model_name_is_refused_before_any_hub_request():
+    """Offline, a hub request retries for about 27 s before failing: a name that is no folder and no
+    ``owner/name`` hub id is refused at once, with the bundled name it is closest to."""
+    from audiokv.models import load_causal_lm
+
+    with pytest.raises(ValueError, match=r"unknown model 'whisper-tiny'.*did you mean 'whisper-tiny.en'\?"):
+        load_speech_model("whisper-tiny")
+    with pytest.raises(ValueError, match=r"model folder '\./no-such-model' does not exist"):
+        load_speech_model("./no-such-model")
+    with pytest.raises(ValueError, match=r"did you mean 'smollm2-135m'"):
+        load_causal_lm("smollm2")
+
+
 def test_whisper_base_transcribes_a_clip(eval_clip):
     base = load_speech_model("whisper-base")
     assert base.model.config.vocab_size == 51865 and len(base.prompt_ids) == 4  # multilingual: en + transcribe
@@ -365,7 +378,7 @@ def test_eval_cli_writes_the_results_schema(tmp_path, capsys):
         (["--plot", "{tmp}"], "cannot write"),
         (["--plot", "{tmp}/p.xyz"], "cannot draw"),  # before any work, not a traceback after it
         (["--policies", "full, magic"], "unknown policy 'magic'"),  # spaces after commas are read as --ratios' are
-        (["--task", "passkey", "--model", "{tmp}/no-model"], "cannot load"),
+        (["--task", "passkey", "--model", "{tmp}/no-model"], "does not exist"),
         (["--update"], "does not exist yet"),  # nothing to add to: fails before any work
         (["--update", "--out", "{tmp}/a-file"], "not a results file"),
         (["--device", "gpu"], "--device gpu: Expected one of"),

