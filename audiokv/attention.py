@@ -90,21 +90,34 @@ def chunk_layout(first: int, total: int, chunk: int) -> list[tuple[int, int]]:
     return [(0, min(first, total))] + [(s, min(s + chunk, total)) for s in range(first, total, chunk)]
 
 
-def clip_order(audio: Tensor, fixed: int) -> Tensor:
-    """``[B, T]`` an order of each row's positions in which its audio before the last ``fixed`` tokens is one run.
+def clip_order(audio: Tensor, key_mask: Tensor | None, sinks: int, window: int) -> Tensor:
+    """``[B, T]`` an order of each row's positions in which its audio between its sinks and its window is one run.
 
-    ``audio``: ``[B, T]`` bool. First come the tokens before a row's first audio
-    token, then its audio tokens, then the text between and after its clips,
-    each in prompt order; the last ``fixed`` tokens (the observation window,
-    whose queries score the rest causally and which is kept whole) stay where
-    they are. A row whose audio is one run keeps its order.
+    ``audio``: ``[B, T]`` bool; ``key_mask``: ``[B, T]`` bool (False on padding) or None.
+    Padding, the first ``sinks`` valid tokens and the last ``window`` tokens (the
+    observation window) stay where they are. Between them come the tokens
+    before the row's first audio token, then its audio tokens, then the text
+    between and after its clips, each in prompt order. A row whose audio is
+    one run keeps its order.
     """
     length = audio.shape[-1]
     pos = torch.arange(length, device=audio.device)
+    valid = torch.ones_like(audio) if key_mask is None else key_mask.bool().to(audio.device)
+    lead = valid.cumsum(-1) <= sinks  # padding and sinks
     first = torch.where(audio, pos, length).amin(-1, keepdim=True)
     group = torch.where(audio, 1, torch.where(pos < first, 0, 2))
-    group = torch.where(pos >= length - fixed, 3, group)
+    group = torch.where(lead, 0, torch.where(pos >= length - window, 3, group))
     return group.sort(stable=True).indices
+
+
+def in_order(x: Tensor, order: Tensor) -> Tensor:
+    """``x`` (``[B, T]``, ``[B, H, T]`` or ``[B, H, T, D]``) with its token axis taken in ``[B, T]`` ``order``."""
+    index = order.to(x.device)
+    if x.dim() > 2:
+        index = index[:, None, :].expand(*x.shape[:2], -1)
+    if x.dim() > 3:
+        index = index[..., None].expand(-1, -1, -1, x.shape[-1])
+    return x.gather(min(x.dim() - 1, 2), index)
 
 
 class AudioKVAttention(nn.Module):
@@ -403,13 +416,7 @@ class AudioKVAttention(nn.Module):
         """
         bsz, _, length, _ = key.shape
         if self.cross_attention:
-            content = sound = None  # the real sound, for the policies that read where it starts, ends or pauses
-            policy = self.policy
-            reads_sound = policy.content_density or policy.quiet_lead or policy.quiet_pauses or policy.smooth_sound
-            if audio_span is not None and reads_sound:
-                content, sound = sound_rows(audio_span, bsz, length)
-            spans = span_rows(None, bsz, length)
-            selected = self._select(query, key, value, spans, key_mask, self.config.sinks, content, sound=sound)
+            selected = self._select_cross(query, key, value, audio_span, key_mask)
         else:
             audio = self._audio(audio_span, bsz, length)
             selected = self._select_clips(query, key, value, audio, key_mask, self.config.sinks)
@@ -420,6 +427,19 @@ class AudioKVAttention(nn.Module):
             key, value, indices, budgets, page_size=page, reserve=reserve, log_mass=log_mass
         )
         self._compressed(indices, budgets, length)
+
+    def _select_cross(
+        self, query: Tensor, key: Tensor, value: Tensor, sound: Span | Tensor | None, key_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """:meth:`_select` of cross-attention, where every key is audio and ``sound`` marks the real sound."""
+        bsz, _, length, _ = key.shape
+        content = mask = None  # for the policies that read where the sound starts, ends or pauses
+        policy = self.policy
+        reads_sound = policy.content_density or policy.quiet_lead or policy.quiet_pauses or policy.smooth_sound
+        if sound is not None and reads_sound:
+            content, mask = sound_rows(sound, bsz, length)
+        spans = span_rows(None, bsz, length)
+        return self._select(query, key, value, spans, key_mask, self.config.sinks, content, sound=mask)
 
     @staticmethod
     def _audio(audio_span: Span | Tensor | None, bsz: int, length: int) -> Tensor | None:
@@ -446,44 +466,53 @@ class AudioKVAttention(nn.Module):
 
         Coverage, merging, SSS and the text scores read the audio as one span.
         A row with text between its clips is therefore selected in
-        :func:`clip_order`, where its audio before the observation window is
-        one run. Only the window's queries score, and they see every key before
-        the window, so the scores are those of the prompt's own order. The kept
-        positions are mapped back; tokens merge only within their own clip, and
-        each clip has its onset. ``onset``: ``[B, T]`` bool, or None (each clip's
-        first ``onset_tokens``).
+        :func:`clip_order`, where its audio is one run; its token scores are
+        computed in prompt order first (every query sees what it saw, and
+        pooling reads the prompt's neighbours), and the kept positions, keys,
+        values and log masses are mapped back. Tokens merge only within their
+        own clip, and each clip has its onset. ``onset``: ``[B, T]`` bool, or None
+        (each clip's first ``onset_tokens``).
         """
         if audio is None:
             return self._select(query, key, value, None, key_mask, sinks)
         onset = clip_onsets(audio, self.onset_tokens) if onset is None else onset
-        spans = mask_spans(audio)
+        spans, clips = mask_spans(audio), clip_ids(audio)
         one_run = audio.sum(-1) == spans[:, 1] - spans[:, 0]
         policy = self.policy
         reads_places = policy.coverage or policy.merge or policy.smooth or policy.text_rarity
         if not reads_places or one_run.all():
-            return self._select(query, key, value, spans, key_mask, sinks, onset=onset, clips=clip_ids(audio))
-        bsz, heads, length, dim = key.shape
-        order = clip_order(audio, self.config.window)
+            return self._select(query, key, value, spans, key_mask, sinks, onset=onset, clips=clips)
+        length = key.shape[2]
+        order = clip_order(audio, key_mask, sinks, self.config.window)
         moved = audio.gather(1, order)
-        ahead = torch.arange(length) < length - self.config.window
+        ahead = torch.arange(length) < length - self.config.window  # the window is kept whole: no span reaches it
         spans = torch.where(one_run[:, None], spans, mask_spans(moved & ahead))
-        device = key.device
-        rows = order.to(device)[:, None, :].expand(bsz, heads, length)
-
-        def reorder(x: Tensor, index: Tensor) -> Tensor:  # [B, H, T, D] along T
-            return x.gather(2, index[..., None].expand(-1, -1, -1, dim))
-
-        mask = None if key_mask is None else key_mask.gather(1, order.to(key_mask.device))
+        raw = None
+        if self._ratio(length) > 0:
+            raw = in_order(self.policy.score(self._score_input(query, key, value, key_mask, None)).float(), order)
         key, value, indices, budgets, log_mass = self._select(
-            query, reorder(key, rows), reorder(value, rows), spans, mask, sinks,
-            onset=onset.gather(1, order), clips=clip_ids(audio).gather(1, order),
+            query, in_order(key, order), in_order(value, order), spans,
+            None if key_mask is None else in_order(key_mask, order), sinks,
+            onset=in_order(onset, order), clips=in_order(clips, order), raw=raw, audio_rows=audio.any(-1),
         )  # fmt: skip
-        back = rows.argsort(-1)
-        key, value = reorder(key, back), reorder(value, back)
-        log_mass = None if log_mass is None else log_mass.gather(-1, back)
-        placed = rows.gather(-1, indices.clamp(max=length - 1))
+        back = order.argsort(-1)
+        key, value = in_order(key, back), in_order(value, back)
+        log_mass = None if log_mass is None else in_order(log_mass, back)
+        placed = order.to(indices.device).gather(1, indices.clamp(max=length - 1).flatten(1)).view_as(indices)
         indices = torch.where(indices < length, placed, length).sort(-1).values
         return key, value, indices, budgets, log_mass
+
+    def _score_input(
+        self, query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None, spans: Tensor | None
+    ) -> ScoreInput:
+        """What this layer's policy reads of a prompt (``[B, H_kv, T, D]`` keys) in this compression."""
+        cfg = self.config
+        seed = hash((cfg.seed, self.layer_idx, self.compressions)) % 2**63  # ints hash the same in every run
+        cutoff = 1.0 - self._ratio(key.shape[2]) if self.policy.smooth_keys else 1.0
+        return ScoreInput(
+            query, key, value, self.scaling, key_mask, cfg.window, not self.cross_attention, cfg.pooling,
+            cfg.pooling_kernel, seed, spans, cutoff,
+        )  # fmt: skip
 
     def _reserve(self, decode_tokens: int | None) -> int:
         """Room per row for tokens appended after the prompt."""
@@ -531,6 +560,8 @@ class AudioKVAttention(nn.Module):
         onset: Tensor | None = None,
         sound: Tensor | None = None,
         clips: Tensor | None = None,
+        raw: Tensor | None = None,
+        audio_rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         """What each head keeps of ``[B, H_kv, T, D]`` keys and values: ``(key, value, indices, budgets, log_mass)``.
 
@@ -546,7 +577,10 @@ class AudioKVAttention(nn.Module):
         ``onset`` (``[B, T]`` bool, or None: the first ``self.onset_tokens`` of ``spans``) is
         what the ``onset`` policies weight: a later prefill chunk holds none of it.
         ``clips`` (``[B, T]`` int64, or None) says which clip each token of a span
-        belongs to: merging stays inside a clip (:meth:`_select_clips`).
+        belongs to: merging stays inside a clip (:meth:`_select_clips`). ``raw``
+        (``[B, H_kv, T]``, or None: the policy scores the prompt as given) are the
+        token scores, and ``audio_rows`` (``[B]`` bool, or None: a non-empty span)
+        the rows that hold audio, for a prompt given in another order.
         """
         cfg = self.config
         bsz, heads, length, _ = key.shape
@@ -559,13 +593,8 @@ class AudioKVAttention(nn.Module):
             budgets = valid.sum(-1)[:, None].expand(bsz, heads)
         else:
             cross = self.cross_attention
-            seed = hash((cfg.seed, self.layer_idx, self.compressions)) % 2**63  # ints hash the same in every run
-            cutoff = 1.0 - ratio if policy.smooth_keys else 1.0
-            inp = ScoreInput(
-                query, key, value, self.scaling, key_mask, cfg.window, not cross, cfg.pooling, cfg.pooling_kernel, seed,
-                spans, cutoff,
-            )  # fmt: skip
-            raw = policy.score(inp).float()
+            inp = self._score_input(query, key, value, key_mask, spans)
+            raw = policy.score(inp).float() if raw is None else raw
             text = valid if spans is None else valid & ~span_mask(spans.to(key.device), length)
             raw = policy.text_scores(inp, raw, text)
             trend = policy.density(inp, raw) if policy.coverage and spans is not None else raw
@@ -590,7 +619,9 @@ class AudioKVAttention(nn.Module):
             scores = mark_mandatory(ranked, sinks=sinks, window=0 if cross else cfg.window, key_mask=key_mask)
             mandatory = torch.isposinf(scores[:, 0]).sum(-1)
             audio = torch.zeros(bsz, 1, dtype=torch.bool, device=key.device)  # [B, 1] rows holding audio
-            if spans is not None:
+            if audio_rows is not None:
+                audio = audio_rows.to(key.device)[:, None]
+            elif spans is not None:
                 audio = (spans[:, 1] > spans[:, 0]).to(key.device)[:, None]
             row_ratio = self._row_ratios(ratio, audio[:, 0], valid.sum(-1), mandatory)
             budget = layer_budget(valid.sum(-1), heads, row_ratio, mandatory)
@@ -709,10 +740,10 @@ class AudioKVAttention(nn.Module):
             n = end - start
             valid = torch.full((bsz,), n) if i or first_mask is None else first_mask.sum(-1).cpu()
             mandatory = torch.clamp(valid, max=(cfg.sinks if i == 0 else 0) + cfg.window)
-            held_audio = torch.zeros(bsz, dtype=torch.bool)  # rows with audio in this chunk: the layer prior's ratio
+            holds_audio = torch.zeros(bsz, dtype=torch.bool)  # rows with audio in this chunk: the layer prior's ratio
             if audio is not None:
-                held_audio = audio[:, start:end].any(-1)
-            ratio = self._row_ratios(self._ratio(n), held_audio, valid, mandatory)
+                holds_audio = audio[:, start:end].any(-1)
+            ratio = self._row_ratios(self._ratio(n), holds_audio, valid, mandatory)
             held += int(layer_budget(valid, self.num_kv_heads, ratio, mandatory).sum())
         return held
 

@@ -113,6 +113,8 @@ class AudioKVLayer(CacheLayerMixin):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep batch rows ``indices`` (in that order; beam search and batch expansion go through here)."""
+        if self.length:  # an old cache must not reorder the rows of the sequence a later prefill put in the pools
+            self._check_owner()
         self.engine.select_batch(indices)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -195,6 +197,7 @@ class AudioKVCrossLayer(AudioKVLayer):
 
     @property
     def keys(self) -> torch.Tensor | None:
+        """The empty encoder keys a decode step reads (it raises if the pool no longer holds this clip)."""
         if self._keys is not None:
             self._check_owner()
         return self._keys
@@ -203,7 +206,16 @@ class AudioKVCrossLayer(AudioKVLayer):
     def keys(self, keys: torch.Tensor | None) -> None:
         self._keys = keys
 
-    values = keys
+    @property
+    def values(self) -> torch.Tensor | None:
+        """The empty encoder values, checked as :attr:`keys` are."""
+        if self._values is not None:
+            self._check_owner()
+        return self._values
+
+    @values.setter
+    def values(self, values: torch.Tensor | None) -> None:
+        self._values = values
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -211,13 +223,13 @@ class AudioKVCrossLayer(AudioKVLayer):
         self.engine.reset()
         self.engine.owner = self
         self.length = key_states.shape[-2]
-        self.keys = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
+        self.keys = self.values = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[-1])
         return key_states, value_states
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
         if self.keys is not None:
-            self.keys = self.keys[indices.to(self.keys.device)]
+            self.keys = self.values = self.keys[indices.to(self.keys.device)]
 
 
 class AudioKVEncoderDecoderCache(EncoderDecoderCache):

@@ -996,7 +996,12 @@ def test_a_cache_whose_pools_a_later_prefill_took_over_refuses_to_decode():
         old, live = AudioKVCache(model.config, handle.engines), AudioKVCache(model.config, handle.engines)
         model(first, **cached(model, old), use_cache=True)
         model(second, **cached(model, live), use_cache=True)  # a new sequence through the same engines
-        for use in (lambda: model(step, **cached(model, old), use_cache=True), lambda: old.crop(-1)):
+        uses = (
+            lambda: model(step, **cached(model, old), use_cache=True),
+            lambda: old.crop(-1),
+            lambda: old.reorder_cache(torch.tensor([0, 0])),  # would have doubled the live sequence's rows
+        )
+        for use in uses:
             with pytest.raises(ValueError, match="compressed tokens are gone: a later prefill"):
                 use()
         old.reset()  # forgets its own count only: the live sequence's pools stay
@@ -1018,8 +1023,12 @@ def test_a_whisper_cache_whose_pools_a_later_clip_took_over_refuses_to_decode():
         want, _ = whisper_steps(model, second, steps=2)
         _, old = whisper_steps(model, first, steps=1)
         start, live = whisper_steps(model, second, steps=1)  # a new clip through the same engines
-        with pytest.raises(ValueError, match="compressed tokens are gone: a later prefill"):
-            model(input_features=first, decoder_input_ids=step, **cached(model, old), use_cache=True)
+        for use in (
+            lambda: model(input_features=first, decoder_input_ids=step, **cached(model, old), use_cache=True),
+            lambda: old.reorder_cache(torch.tensor([0, 0])),  # would have doubled the live clip's rows
+        ):
+            with pytest.raises(ValueError, match="compressed tokens are gone: a later prefill"):
+                use()
         token = start[0].argmax(-1, keepdim=True)
         got = model(input_features=second, decoder_input_ids=token, **cached(model, live), use_cache=True)
         torch.testing.assert_close(got.logits[:, -1], want[1], atol=1e-5, rtol=0)  # the live clip decodes as before

@@ -8,6 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from audiokv import AudioKVAttention, AudioKVConfig
+from audiokv.policies import Policy
 from audiokv.select import clip_onsets, cover_spans, coverage_priority, ranks, select_tokens, weight_onset
 
 
@@ -310,3 +311,63 @@ def test_text_between_two_clips_is_chosen_by_the_window_as_text():
         assert set(range(95, 100)) <= set(kept)
         assert any(10 <= t < 90 for t in kept) and any(110 <= t < 180 for t in kept)
         assert kept == sorted(kept) and len(set(kept)) == len(kept)
+
+
+def _two_clip_layer(cfg, prior=None):
+    return AudioKVAttention(cfg, num_heads=4, num_kv_heads=2, head_dim=16, head_prior=prior, kernel="reference")
+
+
+def test_a_row_with_several_clips_is_scored_in_its_own_order(monkeypatch):
+    """Pooling reads a token's neighbours, and a policy reading every query must see keys in causal order:
+    the scores come from the prompt as given, and only what reads the audio's places sees it reordered."""
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, h, 120, 16, generator=gen) for h in (4, 2, 2))
+    audio = torch.zeros(1, 120, dtype=torch.bool)
+    audio[0, 10:50], audio[0, 60:100] = True, True
+    seen = []
+    score = Policy.score
+    monkeypatch.setattr(Policy, "score", lambda self, inp: seen.append(inp.key) or score(self, inp))
+    _two_clip_layer(AudioKVConfig(compression_ratio=0.7, window=8, page_size=16))(q, k, v, audio_span=audio)
+    assert len(seen) == 1 and torch.equal(seen[0], k)
+
+
+def test_sinks_stay_the_first_tokens_when_a_clip_starts_among_them():
+    """Text, one audio token, text, then a clip: the 4 sinks are tokens 0-3, not the first 4 of the reordered row."""
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, h, 80, 16, generator=gen) for h in (4, 2, 2))
+    audio = torch.zeros(1, 80, dtype=torch.bool)
+    audio[0, 1], audio[0, 4:60] = True, True
+    layer = _two_clip_layer(AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, sinks=4))
+    layer(q, k, v, audio_span=audio)
+    for h in range(2):
+        assert {0, 1, 2, 3} <= set(layer.kept_indices[0, h, : layer.budgets[0, h]].tolist())
+
+
+def test_clips_inside_the_window_still_make_their_row_an_audio_row():
+    """Two clips inside the observation window and none before it: the row still gets the head prior."""
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, h, 120, 16, generator=gen) for h in (4, 2, 2))
+    audio = torch.zeros(1, 120, dtype=torch.bool)
+    audio[0, 106:110], audio[0, 112:118] = True, True
+    cfg = AudioKVConfig(compression_ratio=0.7, window=16, page_size=16, head_prior_strength=3.0)
+    budgets = []
+    for prior in (torch.tensor([0.0, 1.0]), None):
+        layer = _two_clip_layer(cfg, prior)
+        layer(q, k, v, audio_span=audio)
+        budgets.append(layer.budgets[0, 1])
+    assert budgets[0] > budgets[1]
+
+
+def test_each_clip_keeps_its_onset():
+    """The first tokens of the second clip get the onset's density too, not only the first clip's."""
+    gen = torch.Generator().manual_seed(10)
+    q, k, v = (torch.randn(1, h, 200, 16, generator=gen) for h in (4, 2, 2))
+    audio = torch.zeros(1, 200, dtype=torch.bool)
+    audio[0, 10:90], audio[0, 110:180] = True, True
+    cfg = AudioKVConfig(compression_ratio=0.7, window=8, page_size=16, onset_seconds=0.2)  # 10 tokens at 50 per s
+    layer = _two_clip_layer(cfg)
+    layer(q, k, v, audio_span=audio)
+    kept = torch.zeros(200)
+    for h in range(2):
+        kept[layer.kept_indices[0, h, : layer.budgets[0, h]]] += 1
+    assert kept[110:120].mean() > 2 * kept[120:180].mean()
