@@ -160,6 +160,25 @@ def test_the_music_copy_mixes_a_pitched_bed_under_each_clip_at_its_drawn_snr(tmp
     assert 9.9 < snr < 15.1
 
 
+def test_the_fast_copy_speaks_each_clip_faster_at_the_same_pitch(tmp_path):
+    """1.3 times as fast: 1/1.3 of the length, and a tone keeps its frequency (a speed change would raise it)."""
+    import numpy as np
+
+    from audiokv.audio import load_audio, write_wav
+    from benchmarks.speech_set import FAST_TEMPO, with_tempo, write_manifest
+
+    tone = (np.sin(2 * np.pi * 200 * np.arange(48_000) / 16_000) * 0.3).astype(np.float32)  # 3 s at 200 Hz
+    (tmp_path / "src").mkdir()
+    write_wav(tmp_path / "src" / "a.wav", tone)
+    write_manifest(tmp_path / "src", [{"audio_filepath": "a.wav", "text": "t", "condition": "clean"}])
+    (row,) = with_tempo(tmp_path / "src", tmp_path / "out")
+    assert row["condition"] == "clean, 1.3x tempo" and FAST_TEMPO == 1.3
+    fast = load_audio(tmp_path / "out" / "a.wav")
+    assert abs(len(fast) / 16_000 - 3 / 1.3) < 0.02 and row["duration"] == round(len(fast) / 16_000, 2)
+    spectrum = np.abs(np.fft.rfft(fast))
+    assert abs(np.argmax(spectrum) * 16_000 / len(fast) - 200) < 2
+
+
 def test_the_real_split_takes_each_speakers_longest_clean_recordings_of_2_to_30_s(tmp_path):
     import numpy as np
     import soundfile
