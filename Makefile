@@ -139,6 +139,11 @@ results: $(STAMP)
 		--data benchmarks/data/speech/test-fast/manifest.jsonl --policies full,audiokv,stride,random \
 		--ratios 0.4,0.6,0.7,0.8,0.9 --out $(R)/test-fast-$$m.json && \
 		$(BIN)/python -m benchmarks.targets $(R)/test-fast-$$m.json || exit 1; done
+	$(BIN)/python -m benchmarks.speech_set --splits test --gsm
+	for m in $(MODELS); do $(BIN)/audiokv eval --model $$m \
+		--data benchmarks/data/speech/test-gsm/manifest.jsonl --policies full,audiokv,stride,random \
+		--ratios 0.4,0.6,0.7,0.8,0.9 --out $(R)/test-gsm-$$m.json && \
+		$(BIN)/python -m benchmarks.targets $(R)/test-gsm-$$m.json || exit 1; done
 	for m in $(MODELS); do $(BIN)/python -m benchmarks.tune_whisper --model $$m \
 		--data benchmarks/data/speech/test/manifest.jsonl --ratios 0.4 0.6 0.7 0.8 0.9 --only audiokv:safeguard=0.35 \
 		--out $(R)/test-$$m-floor-0.35.json || exit 1; done

@@ -676,6 +676,17 @@ def with_tempo(split: Path, out: Path, factor: float = FAST_TEMPO) -> list[dict]
     return _copy_split(split, out, lambda audio: sox(audio, "tempo", "-s", f"{factor:g}"), f"{factor:g}x tempo")
 
 
+def with_gsm(split: Path, out: Path) -> list[dict]:
+    """Copy a split's clips into ``out`` through the GSM 06.10 full-rate codec (8 kHz, 13 kbit/s), back at 16 kHz.
+
+    The codec of 2G calls and of many call-centre recordings: where the test
+    split's telephone band is 8 kHz u-law, nearly transparent within its
+    band, GSM codes the speech by a model of the voice and loses detail a
+    waveform codec keeps.
+    """
+    return _copy_split(split, out, lambda audio: sox(audio, encode=("-r", "8000", "-e", "gsm-full-rate")), "GSM")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the splits' subfolders")
@@ -699,11 +710,19 @@ def main(argv: list[str] | None = None) -> None:
         help="instead, copy the built splits to SPLIT-music/ over synthetic music at 10-15 dB SNR",
     )  # fmt: skip
     parser.add_argument(
+        "--gsm", action="store_true", help="instead, copy the built splits to SPLIT-gsm/ through the GSM 06.10 codec"
+    )
+    parser.add_argument(
         "--fast", action="store_true",
         help=f"instead, copy the built splits to SPLIT-fast/ spoken {FAST_TEMPO:g} times as fast (pitch kept)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     tag = "" if args.level == -60.0 else f"-{-args.level:g}db"
+    if args.gsm:
+        for split in args.splits:
+            rows = with_gsm(args.out / split, args.out / f"{split}-gsm")
+            print(f"{split}-gsm: {len(rows)} clips through GSM 06.10 -> {args.out / f'{split}-gsm'}")
+        return
     if args.fast:
         for split in args.splits:
             rows = with_tempo(args.out / split, args.out / f"{split}-fast")

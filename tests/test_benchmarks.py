@@ -179,6 +179,31 @@ def test_the_fast_copy_speaks_each_clip_faster_at_the_same_pitch(tmp_path):
     assert abs(np.argmax(spectrum) * 16_000 / len(fast) - 200) < 2
 
 
+def test_the_gsm_copy_codes_each_clip_not_only_band_limits_it(tmp_path):
+    """Nothing above 4 kHz, as the telephone band; and far from the same clip only resampled to 8 kHz and back."""
+    import numpy as np
+
+    from audiokv.audio import load_audio, write_wav
+    from benchmarks.speech_set import sox, with_gsm, write_manifest
+
+    rng = np.random.default_rng(4)
+    t = np.arange(32_000) / 16_000
+    voice = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate((180, 360, 540, 720, 2500, 5000), 1))
+    voice = (voice * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) * 0.1 + rng.normal(0, 0.002, t.size)).astype(np.float32)
+    (tmp_path / "src").mkdir()
+    write_wav(tmp_path / "src" / "a.wav", voice)
+    write_manifest(tmp_path / "src", [{"audio_filepath": "a.wav", "text": "t", "condition": "clean"}])
+    (row,) = with_gsm(tmp_path / "src", tmp_path / "out")
+    assert row["condition"] == "clean, GSM"
+    coded = load_audio(tmp_path / "out" / "a.wav")
+    spectrum = np.abs(np.fft.rfft(coded)) ** 2
+    assert spectrum[int(4_100 * coded.size / 16_000) :].sum() < 1e-3 * spectrum.sum()
+    plain = sox(voice, encode=("-r", "8000"))  # band-limited alike, not coded
+    n = min(len(plain), len(coded))
+    residual = 10 * np.log10(np.mean(plain[:n] ** 2) / np.mean((plain[:n] - coded[:n]) ** 2))
+    assert residual < 20  # a codec modelling the voice, not a waveform copy
+
+
 def test_the_real_split_takes_each_speakers_longest_clean_recordings_of_2_to_30_s(tmp_path):
     import numpy as np
     import soundfile
