@@ -113,8 +113,10 @@ class AudioKVLayer(CacheLayerMixin):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep batch rows ``indices`` (in that order; beam search and batch expansion go through here)."""
-        if self.length:  # an old cache must not reorder the rows of the sequence a later prefill put in the pools
-            self._check_owner()
+        if self.engine.owner is not self:  # the pools hold another sequence (or none): never reorder its rows
+            if self.length:
+                self._check_owner()
+            return  # an empty or reset cache has no rows of its own
         self.engine.select_batch(indices)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -186,6 +188,21 @@ class AudioKVCache(DynamicCache):
         return held
 
 
+def _checked(slot: str) -> property:
+    """A cross layer's empty encoder keys or values: reading them raises once the pool no longer holds its clip."""
+
+    def read(layer: AudioKVCrossLayer) -> torch.Tensor | None:
+        held = getattr(layer, slot, None)
+        if held is not None:
+            layer._check_owner()
+        return held
+
+    def write(layer: AudioKVCrossLayer, tensor: torch.Tensor | None) -> None:
+        setattr(layer, slot, tensor)
+
+    return property(read, write)
+
+
 class AudioKVCrossLayer(AudioKVLayer):
     """Cross-attention cache layer: the encoder K/V pass through once, then live in the engine's pool.
 
@@ -195,27 +212,8 @@ class AudioKVCrossLayer(AudioKVLayer):
     same handle) or none (the handle removed): they would attend over nothing.
     """
 
-    @property
-    def keys(self) -> torch.Tensor | None:
-        """The empty encoder keys a decode step reads (it raises if the pool no longer holds this clip)."""
-        if self._keys is not None:
-            self._check_owner()
-        return self._keys
-
-    @keys.setter
-    def keys(self, keys: torch.Tensor | None) -> None:
-        self._keys = keys
-
-    @property
-    def values(self) -> torch.Tensor | None:
-        """The empty encoder values, checked as :attr:`keys` are."""
-        if self._values is not None:
-            self._check_owner()
-        return self._values
-
-    @values.setter
-    def values(self, values: torch.Tensor | None) -> None:
-        self._values = values
+    keys = _checked("_keys")
+    values = _checked("_values")
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:

@@ -672,6 +672,7 @@ def with_tempo(split: Path, out: Path, factor: float = FAST_TEMPO) -> list[dict]
     Fast talkers, and recordings played faster, put more words in each
     second: a policy that keeps a share of the frames keeps fewer frames per
     word, and the coverage it spreads over time is spread thinner over the speech.
+    Like every :func:`sox` pass, the copy peaks at 0.5 (about -6 dBFS).
     """
     return _copy_split(split, out, lambda audio: sox(audio, "tempo", "-s", f"{factor:g}"), f"{factor:g}x tempo")
 
@@ -682,7 +683,8 @@ def with_gsm(split: Path, out: Path) -> list[dict]:
     The codec of 2G calls and of many call-centre recordings: where the test
     split's telephone band is 8 kHz u-law, nearly transparent within its
     band, GSM codes the speech by a model of the voice and loses detail a
-    waveform codec keeps.
+    waveform codec keeps. Like every :func:`sox` pass, the copy peaks at
+    about 0.5 (about -6 dBFS).
     """
     return _copy_split(split, out, lambda audio: sox(audio, encode=("-r", "8000", "-e", "gsm-full-rate")), "GSM")
 

@@ -172,9 +172,9 @@ def test_the_fast_copy_speaks_each_clip_faster_at_the_same_pitch(tmp_path):
     write_wav(tmp_path / "src" / "a.wav", tone)
     write_manifest(tmp_path / "src", [{"audio_filepath": "a.wav", "text": "t", "condition": "clean"}])
     (row,) = with_tempo(tmp_path / "src", tmp_path / "out")
-    assert row["condition"] == "clean, 1.3x tempo" and FAST_TEMPO == 1.3
+    assert row["condition"] == f"clean, {FAST_TEMPO:g}x tempo"
     fast = load_audio(tmp_path / "out" / "a.wav")
-    assert abs(len(fast) / 16_000 - 3 / 1.3) < 0.02 and row["duration"] == round(len(fast) / 16_000, 2)
+    assert abs(len(fast) / 16_000 - 3 / FAST_TEMPO) < 0.02 and row["duration"] == round(len(fast) / 16_000, 2)
     spectrum = np.abs(np.fft.rfft(fast))
     assert abs(np.argmax(spectrum) * 16_000 / len(fast) - 200) < 2
 
@@ -201,7 +201,7 @@ def test_the_gsm_copy_codes_each_clip_not_only_band_limits_it(tmp_path):
     plain = sox(voice, encode=("-r", "8000"))  # band-limited alike, not coded
     n = min(len(plain), len(coded))
     residual = 10 * np.log10(np.mean(plain[:n] ** 2) / np.mean((plain[:n] - coded[:n]) ** 2))
-    assert residual < 20  # a codec modelling the voice, not a waveform copy
+    assert 5 < residual < 20  # the same clip, aligned, through a codec modelling the voice, not a waveform copy
 
 
 def test_the_real_split_takes_each_speakers_longest_clean_recordings_of_2_to_30_s(tmp_path):
