@@ -407,18 +407,28 @@ def test_chunked_prefill_attends_over_what_earlier_chunks_kept_and_holds_only_th
         torch.testing.assert_close(module(*step).double(), ref.step(*step), atol=1e-4, rtol=0)
 
 
-def test_chunked_prefill_sizes_each_layers_pool_for_what_its_layer_prior_keeps():
+def _clips_in_a_window() -> torch.Tensor:
+    """``[2, 300]``: row 0 holds clips at 70-100 and 120-190, and two more only inside the window of the chunk
+    192-256 (its last 8 tokens); row 1 is text."""
+    audio = torch.zeros(2, 300, dtype=torch.bool)
+    audio[0, 70:100], audio[0, 120:190], audio[0, 249:251], audio[0, 253:255] = True, True, True, True
+    return audio
+
+
+@pytest.mark.parametrize("audio", ["span", "clips"])
+def test_chunked_prefill_sizes_each_layers_pool_for_what_its_layer_prior_keeps(audio):
     """Two layers, the second audio-critical, a row with audio in its middle chunks and a text-only row.
 
     Each layer's pool is allocated once, at the first chunk, for what its rows will
     keep: never grown later (too small) and never more than a page per row spare.
+    With several clips, a chunk whose clips lie only in its window is still audio.
     """
     gen = torch.Generator().manual_seed(11)
     length, chunk, page, reserve = 300, 64, 16, 4
     cfg = AudioKVConfig(compression_ratio=0.7, window=8, sinks=2, page_size=page, decode_reserve=reserve,
                         prefill_chunk=chunk, layer_prior=1.0)  # fmt: skip
     q, k, v = qkv(2, 6, 2, length, 16, torch.float32, gen)
-    spans = torch.tensor([[70, 200], [0, 0]])
+    spans = torch.tensor([[70, 200], [0, 0]]) if audio == "span" else _clips_in_a_window()
     kept = []
     for idx in range(2):
         module = AudioKVAttention(cfg, num_heads=6, num_kv_heads=2, head_dim=16, head_prior=torch.tensor([0.3, 0.7]),
@@ -429,6 +439,8 @@ def test_chunked_prefill_sizes_each_layers_pool_for_what_its_layer_prior_keeps()
             module(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], audio_span=spans, chunk=(s, length))
             pages.append(module.pool.num_pages)
         assert pages == pages[:1] * len(pages)
+        planned = module._chunked_budget(None, 2, chunk, length, module._audio(spans, 2, length))
+        assert planned == module.budgets.sum()  # planned at the first chunk for exactly what the chunks kept
         need = sum(-(-(n + reserve) // page) for n in module.budgets.flatten().tolist())
         assert need <= pages[0] <= need + 4  # 4 rows: under a page each of rounding
         kept.append(module.budgets.sum(-1).tolist())
