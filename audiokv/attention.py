@@ -477,14 +477,14 @@ class AudioKVAttention(nn.Module):
             return self._select(query, key, value, None, key_mask, sinks)
         onset = clip_onsets(audio, self.onset_tokens) if onset is None else onset
         spans, clips = mask_spans(audio), clip_ids(audio)
-        one_run = audio.sum(-1) == spans[:, 1] - spans[:, 0]
+        one_run = clips.amax(-1) <= 1
         policy = self.policy
         reads_places = policy.coverage or policy.merge or policy.smooth or policy.text_rarity
         if not reads_places or one_run.all():
             return self._select(query, key, value, spans, key_mask, sinks, onset=onset, clips=clips)
         length = key.shape[2]
         order = clip_order(audio, key_mask, sinks, self.config.window)
-        moved = audio.gather(1, order)
+        moved = in_order(audio, order)
         ahead = torch.arange(length) < length - self.config.window  # the window is kept whole: no span reaches it
         spans = torch.where(one_run[:, None], spans, mask_spans(moved & ahead))
         raw = None

@@ -33,7 +33,7 @@ from audiokv.heads import METHOD, TIMED_METHOD, HeadScores, alignment_score, gro
 from audiokv.integrations.apply import attention_modules, audio_tokens, set_attention_implementation
 from audiokv.integrations.families import audio_token_id, family_of
 from audiokv.models.whisper import SpeechModel
-from audiokv.spectral import mask_spans
+from audiokv.spectral import clip_ids, mask_spans
 from audiokv.transcribe import log_mel
 
 FRAMES_PER_SECOND = 50  # Whisper's encoder output rate: 1,500 frames for 30 s
@@ -181,9 +181,9 @@ def decoder_audio_attention(model: nn.Module, inputs: dict, text_start: int) -> 
     audio = audio_tokens(ids, token)
     if audio is None:
         raise ValueError(f"the sample has no audio placeholder tokens (id {token}): the audio span is empty")
-    start, end = mask_spans(audio)[0].tolist()
-    if audio.sum() < end - start:
+    if clip_ids(audio).amax() > 1:
         raise ValueError("the sample holds text between audio placeholders: calibration aligns one clip at a time")
+    start, end = mask_spans(audio)[0].tolist()
     if not end <= text_start <= ids.shape[1] - 3:
         raise ValueError(
             f"the transcript must follow the audio (which ends at {end}) and hold at least 3 tokens; "

@@ -720,21 +720,18 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     args = parser.parse_args(argv)
     tag = "" if args.level == -60.0 else f"-{-args.level:g}db"
-    if args.gsm:
-        for split in args.splits:
-            rows = with_gsm(args.out / split, args.out / f"{split}-gsm")
-            print(f"{split}-gsm: {len(rows)} clips through GSM 06.10 -> {args.out / f'{split}-gsm'}")
-        return
-    if args.fast:
-        for split in args.splits:
-            rows = with_tempo(args.out / split, args.out / f"{split}-fast")
-            print(f"{split}-fast: {len(rows)} clips at {FAST_TEMPO:g}x tempo -> {args.out / f'{split}-fast'}")
-        return
-    if args.music:
-        for split in args.splits:
-            rows = with_music(args.out / split, args.out / f"{split}-music")
-            print(f"{split}-music: {len(rows)} clips over music -> {args.out / f'{split}-music'}")
-        return
+    copies = {  # flag: (how a split is copied, what the copy says of its clips)
+        "gsm": (with_gsm, "through GSM 06.10"),
+        "fast": (with_tempo, f"at {FAST_TEMPO:g}x tempo"),
+        "music": (with_music, "over music"),
+    }
+    for flag, (copy, what) in copies.items():
+        if getattr(args, flag):
+            for split in args.splits:
+                out = args.out / f"{split}-{flag}"
+                rows = copy(args.out / split, out)
+                print(f"{out.name}: {len(rows)} clips {what} -> {out}")
+            return
     if args.pauses is not None:
         for split in args.splits:
             out = args.out / f"{split}-pauses{tag}"

@@ -773,6 +773,10 @@ def test_decoder_calibration_captures_the_eager_text_to_audio_attention(name):
     no_audio = dict(inputs, input_ids=inputs["input_ids"].clamp(max=100))
     with pytest.raises(ValueError, match="audio span is empty"):
         decoder_audio_attention(model, no_audio, text_start)
+    two_clips = inputs["input_ids"].clone()
+    two_clips[0, (two_clips[0] == 150).nonzero()[1, 0]] = 7  # text splits the clip in two
+    with pytest.raises(ValueError, match="calibration aligns one clip at a time"):
+        decoder_audio_attention(model, dict(inputs, input_ids=two_clips), text_start)
     with pytest.raises(ValueError, match="transcript must follow the audio"):
         decoder_audio_attention(model, inputs, start + 1)
 
